@@ -1,0 +1,58 @@
+# shopseg: the two commands are `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+JAVA_HINT := sudo apt-get install -y openjdk-17-jre-headless
+
+.PHONY: run test test-fast lint install check-java package clean
+
+run: check-java install
+	@start=$$(date +%s); \
+	$(BIN)/shopseg run --conf conf/local.yaml; status=$$?; \
+	echo "pipeline time (after installation): $$(( $$(date +%s) - start )) s"; exit $$status
+
+test: check-java install
+	$(BIN)/pytest
+
+# The quick suite only (CI runs everything, slow end-to-end tests included).
+test-fast: check-java install
+	$(BIN)/pytest -m "not slow"
+
+lint: install
+	$(BIN)/ruff check libs tests jobs notebooks
+	$(BIN)/ruff format --check libs tests jobs notebooks
+
+install: $(STAMP)
+
+# Reinstall only when the package definition changes.
+$(STAMP): setup.py
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "shopseg needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) -V 2>&1))"; exit 1; }
+	@start=$$(date +%s); \
+	$(PYTHON) -m venv $(VENV) && \
+	$(BIN)/pip install --quiet --upgrade pip && \
+	$(BIN)/pip install --quiet -e '.[spark,dev]' && \
+	touch $(STAMP) && \
+	echo "installation time: $$(( $$(date +%s) - start )) s (into $(VENV))"
+
+check-java:
+	@command -v java >/dev/null 2>&1 || \
+	  { echo "shopseg needs Java 17 or newer for Spark, and none is installed. Install it with:"; \
+	    echo "  $(JAVA_HINT)"; exit 1; }
+	@v=$$(java -version 2>&1 | awk -F'"' '/version/ {print $$2; exit}' | sed 's/^1\.//' | cut -d. -f1); \
+	[ "$$v" -ge 17 ] 2>/dev/null || \
+	  { echo "shopseg needs Java 17 or newer for Spark; found Java $$v. Install it with:"; \
+	    echo "  $(JAVA_HINT)"; exit 1; }
+
+# dist/shopseg.zip for spark-submit --py-files, and a wheel for Databricks.
+package: install
+	rm -rf dist && mkdir -p dist
+	cd libs && ../$(BIN)/python -c 'import pathlib, zipfile; \
+	z = zipfile.ZipFile("../dist/shopseg.zip", "w", zipfile.ZIP_DEFLATED); \
+	[z.write(p) for p in sorted(pathlib.Path("shopseg").rglob("*")) if "__pycache__" not in p.parts]'
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+	@ls -l dist
+
+clean:
+	rm -rf lakehouse spark-warehouse metastore_db .pytest_cache

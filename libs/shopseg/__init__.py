@@ -1,0 +1,3 @@
+"""shopseg: e-commerce customer segmentation and precision marketing on Apache Spark."""
+
+__version__ = "0.1.0"

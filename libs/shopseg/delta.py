@@ -1,0 +1,737 @@
+"""Delta Lake tables through one small interface, with two writers behind it.
+
+- `spark`: Spark's own Delta support (`format("delta")`), used where the JVM
+  has the Delta classes (Databricks, or a cluster started with
+  `io.delta:delta-spark`).
+- `delta-rs`: where it does not (no Maven access, an offline laptop). Spark
+  tasks write the Parquet data files in parallel with pyarrow and return only
+  each file's metadata (path, size, partition values, stats); the driver then
+  commits one Delta transaction of add (and remove) actions through the
+  `deltalake` package. Reading resolves the snapshot's file list through
+  delta-rs and hands it to Spark.
+
+Either way one `Lakehouse.write` is exactly one table version; a writer that
+dies before its commit leaves only unreferenced files behind, so the table
+stays at its previous version; each commit records the stage, MLflow run id
+and config hash it came from; the result is a plain Delta table that Spark,
+deltalake, DuckDB and Polars read alike. Nothing outside this module knows
+which writer ran.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from shopseg.config import is_uri, local_dir
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+WriteMode = Literal["append", "overwrite", "overwrite_partitions"]
+WRITE_MODES = ("append", "overwrite", "overwrite_partitions")
+
+# Partition values become folder names. Plain characters only: delta-rs takes
+# add paths literally while the Delta spec reads them as URIs, so anything
+# needing escaping would be read back differently by different engines.
+_PLAIN_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9._-]+$")
+NULL_PARTITION = "__HIVE_DEFAULT_PARTITION__"
+_PARTITION_TYPES = ("string", "date", "integer", "long", "short", "byte", "boolean")
+# Reader features the file-list reader cannot honour (it would return wrong rows).
+_UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping", "v2Checkpoint"}
+
+META_PREFIX = "shopseg."
+
+
+class DeltaError(RuntimeError):
+    """A Delta read or write was refused; the message names the table and why."""
+
+
+@dataclass(frozen=True)
+class CommitInfo:
+    """What a commit records about the job that made it."""
+
+    stage: str | None = None
+    run_id: str | None = None
+    config_hash: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def metadata(self, write_id: str, mode: str) -> dict[str, str]:
+        out = {
+            f"{META_PREFIX}stage": self.stage or "",
+            f"{META_PREFIX}mlflow_run_id": self.run_id or "",
+            f"{META_PREFIX}config_hash": self.config_hash or "",
+            f"{META_PREFIX}write_id": write_id,
+            f"{META_PREFIX}mode": mode,
+        }
+        out.update({f"{META_PREFIX}{k}": str(v) for k, v in self.extra.items()})
+        return out
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """One committed write: the table version it made and what went in."""
+
+    table: str
+    path: str
+    version: int
+    rows: int
+    files: int
+    mode: str
+    writer: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    version: int
+    timestamp: dt.datetime
+    operation: str
+    metadata: dict[str, str]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _join(root: str, table: str) -> str:
+    return f"{root.rstrip('/')}/{table.strip('/')}"
+
+
+def _delta_schema_fields(schema_json: str) -> dict[str, str]:
+    """name -> Delta type (as canonical JSON) for comparing schemas."""
+    return {
+        f["name"]: json.dumps(f["type"], sort_keys=True) for f in json.loads(schema_json)["fields"]
+    }
+
+
+def _schema_difference(table_json: str, new_json: str) -> str:
+    old, new = _delta_schema_fields(table_json), _delta_schema_fields(new_json)
+    parts = []
+    if missing := sorted(set(old) - set(new)):
+        parts.append(f"missing columns {missing}")
+    if extra := sorted(set(new) - set(old)):
+        parts.append(f"new columns {extra}")
+    if changed := sorted(k for k in set(old) & set(new) if old[k] != new[k]):
+        parts.append("changed types " + ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed))
+    return "; ".join(parts)
+
+
+def _arrow_schema(df: DataFrame) -> pa.Schema:
+    """Arrow schema of the table a DataFrame writes, every field nullable."""
+    import pyarrow as pa
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    schema = to_arrow_schema(df.schema, timezone="UTC")
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def _partition_string(value: Any) -> str | None:
+    """Delta's serialisation of one partition value."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _format_stat(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
+# --------------------------------------------------------------------------- executor side
+
+
+_FILE_META_SCHEMA = (
+    "path string, size long, partition_values map<string,string>, num_records long, stats string"
+)
+
+
+class _FileSink:
+    """One Parquet file being written by a task, with its running statistics."""
+
+    def __init__(self, fs: Any, base: str, rel: str, schema: pa.Schema, row_group_rows: int):
+        import pyarrow.parquet as pq
+
+        self.rel = rel
+        self.full = f"{base.rstrip('/')}/{rel}"
+        parent = self.full.rsplit("/", 1)[0]
+        fs.create_dir(parent, recursive=True)
+        self.fs = fs
+        self.writer = pq.ParquetWriter(self.full, schema, filesystem=fs, compression="snappy")
+        self.schema = schema
+        self.row_group_rows = row_group_rows
+        self.pending: list[pa.RecordBatch] = []
+        self.pending_rows = 0
+        self.rows = 0
+        self.nulls: dict[str, int] = {n: 0 for n in schema.names}
+        self.mins: dict[str, Any] = {}
+        self.maxs: dict[str, Any] = {}
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        import pyarrow.compute as pc
+        import pyarrow.types as pt
+
+        for name, column in zip(batch.schema.names, batch.columns, strict=True):
+            self.nulls[name] += column.null_count
+            # Exact min/max only for integers and dates; floats (NaN) and
+            # strings (truncation rules) are left without, which is valid.
+            if pt.is_integer(column.type) or pt.is_date(column.type):
+                mm = pc.min_max(column).as_py()
+                if mm["min"] is not None:
+                    lo, hi = mm["min"], mm["max"]
+                    self.mins[name] = lo if name not in self.mins else min(self.mins[name], lo)
+                    self.maxs[name] = hi if name not in self.maxs else max(self.maxs[name], hi)
+        self.pending.append(batch)
+        self.pending_rows += batch.num_rows
+        self.rows += batch.num_rows
+        if self.pending_rows >= self.row_group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self.pending:
+            # Buffer Spark's small Arrow batches into real row groups.
+            self.writer.write_table(pa.Table.from_batches(self.pending, schema=self.schema))
+            self.pending, self.pending_rows = [], 0
+
+    def close(self, partition_values: dict[str, str | None]) -> dict[str, Any]:
+        self._flush()
+        self.writer.close()
+        size = self.fs.get_file_info(self.full).size
+        stats = {
+            "numRecords": self.rows,
+            "nullCount": self.nulls,
+            "minValues": {k: _format_stat(v) for k, v in self.mins.items()},
+            "maxValues": {k: _format_stat(v) for k, v in self.maxs.items()},
+        }
+        return {
+            "path": self.rel,
+            "size": size,
+            "partition_values": partition_values,
+            "num_records": self.rows,
+            "stats": json.dumps(stats),
+        }
+
+
+def _split_by_partition(
+    batch: pa.RecordBatch, partition_by: Sequence[str]
+) -> list[tuple[tuple[str | None, ...], pa.RecordBatch]]:
+    """Group a batch's rows by their partition values (one hash pass)."""
+    import pyarrow as pa
+
+    if not partition_by:
+        return [((), batch)]
+    table = pa.Table.from_batches([batch]).append_column(
+        "__row", pa.array(range(batch.num_rows), pa.int64())
+    )
+    groups = table.group_by(list(partition_by), use_threads=False).aggregate([("__row", "list")])
+    out = []
+    keys = [groups.column(c).to_pylist() for c in partition_by]
+    for i, rows in enumerate(groups.column("__row_list").to_pylist()):
+        key = tuple(_partition_string(k[i]) for k in keys)
+        out.append((key, batch.take(pa.array(rows, pa.int64()))))
+    return out
+
+
+def _write_task(
+    batches: Iterator[pa.RecordBatch],
+    *,
+    table_uri: str,
+    write_id: str,
+    partition_by: Sequence[str],
+    max_rows_per_file: int,
+    row_group_rows: int,
+) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: write this task's rows as Parquet, yield one metadata row per file."""
+    import pyarrow as pa
+    import pyarrow.fs as pafs
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    task = ctx.partitionId() if ctx else 0
+    attempt = ctx.attemptNumber() if ctx else 0
+    fs, base = pafs.FileSystem.from_uri(table_uri)
+    open_files: dict[tuple[str | None, ...], _FileSink] = {}
+    written: list[dict[str, Any]] = []
+    seq = 0
+
+    def folders_of(key: tuple[str | None, ...]) -> list[str]:
+        folders = []
+        for col, value in zip(partition_by, key, strict=True):
+            if value is not None and not _PLAIN_PARTITION_VALUE.match(value):
+                raise ValueError(
+                    f"partition column {col!r} has value {value!r}: partition values "
+                    "may only contain letters, digits, '.', '_' and '-'"
+                )
+            folders.append(f"{col}={NULL_PARTITION if value is None else value}")
+        return folders
+
+    for batch in batches:
+        for key, part in _split_by_partition(batch, partition_by):
+            data = part.drop_columns(list(partition_by)) if partition_by else part
+            offset = 0
+            while offset < data.num_rows:
+                sink = open_files.get(key)
+                if sink is not None and sink.rows >= max_rows_per_file:
+                    written.append(sink.close(dict(zip(partition_by, key, strict=True))))
+                    sink = None
+                if sink is None:
+                    name = f"part-{task:05d}-{write_id}-a{attempt}-{seq:04d}.snappy.parquet"
+                    seq += 1
+                    rel = "/".join([*folders_of(key), name])
+                    sink = _FileSink(fs, base, rel, data.schema, row_group_rows)
+                    open_files[key] = sink
+                take = min(data.num_rows - offset, max_rows_per_file - sink.rows)
+                sink.add(data.slice(offset, take))
+                offset += take
+    for key, sink in open_files.items():
+        written.append(sink.close(dict(zip(partition_by, key, strict=True))))
+    if written:
+        yield pa.RecordBatch.from_pylist(
+            written,
+            schema=pa.schema(
+                [
+                    ("path", pa.string()),
+                    ("size", pa.int64()),
+                    ("partition_values", pa.map_(pa.string(), pa.string())),
+                    ("num_records", pa.int64()),
+                    ("stats", pa.string()),
+                ]
+            ),
+        )
+
+
+# --------------------------------------------------------------------------- writers
+
+
+class _DeltaRsWriter:
+    name = "delta-rs"
+
+    def __init__(self, spark: SparkSession, max_rows_per_file: int, row_group_rows: int):
+        self.spark = spark
+        self.max_rows_per_file = max_rows_per_file
+        self.row_group_rows = row_group_rows
+
+    @staticmethod
+    def _uri(path: str) -> str:
+        return path if is_uri(path) else f"file://{path}"
+
+    def exists(self, path: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(path)
+
+    def _table(self, path: str, version: int | None = None) -> Any:
+        from deltalake import DeltaTable
+
+        return DeltaTable(path, version=version)
+
+    def write(
+        self,
+        df: DataFrame,
+        path: str,
+        mode: str,
+        partition_by: Sequence[str],
+        metadata: dict[str, str],
+        overwrite_schema: bool,
+    ) -> tuple[int, int, int]:
+        from deltalake import CommitProperties
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import AddAction, create_table_with_add_actions
+
+        arrow_schema = _arrow_schema(df)
+        new_schema = DeltaSchema.from_arrow(arrow_schema)
+        table = self._table(path) if self.exists(path) else None
+        if table is not None:
+            current_parts = list(table.metadata().partition_columns)
+            difference = _schema_difference(table.schema().to_json(), new_schema.to_json())
+            if mode != "overwrite" or not overwrite_schema:
+                if difference:
+                    raise DeltaError(
+                        f"{path}: the data does not match the table's schema ({difference}); "
+                        "a full overwrite with overwrite_schema=True may replace it"
+                    )
+                if current_parts != list(partition_by):
+                    raise DeltaError(
+                        f"{path}: table is partitioned by {current_parts}, the write by "
+                        f"{list(partition_by)}"
+                    )
+                # Write columns in the table's order (Delta matches by name).
+                df = df.select(*json_field_names(table.schema().to_json()))
+                arrow_schema = _arrow_schema(df)
+                new_schema = DeltaSchema.from_arrow(arrow_schema)
+
+        write_id = metadata[f"{META_PREFIX}write_id"]
+        table_uri = self._uri(path)
+        options = dict(
+            table_uri=table_uri,
+            write_id=write_id,
+            partition_by=tuple(partition_by),
+            max_rows_per_file=self.max_rows_per_file,
+            row_group_rows=self.row_group_rows,
+        )
+
+        def task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+            return _write_task(batches, **options)
+
+        files = df.mapInArrow(task, _FILE_META_SCHEMA).collect()
+        now_ms = int(time.time() * 1000)
+        adds = [
+            AddAction(f.path, f.size, dict(f.partition_values), now_ms, True, f.stats)
+            for f in files
+        ]
+        rows = sum(f.num_records for f in files)
+        commit = CommitProperties(custom_metadata=metadata)
+        if table is None:
+            create_table_with_add_actions(
+                path,
+                new_schema,
+                adds,
+                mode="error",
+                partition_by=list(partition_by) or None,
+                commit_properties=commit,
+            )
+        elif mode == "overwrite_partitions":
+            removes = self._removes_for(
+                table, {tuple(sorted(a.partition_values.items())) for a in adds}
+            )
+            table.create_write_transaction(
+                [*adds, *removes],
+                "append",
+                new_schema,
+                partition_by=list(partition_by) or None,
+                commit_properties=commit,
+            )
+        else:
+            table.create_write_transaction(
+                adds,
+                "overwrite" if mode == "overwrite" else "append",
+                new_schema,
+                partition_by=list(partition_by) or None,
+                commit_properties=commit,
+            )
+        return self._version_of(path, write_id), rows, len(files)
+
+    @staticmethod
+    def _removes_for(table: Any, keys: set[tuple[tuple[str, str | None], ...]]) -> list[Any]:
+        """Remove actions for the files whose partition values are among `keys`."""
+        import pyarrow as pa
+        from deltalake.transaction import RemoveAction
+
+        parts = list(table.metadata().partition_columns)
+        actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
+        now_ms = int(time.time() * 1000)
+        out = []
+        for action in actions:
+            values = {c: _partition_string(action[f"partition.{c}"]) for c in parts}
+            if tuple(sorted(values.items())) in keys:
+                out.append(RemoveAction(action["path"], True, now_ms, action["size_bytes"], values))
+        return out
+
+    def _version_of(self, path: str, write_id: str) -> int:
+        for entry in self._table(path).history(50):
+            if entry.get(f"{META_PREFIX}write_id") == write_id:
+                return int(entry["version"])
+        raise DeltaError(f"{path}: commit {write_id} not found in the table history")
+
+    def read(self, path: str, version: int | None, timestamp: dt.datetime | None) -> DataFrame:
+        import pyarrow as pa
+        from pyspark.sql.pandas.types import from_arrow_schema
+
+        table = self._table(path, version)
+        if timestamp is not None:
+            table.load_as_version(timestamp)
+        features = set(table.protocol().reader_features or []) & _UNSUPPORTED_READER_FEATURES
+        if features:
+            raise DeltaError(
+                f"{path}: the table uses {sorted(features)}, which the delta-rs reader path "
+                "cannot honour; run with Spark's Delta classes (lakehouse.writer: spark)"
+            )
+        schema = from_arrow_schema(pa.schema(table.schema().to_arrow()), prefer_timestamp_ntz=False)
+        files = table.file_uris()
+        if not files:
+            return self.spark.createDataFrame([], schema)
+        reader = self.spark.read.schema(schema)
+        if table.metadata().partition_columns:
+            reader = reader.option("basePath", path)
+        return reader.parquet(*files).select(*schema.fieldNames())
+
+    def version(self, path: str) -> int:
+        return int(self._table(path).version())
+
+    def row_count(self, path: str, version: int | None) -> int:
+        import pyarrow as pa
+
+        actions = pa.table(self._table(path, version).get_add_actions(flatten=True))
+        if actions.num_rows == 0:
+            return 0
+        counts = actions.column("num_records").to_pylist()
+        if any(c is None for c in counts):
+            # A file without stats (another engine's writer): count the data.
+            return self.read(path, version, None).count()
+        return int(sum(counts))
+
+    def history(self, path: str, limit: int | None) -> list[HistoryEntry]:
+        out = []
+        for entry in self._table(path).history(limit):
+            meta = {k: str(v) for k, v in entry.items() if k.startswith(META_PREFIX)}
+            out.append(
+                HistoryEntry(
+                    version=int(entry["version"]),
+                    timestamp=dt.datetime.fromtimestamp(entry["timestamp"] / 1000, dt.UTC),
+                    operation=str(entry.get("operation", "")),
+                    metadata=meta,
+                )
+            )
+        return out
+
+
+def json_field_names(schema_json: str) -> list[str]:
+    return [f["name"] for f in json.loads(schema_json)["fields"]]
+
+
+class _SparkDeltaWriter:
+    name = "spark"
+
+    def __init__(self, spark: SparkSession):
+        self.spark = spark
+
+    def _table(self, path: str) -> Any:
+        from delta.tables import DeltaTable
+
+        return DeltaTable.forPath(self.spark, path)
+
+    def exists(self, path: str) -> bool:
+        from delta.tables import DeltaTable
+
+        return DeltaTable.isDeltaTable(self.spark, path)
+
+    def write(
+        self,
+        df: DataFrame,
+        path: str,
+        mode: str,
+        partition_by: Sequence[str],
+        metadata: dict[str, str],
+        overwrite_schema: bool,
+    ) -> tuple[int, int, int]:
+        writer = df.write.format("delta").option("userMetadata", json.dumps(metadata))
+        if partition_by:
+            writer = writer.partitionBy(*partition_by)
+        if mode == "overwrite_partitions":
+            writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
+        else:
+            writer = writer.mode(mode)
+        if overwrite_schema:
+            writer = writer.option("overwriteSchema", "true")
+        writer.save(path)
+        write_id = metadata[f"{META_PREFIX}write_id"]
+        for row in self._table(path).history(50).collect():
+            meta = json.loads(row["userMetadata"] or "{}")
+            if meta.get(f"{META_PREFIX}write_id") == write_id:
+                metrics = row["operationMetrics"] or {}
+                return (
+                    int(row["version"]),
+                    int(metrics.get("numOutputRows", 0)),
+                    int(metrics.get("numFiles", 0)),
+                )
+        raise DeltaError(f"{path}: commit {write_id} not found in the table history")
+
+    def read(self, path: str, version: int | None, timestamp: dt.datetime | None) -> DataFrame:
+        reader = self.spark.read.format("delta")
+        if version is not None:
+            reader = reader.option("versionAsOf", version)
+        if timestamp is not None:
+            reader = reader.option("timestampAsOf", timestamp.isoformat())
+        return reader.load(path)
+
+    def version(self, path: str) -> int:
+        return int(self._table(path).history(1).collect()[0]["version"])
+
+    def row_count(self, path: str, version: int | None) -> int:
+        # Delta answers count() from its file statistics.
+        return self.read(path, version, None).count()
+
+    def history(self, path: str, limit: int | None) -> list[HistoryEntry]:
+        rows = self._table(path).history(limit) if limit else self._table(path).history()
+        out = []
+        for row in rows.collect():
+            meta = json.loads(row["userMetadata"] or "{}")
+            ts = row["timestamp"]
+            out.append(
+                HistoryEntry(
+                    version=int(row["version"]),
+                    timestamp=ts.replace(tzinfo=dt.UTC) if ts.tzinfo is None else ts,
+                    operation=str(row["operation"]),
+                    metadata={k: str(v) for k, v in meta.items()},
+                )
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- the interface
+
+
+class Lakehouse:
+    """Delta tables under one root, written by whichever writer this cluster supports.
+
+    Args:
+        spark: the session.
+        root: lakehouse root (local folder or URI).
+        writer: `auto`, `spark` or `delta-rs`.
+        max_rows_per_file: delta-rs writer: rows before a task starts a new file.
+        row_group_rows: delta-rs writer: rows buffered per Parquet row group.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        root: str,
+        writer: str = "auto",
+        *,
+        max_rows_per_file: int = 5_000_000,
+        row_group_rows: int = 262_144,
+    ):
+        from shopseg.spark import delta_classes_available
+
+        self.spark = spark
+        self.root = root.rstrip("/")
+        has_delta = delta_classes_available(spark)
+        if writer == "spark" and not has_delta:
+            raise DeltaError(
+                "lakehouse.writer is 'spark' but the Delta Lake classes are not on the Spark "
+                "classpath (start Spark with --packages io.delta:delta-spark_2.13:4.4.1, or use "
+                "writer 'auto' / 'delta-rs')"
+            )
+        if writer == "spark" or (writer == "auto" and has_delta):
+            self._impl: _DeltaRsWriter | _SparkDeltaWriter = _SparkDeltaWriter(spark)
+        else:
+            self._impl = _DeltaRsWriter(spark, max_rows_per_file, row_group_rows)
+
+    @property
+    def writer(self) -> str:
+        """Which writer commits: `spark` or `delta-rs`."""
+        return self._impl.name
+
+    def path(self, table: str) -> str:
+        return _join(self.root, table)
+
+    def local_path(self, table: str) -> str | None:
+        """The table's folder on this machine, or None when the lakehouse is remote."""
+        base = local_dir(self.root)
+        return _join(base, table) if base else None
+
+    def exists(self, table: str) -> bool:
+        return self._impl.exists(self.path(table))
+
+    def write(
+        self,
+        df: DataFrame,
+        table: str,
+        mode: WriteMode = "overwrite",
+        *,
+        partition_by: Sequence[str] = (),
+        commit: CommitInfo | None = None,
+        overwrite_schema: bool = False,
+    ) -> WriteResult:
+        """Write `df` as one new version of `table`.
+
+        Args:
+            df: the rows to write.
+            table: table name under the root, e.g. `silver/events`.
+            mode: `append`; `overwrite` (replace everything); or
+                `overwrite_partitions` (replace only the partitions present in
+                `df`, keep the others).
+            partition_by: partition columns (string, date, integer or boolean).
+            commit: stage, run id and config hash to record in the commit.
+            overwrite_schema: with `overwrite`, allow a new schema.
+
+        Returns:
+            The version committed, rows and files written.
+
+        Raises:
+            DeltaError: schema or partitioning does not match the table.
+        """
+        if mode not in WRITE_MODES:
+            raise DeltaError(f"{table}: unknown write mode {mode!r}; use one of {WRITE_MODES}")
+        if mode == "overwrite_partitions" and not partition_by:
+            raise DeltaError(f"{table}: overwrite_partitions needs partition_by")
+        types = dict(df.dtypes)
+        for col in partition_by:
+            if col not in types:
+                raise DeltaError(f"{table}: partition column {col!r} is not in the data")
+            spark_type = df.schema[col].dataType.typeName()
+            if spark_type not in _PARTITION_TYPES:
+                raise DeltaError(
+                    f"{table}: partition column {col!r} has type {spark_type}; "
+                    f"use one of {_PARTITION_TYPES}"
+                )
+        path = self.path(table)
+        write_id = uuid.uuid4().hex
+        metadata = (commit or CommitInfo()).metadata(write_id, mode)
+        start = time.perf_counter()
+        version, rows, files = self._impl.write(
+            df, path, mode, list(partition_by), metadata, overwrite_schema
+        )
+        result = WriteResult(
+            table=table,
+            path=path,
+            version=version,
+            rows=rows,
+            files=files,
+            mode=mode,
+            writer=self.writer,
+            seconds=time.perf_counter() - start,
+        )
+        log.info(
+            "wrote %s v%d: %d rows in %d files (%s, %s) in %.1f s",
+            table,
+            version,
+            rows,
+            files,
+            mode,
+            self.writer,
+            result.seconds,
+        )
+        return result
+
+    def read(
+        self,
+        table: str,
+        *,
+        version: int | None = None,
+        timestamp: dt.datetime | None = None,
+    ) -> DataFrame:
+        """Read `table`: the latest version, a version, or the version current at `timestamp`."""
+        if version is not None and timestamp is not None:
+            raise DeltaError(f"{table}: give a version or a timestamp, not both")
+        path = self.path(table)
+        if not self._impl.exists(path):
+            raise DeltaError(f"{table}: no Delta table at {path}")
+        return self._impl.read(path, version, timestamp)
+
+    def version(self, table: str) -> int | None:
+        """Latest version of `table`, or None when it does not exist."""
+        path = self.path(table)
+        return self._impl.version(path) if self._impl.exists(path) else None
+
+    def row_count(self, table: str, version: int | None = None) -> int:
+        """Rows in `table` (from the commit statistics where they exist)."""
+        return self._impl.row_count(self.path(table), version)
+
+    def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
+        """Commits of `table`, newest first, with the shopseg metadata each recorded."""
+        return self._impl.history(self.path(table), limit)

@@ -1,0 +1,50 @@
+"""Helpers that keep notebooks thin and runnable both on Databricks and as local scripts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from shopseg.config import Config, load_config
+
+
+def notebook_params(dbutils: Any, defaults: Mapping[str, str]) -> dict[str, str]:
+    """Parameters as Databricks widgets; where `dbutils` is absent, `SHOPSEG_NB_<NAME>`
+    environment variables, else the defaults."""
+    if dbutils is not None:
+        for name, value in defaults.items():
+            dbutils.widgets.text(name, value)
+        return {name: dbutils.widgets.get(name) for name in defaults}
+    return {
+        name: os.environ.get(f"SHOPSEG_NB_{name.upper()}", value)
+        for name, value in defaults.items()
+    }
+
+
+def notebook_config(params: Mapping[str, str]) -> Config:
+    """Config from the `conf` parameter and `set` (`;`-separated key=value overrides).
+
+    A relative `conf` is looked up from the current folder upwards, so the
+    same default works from the project root and from `notebooks/`.
+    """
+    conf = Path(params["conf"])
+    if not conf.is_absolute():
+        for folder in (Path.cwd(), *Path.cwd().parents):
+            if (folder / conf).is_file():
+                conf = folder / conf
+                break
+    overrides = [item.strip() for item in params.get("set", "").split(";") if item.strip()]
+    return load_config(conf, overrides)
+
+
+def show(df: Any, rows: int = 20) -> None:
+    """Databricks' `display` where it exists, else a plain `show`."""
+    import builtins
+
+    display = getattr(builtins, "display", None)
+    if display is not None:
+        display(df)
+    else:
+        df.show(rows, truncate=False)

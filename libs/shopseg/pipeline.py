@@ -1,0 +1,303 @@
+"""Stages, the context a stage runs in, the runner and the end-of-run summary.
+
+A stage module (`shopseg.stages.<name>`) has `run(ctx)`: it reads its input
+tables through `ctx.read`, calls library functions, and writes its outputs
+through `ctx.write`. `ctx` records every table version read and written in
+the stage's MLflow run and in the Delta commits, and logs rows and timings.
+The same stage code runs under `shopseg run`, `shopseg <stage>` and
+`spark-submit jobs/<stage>.py`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from shopseg import tables, tracking
+from shopseg.config import Config, local_dir
+from shopseg.delta import CommitInfo, Lakehouse, WriteMode, WriteResult
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A pipeline stage: its name, what it does, and the module holding `run(ctx)`."""
+
+    name: str
+    summary: str
+    module: str
+
+
+# In data-flow order. Later stages are added here as they land.
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "generate",
+        "synthetic shop data: users CSV, items Parquet, events JSON lines, ground truth",
+        "shopseg.stages.generate",
+    ),
+)
+STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def stage(name: str) -> Stage:
+    for s in STAGES:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown stage {name!r}; stages are: {', '.join(STAGE_NAMES)}")
+
+
+@dataclass
+class FilesOutput:
+    """Plain files a stage wrote (raw exports), reported next to the Delta tables."""
+
+    path: str
+    format: str
+    rows: int
+
+
+@dataclass
+class StageContext:
+    """What a stage gets: config, session, lakehouse, its MLflow run, its logger."""
+
+    name: str
+    config: Config
+    spark: SparkSession
+    lakehouse: Lakehouse
+    run: tracking.StageRun
+    log: logging.Logger
+    pipeline_id: str
+    writes: list[WriteResult] = field(default_factory=list)
+    files: list[FilesOutput] = field(default_factory=list)
+
+    def read(self, table: str, version: int | None = None) -> DataFrame:
+        """Read a table (pinned to a version, so what is logged is what is read)."""
+        if version is None:
+            version = self.lakehouse.version(table)
+            if version is None:
+                raise FileNotFoundError(
+                    f"stage {self.name} needs table {table}, which does not exist under "
+                    f"{self.lakehouse.root}; run the stage that writes it first"
+                )
+        df = self.lakehouse.read(table, version=version)
+        rows = self.lakehouse.row_count(table, version)
+        self.run.log_input(table, version, rows)
+        self.log.info("read %s v%d (%d rows)", table, version, rows)
+        return df
+
+    def write(
+        self,
+        df: DataFrame,
+        table: str,
+        mode: WriteMode = "overwrite",
+        *,
+        partition_by: Sequence[str] = (),
+        overwrite_schema: bool = False,
+    ) -> WriteResult:
+        """Write one version of `table`, recording stage, run id and config hash in the commit."""
+        commit = CommitInfo(
+            stage=self.name,
+            run_id=self.run.run_id,
+            config_hash=self.config.fingerprint(),
+            extra={"pipeline_id": self.pipeline_id},
+        )
+        result = self.lakehouse.write(
+            df,
+            table,
+            mode,
+            partition_by=partition_by,
+            commit=commit,
+            overwrite_schema=overwrite_schema,
+        )
+        self.run.log_output(result)
+        self.writes.append(result)
+        return result
+
+    def record_files(self, path: str, fmt: str, rows: int) -> None:
+        """Report plain files the stage wrote (not Delta): logged and in the summary."""
+        self.files.append(FilesOutput(path, fmt, rows))
+        self.run.log_metrics({f"rows.{path}": rows})
+        self.log.info("wrote %s (%s): %d rows", path, fmt, rows)
+
+
+@dataclass
+class StageReport:
+    name: str
+    seconds: float
+    run_id: str
+    writes: list[WriteResult]
+    files: list[FilesOutput]
+
+
+@dataclass
+class PipelineReport:
+    pipeline_id: str
+    stages: list[StageReport]
+    startup_seconds: float
+    seconds: float
+
+
+def parse_stages(text: str | None) -> list[str]:
+    """`a,b` -> [a, b] in pipeline order; None or empty -> every stage."""
+    if not text:
+        return list(STAGE_NAMES)
+    wanted = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in STAGE_NAMES]
+    if unknown:
+        raise KeyError(f"unknown stage(s) {unknown}; stages are: {', '.join(STAGE_NAMES)}")
+    return [s for s in STAGE_NAMES if s in wanted]
+
+
+def open_lakehouse(config: Config) -> tuple[SparkSession, Lakehouse]:
+    """The session and lakehouse a run uses (and MLflow pointed at its store)."""
+    from shopseg.spark import get_spark
+
+    spark = get_spark(config.spark.app_name, config.spark)
+    tracking.configure(config.mlflow)
+    return spark, Lakehouse(spark, config.lakehouse.root, config.lakehouse.writer)
+
+
+def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
+    """Run the named stages in order, each as one MLflow run; stop at the first failure."""
+    started = time.perf_counter()
+    spark, lakehouse = open_lakehouse(config)
+    startup = time.perf_counter() - started
+    pipeline_id = uuid.uuid4().hex[:12]
+    log.info(
+        "pipeline %s: stages %s, lakehouse %s (%s writer), config %s [%s]",
+        pipeline_id,
+        ", ".join(names),
+        lakehouse.root,
+        lakehouse.writer,
+        config.source,
+        config.fingerprint(),
+    )
+    reports = []
+    for name in names:
+        spec = stage(name)
+        module = importlib.import_module(spec.module)
+        stage_log = logging.getLogger(f"shopseg.stages.{name}")
+        tags = {tracking.PIPELINE_TAG: pipeline_id, tracking.CONFIG_TAG: config.fingerprint()}
+        with tracking.stage_run(config.mlflow, name, tags) as run:
+            ctx = StageContext(name, config, spark, lakehouse, run, stage_log, pipeline_id)
+            section = getattr(config, name, None)
+            if section is not None:
+                run.log_params(_plain(section), prefix=f"{name}.")
+            run.log_dict(config.to_dict(), "config.json")
+            stage_log.info("stage %s started", name)
+            t0 = time.perf_counter()
+            module.run(ctx)
+            seconds = time.perf_counter() - t0
+            run.log_metrics({"stage_seconds": seconds})
+        stage_log.info(
+            "stage %s finished in %.1f s: read %s; wrote %s",
+            name,
+            seconds,
+            ", ".join(f"{i['table']} v{i['version']}" for i in run.inputs) or "nothing",
+            ", ".join(
+                [f"{w.table} v{w.version} ({w.rows} rows)" for w in ctx.writes]
+                + [f"{f.path} ({f.rows} rows)" for f in ctx.files]
+            )
+            or "nothing",
+        )
+        reports.append(StageReport(name, seconds, run.run_id, ctx.writes, ctx.files))
+    return PipelineReport(pipeline_id, reports, startup, time.perf_counter() - started)
+
+
+def _plain(section: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(section), default=str))
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def table_rows(lakehouse: Lakehouse) -> list[dict[str, Any]]:
+    """Each contract table that exists: name, version, rows, owner."""
+    out = []
+    for spec in tables.TABLES:
+        version = lakehouse.version(spec.name)
+        if version is None:
+            continue
+        out.append(
+            {
+                "table": spec.name,
+                "version": version,
+                "rows": lakehouse.row_count(spec.name),
+                "owner": spec.owner,
+            }
+        )
+    return out
+
+
+def mlflow_ui_command(config: Config) -> str:
+    uri = config.mlflow.tracking_uri or ""
+    return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
+
+
+def format_summary(
+    config: Config,
+    lakehouse: Lakehouse,
+    report: PipelineReport | None = None,
+    emit: Callable[[str], None] = print,
+) -> None:
+    """Print what the lakehouse holds: tables, files, MLflow runs and models, how to look."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    emit("")
+    if report is not None:
+        emit(
+            f"shopseg pipeline {report.pipeline_id} finished in {report.seconds:.1f} s "
+            f"(Spark start {report.startup_seconds:.1f} s; "
+            + ", ".join(f"{s.name} {s.seconds:.1f} s" for s in report.stages)
+            + ")"
+        )
+    where = local_dir(lakehouse.root) or lakehouse.root
+    emit(f"Lakehouse: {where}  (Delta writer: {lakehouse.writer})")
+    rows = table_rows(lakehouse)
+    if rows:
+        width = max(len(r["table"]) for r in rows)
+        emit(f"  {'table'.ljust(width)}  {'version':>7}  {'rows':>12}  written by")
+        for r in rows:
+            emit(f"  {r['table'].ljust(width)}  {r['version']:>7}  {r['rows']:>12,}  {r['owner']}")
+    else:
+        emit("  no Delta tables yet")
+    files = [f for s in (report.stages if report else []) for f in s.files]
+    if files:
+        emit("Raw files written by this run:")
+        for f in files:
+            emit(f"  {f.path.ljust(20)}  {f.format:<24}  {f.rows:>12,} rows")
+    emit(f"MLflow tracking: {config.mlflow.tracking_uri}")
+    if report is not None:
+        runs = mlflow.search_runs(
+            search_all_experiments=True,
+            filter_string=f"tags.`{tracking.PIPELINE_TAG}` = '{report.pipeline_id}'",
+            output_format="list",
+        )
+        for run in sorted(runs, key=lambda r: r.info.start_time):
+            seconds = ((run.info.end_time or run.info.start_time) - run.info.start_time) / 1000
+            emit(
+                f"  run {run.info.run_id}  {run.data.tags.get(tracking.STAGE_TAG, '?'):<10} "
+                f"{run.info.status:<9} {seconds:6.1f} s"
+            )
+    models = MlflowClient().search_registered_models()
+    if models:
+        emit("Registered models:")
+        for m in models:
+            latest = max((int(v.version) for v in m.latest_versions), default=0)
+            aliases = ", ".join(f"@{a}" for a in (m.aliases or {}))
+            emit(f"  {m.name}  latest version {latest}  {aliases}")
+    else:
+        emit("Registered models: none yet")
+    emit(f"Open the MLflow UI:  {mlflow_ui_command(config)}")

@@ -1,0 +1,37 @@
+"""Installs the shopseg library (libs/shopseg) and its `shopseg` console script.
+
+pyspark is an extra: a cluster or Databricks runtime brings its own Spark, so
+`pip install shopseg` there must not pull a second one. Locally,
+`pip install -e '.[spark,dev]'` (what `make run` does) adds Spark and the
+test tools.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="shopseg",
+    version="0.1.0",
+    description="E-commerce customer segmentation and precision marketing on Apache Spark",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    package_dir={"": "libs"},
+    packages=find_packages("libs"),
+    package_data={"shopseg": ["resources/*"]},
+    install_requires=[
+        "deltalake>=1.6,<2",
+        "mlflow>=3.10,<4",
+        # pyspark 4.2 does not yet fully support pandas 3.
+        "pandas>=2.2,<3",
+        "pyarrow>=18",
+        "numpy>=1.26",
+        "pyyaml>=6",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        # delta-spark 4.4.1 pins pyspark<=4.2.0.
+        "spark": ["pyspark==4.2.0", "delta-spark==4.4.1"],
+        "dev": ["pytest>=8", "ruff>=0.6", "duckdb>=1.1", "polars>=1.0"],
+    },
+    entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},
+)

@@ -1,0 +1,127 @@
+"""The `shopseg` command and the spark-submit entry points."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from deltalake import DeltaTable
+from mlflow import MlflowClient
+
+from shopseg import tables
+from shopseg.cli import main
+from shopseg.pipeline import STAGE_NAMES
+
+from .conftest import LOCAL_CONF, REPO, SMALL_GENERATE
+
+
+def small_args(root: Path) -> list[str]:
+    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
+    for item in ("spark.master=local[2]", *SMALL_GENERATE):
+        args += ["--set", item]
+    return args
+
+
+def test_help_lists_every_stage(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for name in STAGE_NAMES:
+        assert f"  {name}" in out
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    assert "--stages" in capsys.readouterr().out
+
+
+def test_unknown_stage_is_named(capsys, lake_root):
+    assert main(["run", "--stages", "generate,segmentz", *small_args(lake_root)]) == 2
+    err = capsys.readouterr().err
+    assert "segmentz" in err and "generate" in err
+
+
+def test_bad_config_exits_2_naming_the_key(capsys, lake_root):
+    assert main(["generate", *small_args(lake_root), "--set", "generate.users=lots"]) == 2
+    assert "generate.users" in capsys.readouterr().err
+    assert main(["generate", "--conf", str(lake_root / "missing.yaml")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_run_generate_writes_tables_files_runs_and_summary(spark, lake_root, capsys):
+    assert main(["run", "--stages", "generate", *small_args(lake_root)]) == 0
+    out = capsys.readouterr().out
+
+    personas = DeltaTable(str(lake_root / tables.USER_PERSONAS.name))
+    assert personas.version() == 0
+    assert len(personas.to_pandas()) == 3000
+    assert (lake_root / tables.RAW_USERS).is_dir()
+    assert list((lake_root / tables.RAW_EVENTS).glob("event_date=2025-*/part-*"))
+    assert list((lake_root / tables.RAW_ITEMS).glob("part-*.parquet"))
+
+    # The commit names the MLflow run that made it, and the run names the version.
+    commit = personas.history(1)[0]
+    run = MlflowClient().get_run(commit["shopseg.mlflow_run_id"])
+    assert run.data.tags["shopseg.stage"] == "generate"
+    assert run.data.params[f"output.{tables.USER_PERSONAS.name}.version"] == "0"
+    assert run.data.params["generate.users"] == "3000"
+    assert commit["shopseg.config_hash"] == run.data.tags["shopseg.config_hash"]
+    raw_events = run.data.metrics[f"rows.{tables.RAW_EVENTS}"]
+    assert 0.85 * 90_000 < raw_events < 1.15 * 90_000
+
+    assert "raw/ground_truth/user_personas" in out
+    assert f"{3000:,}" in out
+    assert run.info.run_id in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out
+    assert str(lake_root) in out
+
+
+def test_summary_command_reads_an_existing_lakehouse(spark, lake_root, capsys):
+    assert main(["summary", *small_args(lake_root)]) == 0
+    assert "no Delta tables yet" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_spark_submit_runs_a_job_file(tmp_path):
+    """`spark-submit jobs/generate.py --conf ...` runs the same stage code."""
+    root = tmp_path / "lh"
+    env = {**os.environ, "PYSPARK_PYTHON": sys.executable}
+    spark_submit = Path(sys.executable).parent / "spark-submit"
+    cmd = [
+        str(spark_submit),
+        "--master",
+        "local[2]",
+        str(REPO / "jobs" / "generate.py"),
+        *small_args(root),
+        "--set",
+        "generate.users=500",
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert DeltaTable(str(root / tables.USER_PERSONAS.name)).to_pandas().shape[0] == 500
+    # spark-submit relays the Python driver's output through its own streams.
+    assert "stage generate finished" in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_console_script_fails_with_status_1_when_a_stage_fails(tmp_path):
+    root = tmp_path / "lh"
+    root.mkdir()
+    # A file where the raw folder must go makes the stage fail for real.
+    (root / "raw").write_text("not a folder")
+    shopseg = Path(sys.executable).parent / "shopseg"
+    done = subprocess.run(
+        [str(shopseg), "generate", *small_args(root), "--set", "generate.users=300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 1
+    assert "shopseg generate failed" in done.stderr
+    tracking = f"sqlite:///{root}/mlflow.db"
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert [r.info.status for r in runs] == ["FAILED"]

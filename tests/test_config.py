@@ -1,0 +1,128 @@
+"""Configuration: typed loading, validation naming key and file, overrides, paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from shopseg.config import ConfigError, load_config
+
+from .conftest import LOCAL_CONF, REPO
+
+
+def write(tmp_path: Path, text: str, name: str = "c.yaml") -> Path:
+    path = tmp_path / "conf" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_local_conf_loads_with_embedded_defaults():
+    config = load_config(LOCAL_CONF)
+    assert config.lakehouse.root == str(REPO / "lakehouse")
+    assert config.mlflow.tracking_uri == f"sqlite:///{REPO / 'lakehouse'}/mlflow.db"
+    assert config.mlflow.artifact_root == f"file://{REPO / 'lakehouse'}/mlartifacts"
+    assert config.spark.checkpoint_dir == f"{REPO / 'lakehouse'}/_spark/checkpoints"
+    assert config.generate.users == 20_000
+    assert config.generate.start_date == dt.date(2025, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "databricks.yaml"])
+def test_example_confs_load(name: str):
+    config = load_config(REPO / "conf" / name)
+    assert "://" in config.lakehouse.root or config.lakehouse.root.startswith("dbfs:")
+    assert config.mlflow.tracking_uri and not config.mlflow.tracking_uri.startswith("sqlite")
+
+
+def test_unknown_key_names_key_and_file(tmp_path: Path):
+    path = write(tmp_path, "lakehouse:\n  rot: /tmp/x\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+    assert "lakehouse.rot" in str(err.value)
+
+
+def test_ill_typed_value_names_key_and_file(tmp_path: Path):
+    path = write(tmp_path, "generate:\n  users: many\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml: generate\.users: expected an integer"):
+        load_config(path)
+
+
+def test_bool_is_not_an_integer(tmp_path: Path):
+    path = write(tmp_path, "generate:\n  users: true\n")
+    with pytest.raises(ConfigError, match="generate.users"):
+        load_config(path)
+
+
+def test_literal_choices_are_enforced(tmp_path: Path):
+    path = write(tmp_path, "lakehouse:\n  writer: parquet\n")
+    with pytest.raises(ConfigError, match="lakehouse.writer: expected one of"):
+        load_config(path)
+
+
+def test_value_rules_name_the_key(tmp_path: Path):
+    path = write(tmp_path, "generate:\n  start_date: 2025-02-01\n  end_date: 2025-01-01\n")
+    with pytest.raises(ConfigError, match="generate.start_date: must be before end_date"):
+        load_config(path)
+    path = write(tmp_path, "generate:\n  personas: {martian: 1.0}\n")
+    with pytest.raises(ConfigError, match="unknown persona"):
+        load_config(path)
+
+
+def test_set_overrides_nested_keys_with_yaml_types():
+    config = load_config(
+        LOCAL_CONF, ["generate.users=123", "generate.dirty_fraction=0", "spark.ui=true"]
+    )
+    assert config.generate.users == 123
+    assert config.generate.dirty_fraction == 0.0
+    assert config.spark.ui is True
+    assert "--set" in config.source
+
+
+def test_set_lakehouse_root_resolves_against_cwd_and_moves_defaults(tmp_path: Path):
+    config = load_config(LOCAL_CONF, ["lakehouse.root=rel/lh"], cwd=tmp_path)
+    assert config.lakehouse.root == str(tmp_path / "rel" / "lh")
+    assert config.mlflow.tracking_uri == f"sqlite:///{tmp_path / 'rel' / 'lh'}/mlflow.db"
+
+
+def test_file_paths_resolve_against_the_file(tmp_path: Path):
+    path = write(tmp_path, "lakehouse:\n  root: ../data/lh\n")
+    config = load_config(path, cwd=Path("/"))
+    assert config.lakehouse.root == str(tmp_path / "data" / "lh")
+
+
+def test_set_unknown_key_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"--set generate\.userz=5: unknown key 'generate.userz'"):
+        load_config(LOCAL_CONF, ["generate.userz=5"])
+
+
+def test_set_ill_typed_value_fails_naming_it():
+    with pytest.raises(ConfigError, match=r"--set generate\.seed=abc: generate\.seed"):
+        load_config(LOCAL_CONF, ["generate.seed=abc"])
+
+
+def test_set_spark_property_with_dots():
+    config = load_config(LOCAL_CONF, ["spark.conf.spark.sql.shuffle.partitions=7"])
+    assert config.spark.conf == {"spark.sql.shuffle.partitions": "7"}
+
+
+def test_uri_root_needs_a_tracking_uri():
+    with pytest.raises(ConfigError, match="mlflow.tracking_uri"):
+        load_config(LOCAL_CONF, ["lakehouse.root=s3a://bucket/lh"])
+    config = load_config(
+        LOCAL_CONF, ["lakehouse.root=s3a://bucket/lh", "mlflow.tracking_uri=http://mlflow:5000"]
+    )
+    assert config.mlflow.artifact_root == "s3a://bucket/lh/mlartifacts"
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_fingerprint_follows_values():
+    a = load_config(LOCAL_CONF).fingerprint()
+    assert a == load_config(LOCAL_CONF).fingerprint()
+    assert a != load_config(LOCAL_CONF, ["generate.seed=7"]).fingerprint()

@@ -1,0 +1,281 @@
+"""The Delta layer: both writers, one contract, read back by four engines."""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from shopseg.delta import CommitInfo, DeltaError, Lakehouse
+
+SCHEMA = (
+    "id long, n int, amount double, name string, day date, ts timestamp, flag boolean, "
+    "price decimal(10,2)"
+)
+ROWS = [
+    (1, 10, 1.5, "a", dt.date(2025, 1, 1), dt.datetime(2025, 1, 1, 8, 30), True,
+     decimal.Decimal("9.99")),
+    (2, None, 0.0, None, dt.date(2025, 1, 1), dt.datetime(2025, 1, 1, 23, 59, 59), False,
+     decimal.Decimal("0.00")),
+    (3, -4, -2.25, "c", dt.date(2025, 1, 2), None, None, None),
+]  # fmt: skip
+
+
+@pytest.fixture(params=["delta-rs", "spark"])
+def lake(request, spark, has_spark_delta, lake_root) -> Lakehouse:
+    if request.param == "spark" and not has_spark_delta:
+        pytest.skip(
+            "Delta Lake classes (io.delta:delta-spark) are not on the Spark classpath; "
+            "set SHOPSEG_DELTA_JARS to the delta-spark and delta-storage jars to run these"
+        )
+    return Lakehouse(spark, str(lake_root), request.param)
+
+
+@pytest.fixture
+def rows_df(spark):
+    return spark.createDataFrame(ROWS, SCHEMA)
+
+
+def test_roundtrip_through_spark_deltalake_duckdb_and_polars(lake, rows_df):
+    result = lake.write(rows_df, "silver/things", "overwrite", partition_by=["day"])
+    assert (result.version, result.rows) == (0, 3)
+    path = lake.path("silver/things")
+
+    assertDataFrameEqual(lake.read("silver/things"), rows_df)
+
+    frame = DeltaTable(path).to_pandas().sort_values("id")
+    assert frame["id"].tolist() == [1, 2, 3]
+    assert frame["name"].tolist()[0] == "a" and frame["name"].isna().tolist()[1]
+    assert str(frame["day"].tolist()[2]) == "2025-01-02"
+    assert frame["ts"].tolist()[1] == pd_ts("2025-01-01 23:59:59")
+
+    dataset = DeltaTable(path).to_pyarrow_dataset()  # noqa: F841 - DuckDB reads it by name
+    got = duckdb.sql(
+        "select count(*), sum(n), min(ts), sum(price) from dataset where day = '2025-01-01'"
+    ).fetchall()[0]
+    assert got[0] == 2 and got[1] == 10
+    assert got[2] == dt.datetime(2025, 1, 1, 8, 30, tzinfo=dt.UTC)
+    assert got[3] == decimal.Decimal("9.99")
+
+    polars_frame = pl.read_delta(path).sort("id")
+    assert polars_frame["amount"].to_list() == [1.5, 0.0, -2.25]
+    assert polars_frame["flag"].to_list() == [True, False, None]
+
+
+def pd_ts(text: str):
+    import pandas as pd
+
+    return pd.Timestamp(text, tz="UTC")
+
+
+def test_each_write_is_one_version(lake, spark, rows_df):
+    lake.write(rows_df, "t", "overwrite")
+    more = spark.createDataFrame([r for r in ROWS[:2]], SCHEMA).withColumn("id", F.col("id") + 10)
+    assert lake.write(more, "t", "append").version == 1
+    assert lake.write(rows_df.limit(1), "t", "overwrite").version == 2
+    assert lake.version("t") == 2
+    assert lake.read("t", version=0).count() == 3
+    assert lake.read("t", version=1).count() == 5
+    assert lake.read("t").count() == 1
+    assert [lake.row_count("t", v) for v in (0, 1, 2)] == [3, 5, 1]
+
+
+def test_overwrite_partitions_replaces_only_those_present(lake, spark, rows_df):
+    lake.write(rows_df, "p", "overwrite", partition_by=["day"])
+    replacement = spark.createDataFrame(
+        [(7, 1, 1.0, "new", dt.date(2025, 1, 2), None, True, None)], SCHEMA
+    )
+    result = lake.write(replacement, "p", "overwrite_partitions", partition_by=["day"])
+    assert result.version == 1
+    got = {(r.id, str(r.day)) for r in lake.read("p").collect()}
+    assert got == {(1, "2025-01-01"), (2, "2025-01-01"), (7, "2025-01-02")}
+    # What another engine sees is the same.
+    assert sorted(DeltaTable(lake.path("p")).to_pandas()["id"].tolist()) == [1, 2, 7]
+
+
+def test_read_by_timestamp(lake, rows_df):
+    lake.write(rows_df, "t", "overwrite")
+    time.sleep(0.05)
+    lake.write(rows_df.limit(1), "t", "overwrite")
+    history = {h.version: h.timestamp for h in lake.history("t")}
+    assert lake.read("t", timestamp=history[0]).count() == 3
+    assert lake.read("t", timestamp=history[1] + dt.timedelta(seconds=1)).count() == 1
+
+
+def test_commit_records_stage_run_and_config(lake, rows_df):
+    info = CommitInfo(stage="features", run_id="run123", config_hash="abc", extra={"k": "v"})
+    lake.write(rows_df, "t", "overwrite", commit=info)
+    entry = lake.history("t")[0]
+    assert entry.metadata["shopseg.stage"] == "features"
+    assert entry.metadata["shopseg.mlflow_run_id"] == "run123"
+    assert entry.metadata["shopseg.config_hash"] == "abc"
+    assert entry.metadata["shopseg.k"] == "v"
+    assert entry.metadata["shopseg.mode"] == "overwrite"
+
+
+def test_append_with_another_schema_fails_and_keeps_the_table(lake, rows_df):
+    lake.write(rows_df, "t", "overwrite")
+    with pytest.raises(DeltaError, match=r"new columns \['extra'\]"):
+        lake.write(rows_df.withColumn("extra", F.lit(1)), "t", "append")
+    with pytest.raises(DeltaError, match="changed types n"):
+        lake.write(rows_df.withColumn("n", F.col("n").cast("string")), "t", "append")
+    assert lake.version("t") == 0
+    assert lake.read("t").columns == rows_df.columns
+
+
+def test_overwrite_schema_replaces_it(lake, rows_df):
+    lake.write(rows_df, "t", "overwrite")
+    lake.write(
+        rows_df.select("id", F.lit("x").alias("tag")), "t", "overwrite", overwrite_schema=True
+    )
+    assert lake.read("t").columns == ["id", "tag"]
+
+
+def test_append_matches_columns_by_name(lake, rows_df):
+    lake.write(rows_df, "t", "overwrite")
+    reordered = rows_df.select(*reversed(rows_df.columns)).withColumn("id", F.col("id") + 100)
+    lake.write(reordered, "t", "append")
+    assert lake.read("t").filter("id = 101").first()["name"] == "a"
+
+
+def test_empty_write_is_a_version(lake, spark):
+    result = lake.write(spark.createDataFrame([], SCHEMA), "empty", "overwrite")
+    assert (result.version, result.rows) == (0, 0)
+    assert lake.read("empty").count() == 0
+    assert lake.read("empty").columns == [f.split()[0] for f in SCHEMA.split(", ")]
+
+
+def test_null_partition_values_roundtrip(lake, spark):
+    df = spark.createDataFrame([(1, "a"), (2, None)], "id long, segment string")
+    lake.write(df, "t", "overwrite", partition_by=["segment"])
+    assertDataFrameEqual(lake.read("t"), df)
+
+
+def test_partition_rules(lake, spark, rows_df):
+    with pytest.raises(DeltaError, match="partition column 'ts' has type timestamp"):
+        lake.write(rows_df, "t", "overwrite", partition_by=["ts"])
+    with pytest.raises(DeltaError, match="needs partition_by"):
+        lake.write(rows_df, "t", "overwrite_partitions")
+    with pytest.raises(DeltaError, match="not in the data"):
+        lake.write(rows_df, "t", "overwrite", partition_by=["nope"])
+
+
+def test_unplain_partition_value_is_refused_and_nothing_commits(spark, lake_root):
+    lake = Lakehouse(spark, str(lake_root), "delta-rs")
+    ok = spark.createDataFrame([(1, "a")], "id long, segment string")
+    lake.write(ok, "t", "overwrite", partition_by=["segment"])
+    bad = spark.createDataFrame([(2, "a b/c")], "id long, segment string")
+    with pytest.raises(Exception, match="may only contain letters"):
+        lake.write(bad, "t", "append", partition_by=["segment"])
+    assert lake.version("t") == 0
+
+
+def test_delta_rs_writer_splits_files_and_records_stats(spark, lake_root):
+    lake = Lakehouse(spark, str(lake_root), "delta-rs", max_rows_per_file=40, row_group_rows=16)
+    df = spark.range(0, 200, numPartitions=2).withColumn("day", F.lit(dt.date(2025, 3, 1)))
+    result = lake.write(df, "t", "overwrite", partition_by=["day"])
+    assert result.rows == 200
+    assert result.files >= 5
+    actions = pa.table(DeltaTable(lake.path("t")).get_add_actions(flatten=True)).to_pylist()
+    assert sum(a["num_records"] for a in actions) == 200
+    assert min(a["min.id"] for a in actions) == 0 and max(a["max.id"] for a in actions) == 199
+    assert lake.read("t").agg(F.sum("id")).first()[0] == sum(range(200))
+
+
+def test_unknown_table_is_named(lake):
+    with pytest.raises(DeltaError, match="no Delta table at .*nothing/here"):
+        lake.read("nothing/here")
+    assert lake.version("nothing/here") is None
+
+
+def test_forcing_spark_writer_without_classes_fails_clearly(spark, has_spark_delta, lake_root):
+    if has_spark_delta:
+        pytest.skip("the Delta classes are on the classpath here")
+    with pytest.raises(DeltaError, match="Delta Lake classes are not on the Spark classpath"):
+        Lakehouse(spark, str(lake_root), "spark")
+
+
+# --------------------------------------------------------------------------- killed writers
+
+KILLABLE = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from pyspark.sql import functions as F
+    from shopseg.config import SparkConf
+    from shopseg.delta import Lakehouse
+
+    root, marker, when = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    if when == "before-commit":
+        # Stand-in for a process that dies after its tasks wrote every data
+        # file and before the driver commits: block at the commit call.
+        import deltalake
+
+        def hang(*args, **kwargs):
+            marker.write_text("files written")
+            time.sleep(600)
+
+        deltalake.DeltaTable.create_write_transaction = hang
+    from shopseg.spark import get_spark
+    spark = get_spark("killable", SparkConf(master="local[2]", driver_memory="1g"))
+    lake = Lakehouse(spark, root, "delta-rs", max_rows_per_file=50_000)
+    df = spark.range(0, 3_000_000, numPartitions=6).withColumn("v", F.rand(1))
+    if when == "during-write":
+        marker.write_text("started")
+    lake.write(df, "t", "overwrite")
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before-commit", "during-write"])
+def test_killed_writer_leaves_the_previous_version(spark, lake_root, tmp_path, when):
+    lake = Lakehouse(spark, str(lake_root), "delta-rs")
+    lake.write(spark.range(5).withColumn("v", F.lit(0.5)), "t", "overwrite")
+    table_dir = Path(lake.path("t"))
+    before = {p.name for p in table_dir.glob("*.parquet")}
+    script = tmp_path / "killable.py"
+    script.write_text(KILLABLE)
+    marker = tmp_path / "marker"
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(lake_root), str(marker), when],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            new_files = {p.name for p in table_dir.glob("*.parquet")} - before
+            if marker.exists() and new_files:
+                break
+            assert proc.poll() is None, "the writer ended before it could be killed"
+            time.sleep(0.05)
+        else:
+            pytest.fail("the writer wrote no data file in time")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    orphans = {p.name for p in table_dir.glob("*.parquet")} - before
+    assert orphans, "the killed writer should have left data files behind"
+    assert DeltaTable(str(table_dir)).version() == 0
+    assert lake.read("t").count() == 5
+    assert DeltaTable(str(table_dir)).to_pandas().shape[0] == 5
+    # The next write commits normally and the orphans never show up in it.
+    assert lake.write(spark.range(3).withColumn("v", F.lit(1.0)), "t", "overwrite").version == 1
+    assert lake.read("t").count() == 3
