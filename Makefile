@@ -20,8 +20,8 @@ test-fast: check-java install
 	$(BIN)/pytest -m "not slow"
 
 lint: install
-	$(BIN)/ruff check libs tests jobs notebooks
-	$(BIN)/ruff format --check libs tests jobs notebooks
+	$(BIN)/ruff check libs tests jobs notebooks bench
+	$(BIN)/ruff format --check libs tests jobs notebooks bench
 
 install: $(STAMP)
 

@@ -121,6 +121,7 @@ def test_console_script_fails_with_status_1_when_a_stage_fails(tmp_path):
     )
     assert done.returncode == 1
     assert "shopseg generate failed" in done.stderr
+    assert "Traceback" in done.stderr, "an unexpected failure keeps its traceback"
     tracking = f"sqlite:///{root}/mlflow.db"
     mlflow.set_tracking_uri(tracking)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

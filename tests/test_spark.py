@@ -13,7 +13,7 @@ from shopseg.spark import local_cores, session_properties
 
 def test_local_master_gets_small_machine_defaults():
     props = session_properties(SparkConf(), "local[2]", "app")
-    assert props["spark.sql.shuffle.partitions"] == "4"
+    assert props["spark.sql.shuffle.partitions"] == "8"
     assert props["spark.pyspark.python"] == sys.executable
     assert props["spark.sql.execution.arrow.pyspark.enabled"] == "true"
     assert props["spark.sql.adaptive.enabled"] == "true"

@@ -16,7 +16,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from shopseg.config import ConfigError, load_config
+from shopseg.config import ConfigError, ShopsegError, load_config
 from shopseg.logs import setup_logging
 from shopseg.pipeline import STAGES, parse_stages
 
@@ -66,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages",
         default=None,
         metavar="A,B,...",
-        help="comma-separated stages to run, in pipeline order (default: all)",
+        help="comma-separated stages to run, in pipeline order "
+        "(default: the conf's pipeline.stages, else all)",
     )
     for s in STAGES:
         _common(sub.add_parser(s.name, help=f"run stage {s.name}: {s.summary}"))
@@ -80,7 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(args.conf, args.overrides)
         if args.command == "run":
-            names = parse_stages(args.stages)
+            default = ",".join(config.pipeline.stages or [])
+            names = parse_stages(args.stages or default or None)
         elif args.command == "summary":
             names = []
         else:
@@ -98,8 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         report = run_stages(config, names)
-    except Exception:
+    except (ShopsegError, FileNotFoundError) as exc:
+        # Expected problems (a bad source, a refused write): the message says it all.
+        print(f"shopseg {args.command} failed: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
         log.exception("shopseg %s failed", args.command)
+        print(f"shopseg {args.command} failed: {exc}", file=sys.stderr)
         return 1
     _, lakehouse = open_lakehouse(config)
     format_summary(config, lakehouse, report)

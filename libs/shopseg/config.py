@@ -33,6 +33,10 @@ import yaml
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 
 
+class ShopsegError(RuntimeError):
+    """A failure the user can act on; the CLI prints its message without a traceback."""
+
+
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
 
@@ -67,7 +71,7 @@ class SparkConf:
     app_name: str = "shopseg"
     driver_memory: str = "4g"
     ui: bool = False
-    # Shuffle partitions in local mode; default is twice the local cores.
+    # Shuffle partitions in local mode; default is four times the local cores.
     shuffle_partitions: int | None = None
     checkpoint_dir: str | None = _path_field(None)
     # Extra Spark properties, passed as they are (also on a cluster).
@@ -119,6 +123,139 @@ class GenerateConf:
     output_partitions: int | None = None
 
 
+ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
+SourceFormat = Literal["csv", "json", "parquet", "whitespace", "fixed_width"]
+LAKEHOUSE_ROOT = "${lakehouse.root}"
+
+
+@dataclass
+class ColumnConf:
+    """One target column of a source: where it comes from, its type and its rules."""
+
+    # Source column name (default: the target name). Ignored for fixed_width.
+    source: str | None = None
+    type: ColumnType = "string"
+    # Date/timestamp pattern (Spark datetime pattern), e.g. yyyyMMdd.
+    format: str | None = None
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+    # Allowed values (after type conversion), e.g. the known event types.
+    allowed: list[str] | None = None
+    # fixed_width only: 1-based start and length on the line.
+    start: int | None = None
+    length: int | None = None
+
+
+@dataclass
+class SourceConf:
+    """A raw source: where it is, how to read it, how its columns map to bronze."""
+
+    path: str = _path_field("")
+    format: SourceFormat = "csv"
+    # Reader options, e.g. header, sep (csv); header (whitespace).
+    options: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, ColumnConf] = field(default_factory=dict)
+    # Target columns set to a value for every record, e.g. event_type: purchase.
+    constants: dict[str, str] = field(default_factory=dict)
+    # Dedup key (target columns); empty keeps identical rows.
+    key: list[str] = field(default_factory=list)
+    # The bronze table it feeds, e.g. bronze/events.
+    table: str = ""
+
+
+@dataclass
+class IngestConf:
+    # Sources to ingest (default: all configured).
+    sources: list[str] | None = None
+    # Timestamps later than ingestion time plus this are rejected as future.
+    future_tolerance_minutes: int = 5
+
+
+PrivacyAction = Literal["drop", "hash", "keep"]
+DEFAULT_IDENTIFIER_ACTIONS: dict[str, PrivacyAction] = {
+    "full_name": "drop",
+    "email": "drop",
+    "phone": "drop",
+    "address": "drop",
+    "ip": "drop",
+}
+
+
+@dataclass
+class PrivacyConf:
+    """Direct identifiers are dropped or keyed-hashed at bronze; they never reach silver."""
+
+    # Environment variable holding the HMAC key for `hash` (never in a file).
+    hash_key_env: str = "SHOPSEG_HASH_KEY"
+    identifiers: dict[str, PrivacyAction] = field(
+        default_factory=lambda: dict(DEFAULT_IDENTIFIER_ACTIONS)
+    )
+    # Smallest group an export or a report may show.
+    min_group_size: int = 10
+
+
+@dataclass
+class RfmRule:
+    """A named RFM segment: recency and frequency score ranges (inclusive, 1..5)."""
+
+    name: str = ""
+    r: list[int] = field(default_factory=lambda: [1, 5])
+    f: list[int] = field(default_factory=lambda: [1, 5])
+
+
+DEFAULT_RFM_RULES = (
+    ("Champions", (4, 5), (4, 5)),
+    ("Can't lose", (1, 2), (5, 5)),
+    ("Loyal", (3, 5), (3, 5)),
+    ("New", (5, 5), (1, 1)),
+    ("Potential loyalist", (3, 5), (1, 3)),
+    ("At risk", (1, 2), (3, 4)),
+    ("Hibernating", (2, 2), (1, 2)),
+    ("Lost", (1, 1), (1, 2)),
+)
+
+
+@dataclass
+class RfmConf:
+    # Relative error of the quantiles that cut RFM quintiles (0 = exact, slower).
+    quantile_error: float = 0.001
+    # First matching rule names the segment; rules must cover every R x F cell.
+    segments: list[RfmRule] = field(
+        default_factory=lambda: [
+            RfmRule(name, list(r), list(f)) for name, r, f in DEFAULT_RFM_RULES
+        ]
+    )
+    no_purchase_segment: str = "Never purchased"
+
+
+@dataclass
+class FeaturesConf:
+    """Stage `features`: silver events, user features, interactions."""
+
+    # Snapshot date; default the day after the last event.
+    as_of_date: dt.date | None = None
+    # Days of history before as_of_date; null = all.
+    lookback_days: int | None = 365
+    # Categories with a share column; null = the most frequent `top_categories_n`.
+    top_categories: list[str] | None = None
+    top_categories_n: int = 10
+    # Demographic columns one-hot encoded: column -> values.
+    demographics: dict[str, list[str]] = field(default_factory=dict)
+    interaction_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "cart": 3.0, "purchase": 5.0, "review": 2.0}
+    )
+    # Time decay of interactions (half-life in days); null = none.
+    interaction_half_life_days: float | None = None
+    rfm: RfmConf = field(default_factory=RfmConf)
+
+
+@dataclass
+class PipelineConf:
+    # Stages `shopseg run` runs without --stages (default: all).
+    stages: list[str] | None = None
+
+
 @dataclass
 class Config:
     """The whole configuration of one shopseg invocation."""
@@ -127,7 +264,12 @@ class Config:
     spark: SparkConf = field(default_factory=SparkConf)
     mlflow: MlflowConf = field(default_factory=MlflowConf)
     logging: LoggingConf = field(default_factory=LoggingConf)
+    pipeline: PipelineConf = field(default_factory=PipelineConf)
     generate: GenerateConf = field(default_factory=GenerateConf)
+    sources: dict[str, SourceConf] = field(default_factory=dict)
+    ingest: IngestConf = field(default_factory=IngestConf)
+    privacy: PrivacyConf = field(default_factory=PrivacyConf)
+    features: FeaturesConf = field(default_factory=FeaturesConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -175,6 +317,9 @@ def _validate(config: Config) -> None:
         _check(g.output_partitions > 0, "generate.output_partitions", origin, "must be positive")
     sp = config.spark.shuffle_partitions
     _check(sp is None or sp > 0, "spark.shuffle_partitions", origin, "must be positive")
+    _validate_sources(config)
+    _validate_features(config)
+    _check(config.privacy.min_group_size >= 1, "privacy.min_group_size", origin, "must be >= 1")
     root = config.lakehouse.root
     if is_uri(root) and not root.startswith("file:"):
         _check(
@@ -183,6 +328,116 @@ def _validate(config: Config) -> None:
             origin,
             "is required when lakehouse.root is not a local path (SQLite needs a local file)",
         )
+
+
+_PLAIN_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _validate_sources(config: Config) -> None:
+    origin = config.source
+    types_by_table: dict[str, dict[str, tuple[str, str]]] = {}
+    for name, src in config.sources.items():
+        key = f"sources.{name}"
+        _check(bool(_PLAIN_NAME.match(name)), key, origin, "name must be lower_snake_case")
+        _check(bool(src.path), f"{key}.path", origin, "is required")
+        _check(
+            src.table.startswith("bronze/") and len(src.table) > len("bronze/"),
+            f"{key}.table",
+            origin,
+            "must name a bronze table, e.g. bronze/events",
+        )
+        _check(bool(src.columns), f"{key}.columns", origin, "needs at least one column")
+        both = sorted(set(src.columns) & set(src.constants))
+        _check(not both, f"{key}.constants", origin, f"{both} are also mapped columns")
+        targets = set(src.columns) | set(src.constants)
+        missing_key = sorted(set(src.key) - targets)
+        _check(not missing_key, f"{key}.key", origin, f"{missing_key} are not target columns")
+        for col, spec in src.columns.items():
+            ckey = f"{key}.columns.{col}"
+            _check(bool(_PLAIN_NAME.match(col)), ckey, origin, "name must be lower_snake_case")
+            if src.format == "fixed_width":
+                _check(
+                    spec.start is not None and spec.start >= 1 and (spec.length or 0) >= 1,
+                    ckey,
+                    origin,
+                    "fixed_width columns need start >= 1 and length >= 1",
+                )
+            if spec.min is not None and spec.max is not None:
+                _check(spec.min <= spec.max, f"{ckey}.min", origin, "must not exceed max")
+            if spec.format is not None:
+                _check(
+                    spec.type in ("date", "timestamp"),
+                    f"{ckey}.format",
+                    origin,
+                    "only date and timestamp columns take a format",
+                )
+            seen = types_by_table.setdefault(src.table, {})
+            if col in seen and seen[col][0] != spec.type:
+                raise ConfigError(
+                    f"{origin}: {ckey}.type: {spec.type} conflicts with {seen[col][1]} "
+                    f"({seen[col][0]}); sources feeding {src.table} must agree"
+                )
+            seen.setdefault(col, (spec.type, f"{key}.columns.{col}"))
+    wanted = config.ingest.sources
+    if wanted is not None:
+        unknown = sorted(set(wanted) - set(config.sources))
+        _check(not unknown, "ingest.sources", origin, f"unknown source(s) {unknown}")
+
+
+def _validate_features(config: Config) -> None:
+    origin = config.source
+    f = config.features
+    if f.lookback_days is not None:
+        _check(f.lookback_days > 0, "features.lookback_days", origin, "must be positive")
+    _check(f.top_categories_n > 0, "features.top_categories_n", origin, "must be positive")
+    _check(
+        all(w >= 0 for w in f.interaction_weights.values()),
+        "features.interaction_weights",
+        origin,
+        "weights must be non-negative",
+    )
+    if f.interaction_half_life_days is not None:
+        _check(
+            f.interaction_half_life_days > 0,
+            "features.interaction_half_life_days",
+            origin,
+            "must be positive",
+        )
+    _check(
+        0 <= f.rfm.quantile_error < 0.5,
+        "features.rfm.quantile_error",
+        origin,
+        "must be in [0, 0.5)",
+    )
+    names = [rule.name for rule in f.rfm.segments]
+    _check(
+        all(names) and len(set(names)) == len(names),
+        "features.rfm.segments",
+        origin,
+        "every rule needs a unique name",
+    )
+    covered = set()
+    for i, rule in enumerate(f.rfm.segments):
+        for axis in ("r", "f"):
+            lo_hi = getattr(rule, axis)
+            _check(
+                len(lo_hi) == 2 and 1 <= lo_hi[0] <= lo_hi[1] <= 5,
+                f"features.rfm.segments[{i}].{axis}",
+                origin,
+                "must be [low, high] within 1..5",
+            )
+        covered |= {
+            (r, fr)
+            for r in range(rule.r[0], rule.r[1] + 1)
+            for fr in range(rule.f[0], rule.f[1] + 1)
+        }
+    gaps = sorted({(r, fr) for r in range(1, 6) for fr in range(1, 6)} - covered)
+    _check(
+        not gaps,
+        "features.rfm.segments",
+        origin,
+        f"no rule covers (R, F) scores {gaps}; every cell needs a segment",
+    )
 
 
 # --------------------------------------------------------------------------- typing
@@ -385,20 +640,12 @@ def _resolve_paths(raw: Any, tp: Any, base: Path) -> Any:
 
 
 def resolve_path(value: str, base: Path) -> str:
-    """Absolute form of a local path relative to `base`; URIs pass through."""
-    if is_uri(value):
+    """Absolute form of a local path relative to `base`; URIs and `${lakehouse.root}/...`
+    (filled in once the root is known) pass through."""
+    if is_uri(value) or value.startswith(LAKEHOUSE_ROOT):
         return value
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (base / p).resolve())
-
-
-def _merge(dst: dict[str, Any], src: dict[str, Any]) -> dict[str, Any]:
-    for k, v in src.items():
-        if isinstance(v, dict) and isinstance(dst.get(k), dict):
-            _merge(dst[k], v)
-        else:
-            dst[k] = v
-    return dst
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -496,6 +743,9 @@ def _apply_defaults(config: Config, base: Path) -> None:
         config.mlflow.artifact_root = f"file://{config.mlflow.artifact_root}"
     if config.spark.checkpoint_dir is None:
         config.spark.checkpoint_dir = f"{root.rstrip('/')}/_spark/checkpoints"
+    for source in config.sources.values():
+        if source.path.startswith(LAKEHOUSE_ROOT):
+            source.path = root.rstrip("/") + source.path[len(LAKEHOUSE_ROOT) :]
 
 
 def local_dir(root: str) -> str | None:

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from shopseg.config import is_uri, local_dir
+from shopseg.config import ShopsegError, is_uri, local_dir
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -53,7 +53,7 @@ _UNSUPPORTED_READER_FEATURES = {"deletionVectors", "columnMapping", "v2Checkpoin
 META_PREFIX = "shopseg."
 
 
-class DeltaError(RuntimeError):
+class DeltaError(ShopsegError):
     """A Delta read or write was refused; the message names the table and why."""
 
 

@@ -483,7 +483,8 @@ def build_events(users: DataFrame, conf: GenerateConf) -> DataFrame:
         + F.floor(uniform(seed, "jitter", uid, sid, k) * 30).cast("long")
     )
     review_ts = ts + F.lit(3600) * (1 + F.floor(uniform(seed, "review_ts", uid, sid) * 48))
-    ts = F.when(F.col(t.EVENT_TYPE) == "review", F.least(review_ts, F.lit(end_s))).otherwise(ts)
+    # Sessions that start late on the last day do not spill past the window.
+    ts = F.least(F.when(F.col(t.EVENT_TYPE) == "review", review_ts).otherwise(ts), F.lit(end_s))
     # Carts and purchases carry the paid unit price after any discount.
     discounted = uniform(seed, "discount", uid, sid) < per_persona(
         p, tuple(pe.p_discount for pe in PERSONAS)

@@ -45,6 +45,16 @@ STAGES: tuple[Stage, ...] = (
         "synthetic shop data: users CSV, items Parquet, events JSON lines, ground truth",
         "shopseg.stages.generate",
     ),
+    Stage(
+        "ingest",
+        "configured sources -> bronze tables, bad records -> bronze/quarantine",
+        "shopseg.stages.ingest",
+    ),
+    Stage(
+        "features",
+        "silver/events, silver/user_features (RFM, behaviour), silver/interactions",
+        "shopseg.stages.features",
+    ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 

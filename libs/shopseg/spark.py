@@ -61,8 +61,10 @@ def local_defaults(settings: SparkConf, master: str) -> dict[str, str]:
         "spark.app.name": settings.app_name,
         "spark.driver.memory": settings.driver_memory,
         # Spark's 200 shuffle partitions are for clusters; a small multiple of
-        # the cores keeps tasks few and big enough here.
-        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions or 2 * cores),
+        # the cores keeps tasks few and big enough here. Measured on 10M events
+        # (user features, 2 cores): 13.2 s with 2x the cores, 11.2 s with 4x,
+        # 11.0 s with 8x; adaptive execution coalesces them on small data.
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions or 4 * cores),
         "spark.default.parallelism": str(2 * cores),
         "spark.sql.adaptive.enabled": "true",
         "spark.sql.execution.arrow.pyspark.enabled": "true",

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class StageRun:
             }
         )
         mlflow.log_param(f"output.{result.table}.version", result.version)
-        mlflow.log_metric(f"rows.{result.table}", result.rows)
+        mlflow.log_metric(metric_name(f"rows.{result.table}"), result.rows)
 
     def log_params(self, params: Mapping[str, Any], prefix: str = "") -> None:
         import mlflow
@@ -116,7 +117,7 @@ class StageRun:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import mlflow
 
-        mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        mlflow.log_metrics({metric_name(k): float(v) for k, v in metrics.items()}, step=step)
 
     def log_figure(self, figure: Any, name: str) -> None:
         """Log a matplotlib figure as a PNG artifact."""
@@ -137,6 +138,11 @@ class StageRun:
         import mlflow
 
         mlflow.log_dict(dict(data), name)
+
+
+def metric_name(name: str) -> str:
+    """A name MLflow accepts: other characters become '_' ("Can't lose" -> "Can_t lose")."""
+    return re.sub(r"[^A-Za-z0-9_\-. :/]", "_", name)
 
 
 def _flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

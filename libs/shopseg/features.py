@@ -1,0 +1,382 @@
+"""Silver: clean events, per-user features (RFM, behaviour, tastes), interactions.
+
+Built-in Spark functions only. User features take two aggregations: events
+to (user, day) rows, then days to users. The per-day step shrinks the data
+many times over before anything user-wide happens, and gives distinct days
+(purchase days, active days) without a distinct count. Gaps between purchase
+days come from a window on the daily rows, partitioned by user, which the
+final per-user aggregation reuses without another shuffle.
+
+Sessions are counted apart, from distinct (user, session) pairs: measured on
+10M events, a `collect_set` of sessions inside the per-day aggregation moved
+the whole aggregation off Spark's code-generated hash aggregate (27 s against
+7 s), while a second scan of the events plus a distinct costs about 4 s.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from shopseg import tables as t
+from shopseg.config import RfmRule
+
+SILVER_EVENT_TYPES: dict[str, T.DataType] = {
+    t.EVENT_ID: T.LongType(),
+    t.USER_ID: T.LongType(),
+    t.ITEM_ID: T.LongType(),
+    t.EVENT_TYPE: T.StringType(),
+    t.EVENT_TS: T.TimestampType(),
+    t.SESSION_ID: T.StringType(),
+    t.QUANTITY: T.IntegerType(),
+    t.PRICE: T.DoubleType(),
+    t.AMOUNT: T.DoubleType(),
+    t.DISCOUNT: T.DoubleType(),
+    t.RATING: T.IntegerType(),
+    t.DWELL_SECONDS: T.DoubleType(),
+    t.SOURCE: T.StringType(),
+}
+QUANTILES = (0.2, 0.4, 0.6, 0.8)
+
+
+def column_suffix(value: str) -> str:
+    """A value as a column-name suffix: lower case, other characters as '_'."""
+    return re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+
+
+def with_missing_columns(df: DataFrame, types: Mapping[str, T.DataType]) -> DataFrame:
+    """Cast the columns present to their types and add the missing ones as nulls."""
+    return df.select(
+        *[
+            (F.col(name) if name in df.columns else F.lit(None)).cast(dtype).alias(name)
+            for name, dtype in types.items()
+        ],
+        *[c for c in df.columns if c not in types],
+    )
+
+
+# --------------------------------------------------------------------------- silver events
+
+
+def build_silver_events(bronze_events: DataFrame) -> DataFrame:
+    """Clean events: typed, one row per event id, `amount` filled for purchases.
+
+    A source without event ids (a transaction log) gets ids hashed from its
+    bronze record ids, so identical rows stay separate purchases.
+    """
+    df = with_missing_columns(bronze_events, {**SILVER_EVENT_TYPES, t.RECORD_ID: T.StringType()})
+    is_purchase = F.col(t.EVENT_TYPE) == "purchase"
+    return (
+        df.withColumn(t.EVENT_ID, F.coalesce(F.col(t.EVENT_ID), F.xxhash64(F.col(t.RECORD_ID))))
+        .withColumn(
+            t.AMOUNT,
+            F.when(
+                is_purchase,
+                F.coalesce(
+                    F.col(t.AMOUNT), F.col(t.PRICE) * F.coalesce(F.col(t.QUANTITY), F.lit(1))
+                ),
+            ),
+        )
+        .withColumn(t.EVENT_DATE, F.to_date(F.col(t.EVENT_TS)))
+        .dropDuplicates([t.EVENT_ID])
+        .select(*t.SILVER_EVENTS.columns)
+    )
+
+
+def default_as_of(events: DataFrame) -> dt.date:
+    """The day after the last event."""
+    last = events.agg(F.max(t.EVENT_DATE)).first()[0]
+    if last is None:
+        raise ValueError("no events: cannot derive as_of_date; set features.as_of_date")
+    return last + dt.timedelta(days=1)
+
+
+def filter_window(events: DataFrame, as_of: dt.date, lookback_days: int | None) -> DataFrame:
+    """Events before the as-of date, within the lookback window."""
+    cond = F.col(t.EVENT_DATE) < F.lit(as_of)
+    if lookback_days is not None:
+        cond &= F.col(t.EVENT_DATE) >= F.lit(as_of - dt.timedelta(days=lookback_days))
+    return events.filter(cond)
+
+
+def top_categories(events: DataFrame, items: DataFrame, n: int) -> list[str]:
+    """The n categories with the most events."""
+    rows = (
+        events.join(items.select(t.ITEM_ID, t.CATEGORY), t.ITEM_ID, "inner")
+        .groupBy(t.CATEGORY)
+        .count()
+        .orderBy(F.desc("count"), t.CATEGORY)
+        .limit(n)
+        .collect()
+    )
+    return [r[t.CATEGORY] for r in rows if r[t.CATEGORY] is not None]
+
+
+# --------------------------------------------------------------------------- user features
+
+
+def _daily(events: DataFrame, categories: Sequence[str]) -> DataFrame:
+    kind = F.col(t.EVENT_TYPE)
+    purchase = kind == "purchase"
+    review = kind == "review"
+
+    def count_if(cond: Column) -> Column:
+        return F.sum(F.when(cond, 1).otherwise(0))
+
+    return events.groupBy(t.USER_ID, t.EVENT_DATE).agg(
+        F.count(F.lit(1)).alias("n_events"),
+        count_if(kind == "view").alias("views"),
+        count_if(kind == "cart").alias("carts"),
+        count_if(purchase).alias("purchases"),
+        F.sum(F.when(purchase, F.col(t.AMOUNT))).alias("amount"),
+        count_if(purchase & (F.col(t.DISCOUNT) > 0)).alias("discounted"),
+        F.sum(t.DWELL_SECONDS).alias("dwell_sum"),
+        F.count(t.DWELL_SECONDS).alias("dwell_n"),
+        count_if(review).alias("reviews"),
+        F.sum(F.when(review, F.col(t.RATING))).alias("rating_sum"),
+        F.count(F.when(review, F.col(t.RATING))).alias("rating_n"),
+        *[count_if(F.col(t.CATEGORY) == c).alias(f"_cat{i}") for i, c in enumerate(categories)],
+    )
+
+
+def _per_user(daily: DataFrame, n_categories: int) -> DataFrame:
+    by_day = Window.partitionBy(t.USER_ID).orderBy(t.EVENT_DATE)
+    bought = F.col("purchases") > 0
+    previous_purchase = F.max(F.when(bought, F.col(t.EVENT_DATE))).over(
+        by_day.rowsBetween(Window.unboundedPreceding, -1)
+    )
+    gap = F.when(bought, F.datediff(F.col(t.EVENT_DATE), previous_purchase))
+    return (
+        daily.withColumn("_gap", gap)
+        .groupBy(t.USER_ID)
+        .agg(
+            F.min(t.EVENT_DATE).alias("first_event_date"),
+            F.max(F.when(bought, F.col(t.EVENT_DATE))).alias("last_purchase_date"),
+            F.sum("purchases").alias("frequency"),
+            F.sum("amount").alias("monetary"),
+            F.count(F.when(bought, 1)).alias("purchase_days"),
+            F.avg("_gap").alias("mean_days_between_purchases"),
+            F.stddev_samp("_gap").alias("std_days_between_purchases"),
+            F.count(F.lit(1)).alias("active_days"),
+            *[
+                F.sum(c).alias(c)
+                for c in (
+                    "views",
+                    "carts",
+                    "discounted",
+                    "dwell_sum",
+                    "dwell_n",
+                    "reviews",
+                    "rating_sum",
+                    "rating_n",
+                    "n_events",
+                )
+            ],
+            *[F.sum(f"_cat{i}").alias(f"_cat{i}") for i in range(n_categories)],
+        )
+    )
+
+
+def _sessions(events: DataFrame) -> DataFrame:
+    """Distinct sessions per user (users without session ids are left out)."""
+    return (
+        events.filter(F.col(t.SESSION_ID).isNotNull())
+        .select(t.USER_ID, t.SESSION_ID)
+        .distinct()
+        .groupBy(t.USER_ID)
+        .agg(F.count(F.lit(1)).alias("sessions"))
+    )
+
+
+def _ratio(num: str | Column, den: str | Column) -> Column:
+    num = F.col(num) if isinstance(num, str) else num
+    den = F.col(den) if isinstance(den, str) else den
+    return F.when(den > 0, num / den)
+
+
+def rfm_cuts(users: DataFrame, relative_error: float) -> dict[str, list[float]]:
+    """Quintile cut points of recency, frequency and monetary among buyers (one pass)."""
+    buyers = users.filter(F.col("frequency") > 0)
+    cols = ["recency_days", "frequency", "monetary"]
+    cuts = buyers.approxQuantile(cols, list(QUANTILES), relative_error)
+    return dict(zip(cols, cuts, strict=True))
+
+
+def score(value: Column, cuts: Sequence[float], higher_is_better: bool) -> Column:
+    """1..5 by how many quintile cuts the value passes (ties share a score)."""
+    if not cuts:
+        return F.lit(None).cast("int")
+    passed = [F.when(value > c if higher_is_better else value < c, 1).otherwise(0) for c in cuts]
+    total = passed[0]
+    for p in passed[1:]:
+        total = total + p
+    return F.when(value.isNotNull(), (total + 1).cast("int"))
+
+
+def rfm_segment(rules: Sequence[RfmRule], no_purchase: str) -> Column:
+    """First rule whose R and F score ranges hold; non-buyers get `no_purchase`."""
+    r, f = F.col("r_score"), F.col("f_score")
+    out = F.when(F.col("frequency") == 0, F.lit(no_purchase))
+    for rule in rules:
+        out = out.when(r.between(*rule.r) & f.between(*rule.f), F.lit(rule.name))
+    return out
+
+
+def with_rfm_scores(
+    users: DataFrame,
+    cuts: Mapping[str, Sequence[float]],
+    rules: Sequence[RfmRule],
+    no_purchase: str,
+) -> DataFrame:
+    return (
+        users.withColumn("r_score", score(F.col("recency_days"), cuts["recency_days"], False))
+        .withColumn("f_score", score(F.col("frequency"), cuts["frequency"], True))
+        .withColumn("m_score", score(F.col("monetary"), cuts["monetary"], True))
+        .withColumn("rfm_segment", rfm_segment(rules, no_purchase))
+    )
+
+
+def build_user_metrics(
+    events: DataFrame,
+    users: DataFrame | None,
+    items: DataFrame | None,
+    as_of: dt.date,
+    categories: Sequence[str],
+    demographics: Mapping[str, Sequence[str]],
+) -> DataFrame:
+    """Per-user metrics at `as_of` (before RFM scores): one row per known user.
+
+    Args:
+        events: silver events already limited to the window.
+        users: user profiles (user_id, signup_ts, demographics) or None.
+        items: catalogue (item_id, category) or None.
+        as_of: snapshot date.
+        categories: categories that get a `share_<category>` column.
+        demographics: column -> values that get `<column>_<value>` 0/1 columns.
+
+    Returns:
+        Metrics for every user with events or a profile signed up before `as_of`.
+    """
+    if items is not None and categories:
+        events = events.join(F.broadcast(items.select(t.ITEM_ID, t.CATEGORY)), t.ITEM_ID, "left")
+    else:
+        categories = []
+    per_user = _per_user(_daily(events, categories), len(categories)).join(
+        _sessions(events), t.USER_ID, "left"
+    )
+
+    profile_cols = [t.SIGNUP_TS, t.AGE, t.GENDER, t.REGION, t.CHANNEL]
+    if users is not None:
+        profiles = with_missing_columns(
+            users.select(t.USER_ID, *[c for c in profile_cols if c in users.columns]),
+            {
+                t.USER_ID: T.LongType(),
+                t.SIGNUP_TS: T.TimestampType(),
+                t.AGE: T.IntegerType(),
+                t.GENDER: T.StringType(),
+                t.REGION: T.StringType(),
+                t.CHANNEL: T.StringType(),
+            },
+        ).filter(F.col(t.SIGNUP_TS).isNull() | (F.to_date(t.SIGNUP_TS) < F.lit(as_of)))
+        joined = profiles.join(per_user, t.USER_ID, "full")
+    else:
+        joined = with_missing_columns(
+            per_user,
+            {
+                t.SIGNUP_TS: T.TimestampType(),
+                t.AGE: T.IntegerType(),
+                t.GENDER: T.StringType(),
+                t.REGION: T.StringType(),
+                t.CHANNEL: T.StringType(),
+            },
+        )
+
+    counts = ["frequency", "purchase_days", "active_days", "sessions", "views", "carts"]
+    counts += ["discounted", "reviews", "n_events", "dwell_n", "rating_n"]
+    counts += [f"_cat{i}" for i in range(len(categories))]
+    filled = joined.fillna(0, subset=counts).fillna(0.0, subset=["monetary"])
+    start = F.least(F.to_date(F.col(t.SIGNUP_TS)), F.col("first_event_date"))
+    as_of_lit = F.lit(as_of)
+    out = filled.select(
+        F.col(t.USER_ID),
+        as_of_lit.alias(t.AS_OF_DATE),
+        F.datediff(as_of_lit, F.col("last_purchase_date")).alias("recency_days"),
+        F.col("frequency").cast("long").alias("frequency"),
+        F.col("monetary").cast("double").alias("monetary"),
+        _ratio("monetary", "frequency").alias("avg_order_value"),
+        F.datediff(as_of_lit, start).alias("tenure_days"),
+        F.col("purchase_days").cast("long").alias("purchase_days"),
+        F.col("mean_days_between_purchases"),
+        F.col("std_days_between_purchases"),
+        F.col("active_days").cast("long").alias("active_days"),
+        F.col("sessions").cast("long").alias("sessions"),
+        F.col("views").cast("long").alias("views"),
+        F.col("carts").cast("long").alias("carts"),
+        _ratio("carts", "views").alias("cart_rate"),
+        _ratio("frequency", "views").alias("conversion_rate"),
+        _ratio("dwell_sum", "dwell_n").alias("mean_dwell_seconds"),
+        _ratio("discounted", "frequency").alias("discount_share"),
+        F.col("reviews").cast("long").alias("review_count"),
+        _ratio("rating_sum", "rating_n").alias("mean_rating"),
+        F.col("first_event_date"),
+        F.col("last_purchase_date"),
+        F.col(t.AGE),
+        F.col(t.GENDER),
+        F.col(t.REGION),
+        F.col(t.CHANNEL),
+        *[
+            _ratio(F.col(f"_cat{i}"), F.col("n_events")).alias(f"share_{column_suffix(c)}")
+            for i, c in enumerate(categories)
+        ],
+        *[
+            F.when(F.col(col) == value, 1).otherwise(0).alias(f"{col}_{column_suffix(value)}")
+            for col, values in demographics.items()
+            for value in values
+        ],
+    )
+    return out
+
+
+def user_feature_columns(metrics: DataFrame) -> list[str]:
+    """Output order: the contract's columns with the dynamic ones before the scores."""
+    fixed = list(t.USER_FEATURES.columns)
+    scores = fixed[fixed.index("r_score") :]
+    dynamic = [c for c in metrics.columns if c not in fixed]
+    return fixed[: fixed.index("r_score")] + dynamic + scores
+
+
+# --------------------------------------------------------------------------- interactions
+
+
+def build_interactions(
+    events: DataFrame,
+    as_of: dt.date,
+    weights: Mapping[str, float],
+    half_life_days: float | None,
+) -> DataFrame:
+    """User x item strength: weighted events (optionally decayed), from windowed events."""
+    weighted = [(kind, w) for kind, w in weights.items() if w > 0]
+    weight = F.lit(0.0)
+    for kind, w in reversed(weighted):
+        weight = F.when(F.col(t.EVENT_TYPE) == kind, F.lit(w)).otherwise(weight)
+    if half_life_days:
+        age = F.datediff(F.lit(as_of), F.col(t.EVENT_DATE))
+        weight = weight * F.pow(F.lit(0.5), age / F.lit(half_life_days))
+    return (
+        events.filter(
+            F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*[k for k, _ in weighted])
+        )
+        .groupBy(t.USER_ID, t.ITEM_ID)
+        .agg(
+            F.sum(weight).alias(t.STRENGTH),
+            F.count(F.lit(1)).alias("events"),
+            F.max(t.EVENT_TS).alias("last_event_ts"),
+        )
+        .withColumn(t.AS_OF_DATE, F.lit(as_of))
+        .select(*t.INTERACTIONS.columns)
+    )

@@ -1,0 +1,82 @@
+"""Stage `features`: bronze -> silver/events, silver/user_features, silver/interactions.
+
+silver/events is rebuilt from the committed bronze events on every run.
+User features and interactions are snapshots partitioned by `as_of_date`:
+a rerun for the same date replaces that date's rows and keeps the others,
+so later stages can compare snapshots.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+
+from shopseg import features as fx
+from shopseg import tables as t
+from shopseg.ingest import committed_rows
+from shopseg.pipeline import StageContext
+
+
+def _bronze(ctx: StageContext, table: str, log: DataFrame | None) -> DataFrame | None:
+    if not ctx.lakehouse.exists(table):
+        return None
+    return committed_rows(ctx.read(table), log)
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.features
+    log = ctx.read(t.INGEST_LOG.name) if ctx.lakehouse.exists(t.INGEST_LOG.name) else None
+    bronze_events = _bronze(ctx, t.BRONZE_EVENTS.name, log)
+    if bronze_events is None:
+        raise FileNotFoundError(f"stage features needs {t.BRONZE_EVENTS.name}; run `ingest` first")
+    users = _bronze(ctx, t.BRONZE_USERS.name, log)
+    items = _bronze(ctx, t.BRONZE_ITEMS.name, log)
+
+    ctx.write(fx.build_silver_events(bronze_events), t.SILVER_EVENTS.name, "overwrite")
+    events = ctx.read(t.SILVER_EVENTS.name)
+    as_of = conf.as_of_date or fx.default_as_of(events)
+    window = fx.filter_window(events, as_of, conf.lookback_days).cache()
+    categories = conf.top_categories
+    if categories is None:
+        categories = fx.top_categories(window, items, conf.top_categories_n) if items else []
+    ctx.log.info(
+        "as of %s, lookback %s days; category shares for %s",
+        as_of,
+        conf.lookback_days if conf.lookback_days is not None else "all",
+        ", ".join(categories) or "none",
+    )
+    ctx.run.log_params({"as_of_date": as_of.isoformat(), "categories": categories})
+
+    metrics = fx.build_user_metrics(
+        window, users, items, as_of, categories, conf.demographics
+    ).cache()
+    cuts = fx.rfm_cuts(metrics, conf.rfm.quantile_error)
+    ctx.log.info("RFM quintile cuts among buyers: %s", cuts)
+    ctx.run.log_dict(cuts, "rfm_cuts.json")
+    scored = fx.with_rfm_scores(metrics, cuts, conf.rfm.segments, conf.rfm.no_purchase_segment)
+    user_features = scored.select(*fx.user_feature_columns(scored))
+    ctx.write(
+        user_features,
+        t.USER_FEATURES.name,
+        "overwrite_partitions",
+        partition_by=t.USER_FEATURES.partition_by,
+    )
+    segments = (
+        ctx.read(t.USER_FEATURES.name)
+        .filter(f"{t.AS_OF_DATE} = DATE'{as_of.isoformat()}'")
+        .groupBy("rfm_segment")
+        .count()
+        .collect()
+    )
+    ctx.run.log_metrics({f"rfm_users.{r['rfm_segment']}": r["count"] for r in segments})
+
+    interactions = fx.build_interactions(
+        window, as_of, conf.interaction_weights, conf.interaction_half_life_days
+    )
+    ctx.write(
+        interactions,
+        t.INTERACTIONS.name,
+        "overwrite_partitions",
+        partition_by=t.INTERACTIONS.partition_by,
+    )
+    metrics.unpersist()
+    window.unpersist()

@@ -1,0 +1,434 @@
+"""Ingestion: parsing every format, validation reasons, dedup, privacy, accounting, stops."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.sql import functions as F
+
+from shopseg import ingest
+from shopseg import tables as t
+from shopseg.cli import main
+from shopseg.config import ColumnConf, SourceConf
+from shopseg.delta import Lakehouse
+
+from .conftest import REPO
+
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0)
+
+
+def lines_df(spark, lines: list[str], file: str = "file:/x/part-0"):
+    return spark.createDataFrame([(v, file) for v in lines], "value string, source_file string")
+
+
+def validate(spark, source: SourceConf, lines: list[str], header: str | None = None):
+    records = ingest.parse_text_records(lines_df(spark, lines), source, header)
+    out = ingest.with_validation(records, source, F.lit(NOW).cast("timestamp"), 5)
+    return {r[ingest.RECORD]: r for r in out.collect()}
+
+
+EVENTS = SourceConf(
+    path="x",
+    format="json",
+    table="bronze/events",
+    key=["event_id"],
+    columns={
+        "event_id": ColumnConf(type="long", required=True),
+        "user_id": ColumnConf(type="long", required=True),
+        "event_type": ColumnConf(required=True, allowed=["view", "purchase"]),
+        "event_ts": ColumnConf(type="timestamp", required=True),
+        "quantity": ColumnConf(type="int", min=1, max=100),
+        "price": ColumnConf(type="double", min=0),
+    },
+)
+
+
+def event(**fields) -> str:
+    base = {
+        "event_id": 1,
+        "user_id": 7,
+        "event_type": "view",
+        "event_ts": "2025-06-01T10:00:00Z",
+        "quantity": 1,
+        "price": 9.5,
+    }
+    base.update(fields)
+    return json.dumps({k: v for k, v in base.items() if v is not None})
+
+
+def test_json_validation_gives_exact_reasons(spark):
+    cases = {
+        event(): "",
+        event(price="N/A"): "bad_type:price",
+        event(user_id=None): "missing:user_id",
+        event(quantity=0): "out_of_range:quantity",
+        event(quantity=101, price=-1): "out_of_range:quantity;out_of_range:price",
+        event(event_type="clik"): "unknown_value:event_type",
+        event(event_ts="2099-01-01T00:00:00Z"): "future:event_ts",
+        event(event_ts="yesterday"): "bad_type:event_ts",
+        event(event_id="12.0"): "",
+        event(event_id=None): "missing:event_id",
+        '{"event_id": 3, "user_id"': "malformed_record",
+        "[1, 2]": "malformed_record",
+    }
+    got = validate(spark, EVENTS, list(cases))
+    assert {k: v[ingest.REASON] for k, v in got.items()} == cases
+    ok = got[event()]
+    assert (ok.event_id, ok.user_id, ok.quantity, ok.price) == (1, 7, 1, 9.5)
+    assert ok.event_ts == dt.datetime(2025, 6, 1, 10, 0)
+    assert got[event(event_id="12.0")].event_id == 12
+
+
+def test_csv_with_header_quotes_and_blank_fields(spark):
+    source = SourceConf(
+        path="x",
+        format="csv",
+        options={"header": "true"},
+        table="bronze/users",
+        columns={
+            "user_id": ColumnConf(type="long", required=True),
+            "name": ColumnConf(source="full name"),
+            "age": ColumnConf(type="int", min=0, max=120),
+            "signup": ColumnConf(type="date", format="dd/MM/yyyy"),
+        },
+    )
+    header = "user_id,full name,age,signup"
+    rows = [
+        header,
+        '1,"Smith, Ann",34,05/03/2024',
+        "2,,unknown,",
+        ",Bob,40,01/01/2024",
+        "4,Eve,41",
+        header,
+        "5,Joe,200,31/02/2024",
+    ]
+    got = validate(spark, source, rows, header=header)
+    assert header not in got
+    assert got['1,"Smith, Ann",34,05/03/2024'].name == "Smith, Ann"
+    assert got['1,"Smith, Ann",34,05/03/2024'].signup == dt.date(2024, 3, 5)
+    reasons = {k: v[ingest.REASON] for k, v in got.items()}
+    assert reasons == {
+        '1,"Smith, Ann",34,05/03/2024': "",
+        "2,,unknown,": "bad_type:age",
+        ",Bob,40,01/01/2024": "missing:user_id",
+        "4,Eve,41": "malformed_record",
+        "5,Joe,200,31/02/2024": "out_of_range:age;bad_type:signup",
+    }
+
+
+def test_whitespace_and_fixed_width(spark):
+    ws = SourceConf(
+        path="x",
+        format="whitespace",
+        options={"header": "true"},
+        table="bronze/events",
+        columns={
+            "user_id": ColumnConf(source="customer_id", type="long", required=True),
+            "event_ts": ColumnConf(source="date", type="timestamp", format="yyyyMMdd"),
+            "amount": ColumnConf(source="dollar_value", type="double", min=0),
+        },
+        constants={"event_type": "purchase"},
+    )
+    header = " customer_id  date number_of_cds  dollar_value"
+    got = validate(
+        spark, ws, [header, " 00001 19970101  1   11.77", " 00002 19971340  2  1.0", "3 4"], header
+    )
+    first = got[" 00001 19970101  1   11.77"]
+    assert (first.user_id, first.amount, first.event_type) == (1, 11.77, "purchase")
+    assert first.event_ts == dt.datetime(1997, 1, 1)
+    assert got[" 00002 19971340  2  1.0"][ingest.REASON] == "bad_type:event_ts"
+    assert got["3 4"][ingest.REASON] == "malformed_record"
+
+    fixed = SourceConf(
+        path="x",
+        format="fixed_width",
+        table="bronze/items",
+        columns={
+            "item_id": ColumnConf(type="long", start=1, length=4, required=True),
+            "category": ColumnConf(start=5, length=8),
+            "price": ColumnConf(type="double", start=13, length=6),
+        },
+    )
+    got = validate(spark, fixed, ["0042books    12.50", "0043toys", "0044"])
+    assert (got["0042books    12.50"].item_id, got["0042books    12.50"].category) == (42, "books")
+    assert got["0042books    12.50"].price == 12.5
+    assert got["0043toys"][ingest.REASON] == "malformed_record"
+    assert got["0044"][ingest.REASON] == "malformed_record"
+
+
+def test_parquet_records_keep_their_text(spark):
+    rows = spark.createDataFrame(
+        [(1, "books", 5.0, "f1"), (2, None, -1.0, "f1")],
+        "item_id long, category string, price double, source_file string",
+    )
+    source = SourceConf(
+        path="x",
+        format="parquet",
+        table="bronze/items",
+        columns={
+            "item_id": ColumnConf(type="long", required=True),
+            "category": ColumnConf(required=True),
+            "price": ColumnConf(type="double", min=0),
+        },
+    )
+    out = ingest.with_validation(
+        ingest.parse_parquet_records(rows, source), source, F.lit(NOW).cast("timestamp"), 5
+    )
+    got = {r.item_id: r for r in out.collect()}
+    assert got[1][ingest.REASON] == ""
+    assert got[2][ingest.REASON] == "missing:category;out_of_range:price"
+    assert json.loads(got[2][ingest.RECORD]) == {"item_id": 2, "price": -1.0}
+
+
+def test_dedup_within_batch_and_against_bronze(spark):
+    lines = [event(event_id=1), event(event_id=2, price=3.0), event(event_id=2), event(event_id=9)]
+    records = ingest.parse_text_records(lines_df(spark, lines), EVENTS, None)
+    validated = ingest.with_validation(records, EVENTS, F.lit(NOW).cast("timestamp"), 5)
+    compared = ["event_id", "user_id", "event_type", "event_ts", "quantity", "price"]
+    loaded = validated.filter("event_id = 9").select(*compared)
+    out = ingest.with_dedup_reasons(validated, ["event_id"], loaded, compared)
+    reasons = sorted((r.event_id, r[ingest.REASON]) for r in out.collect())
+    assert reasons == [(1, ""), (2, ""), (2, "duplicate_key"), (9, ingest.UNCHANGED)]
+    changed = loaded.withColumn("price", F.lit(1.0))
+    out = ingest.with_dedup_reasons(validated, ["event_id"], changed, compared)
+    assert out.filter("event_id = 9").first()[ingest.REASON] == "already_loaded"
+    # Without a key, identical rows all stay: they can be separate purchases.
+    keyless = ingest.with_dedup_reasons(validated, [], None)
+    assert keyless.filter(F.col(ingest.REASON) == "").count() == 4
+
+
+def test_keyed_hash_is_hmac_sha256(spark):
+    df = spark.createDataFrame([("a@example.com",), (None,)], "email string")
+    got = [r[0] for r in df.select(ingest.hmac_sha256(F.col("email"), b"s3cret")).collect()]
+    want = hmac.new(b"s3cret", b"a@example.com", hashlib.sha256).hexdigest()
+    assert got == [want, None]
+
+
+def test_committed_rows_hide_batches_without_a_log_entry(spark):
+    bronze = spark.createDataFrame([(1, "b1"), (2, "b2")], "id long, batch_id string")
+    log = spark.createDataFrame([("b1",)], "batch_id string")
+    assert [r.id for r in ingest.committed_rows(bronze, log).collect()] == [1]
+    assert ingest.committed_rows(bronze, None).count() == 0
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+def write_events(folder: Path, name: str, lines: list[str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def events_conf(tmp_path: Path, raw: Path) -> Path:
+    conf = tmp_path / "conf" / "ingest.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+spark: {{master: "local[2]"}}
+sources:
+  events:
+    path: {raw}
+    format: json
+    table: bronze/events
+    key: [event_id]
+    columns:
+      event_id: {{type: long, required: true}}
+      user_id: {{type: long, required: true}}
+      event_type: {{required: true, allowed: [view, purchase]}}
+      event_ts: {{type: timestamp, required: true}}
+      quantity: {{type: int, min: 1, max: 100}}
+      price: {{type: double, min: 0}}
+"""
+    )
+    return conf
+
+
+DAMAGED = {
+    event(event_id=1): "",
+    event(event_id=2, event_type="purchase"): "",
+    event(event_id=3, price="N/A"): "bad_type:price",
+    event(event_id=4, user_id=None): "missing:user_id",
+    event(event_id=5, quantity=-3): "out_of_range:quantity",
+    event(event_id=6, event_type="clik"): "unknown_value:event_type",
+    event(event_id=7, event_ts="2099-05-05T00:00:00Z"): "future:event_ts",
+    '{"event_id": 8, "user_id": 1, "even': "malformed_record",
+}
+
+
+def test_damaged_input_is_accounted_record_by_record(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", list(DAMAGED))
+    # A resent copy of event 1 in another file: a duplicate key.
+    write_events(raw / "sub", "day2.json", [event(event_id=1), event(event_id=9)])
+    assert main(["ingest", "--conf", str(events_conf(tmp_path, raw))]) == 0
+
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    loaded = sorted(r.event_id for r in lake.read("bronze/events").collect())
+    assert loaded == [1, 2, 9]
+    quarantine = {r.record: r.reason for r in lake.read("bronze/quarantine").collect()}
+    expected = {rec: why for rec, why in DAMAGED.items() if why}
+    expected[event(event_id=1)] = "duplicate_key"
+    assert quarantine == expected
+    log = {Path(r.source_file).name: r for r in lake.read("bronze/ingest_log").collect()}
+    assert (log["day1.json"].records_read, log["day1.json"].loaded) == (8, 2)
+    assert log["day1.json"].quarantined == 6
+    assert (log["day2.json"].records_read, log["day2.json"].loaded) == (2, 1)
+    for row in log.values():
+        assert row.records_read == row.loaded + row.quarantined + row.unchanged
+        assert row.unchanged == 0
+        assert row.file_hash.startswith("sha256:")
+    meta = lake.read("bronze/events").select(*t.BRONZE_METADATA).distinct().collect()
+    assert {m.source for m in meta} == {"events"}
+    assert len({m.batch_id for m in meta}) == 1
+
+
+def test_reingesting_the_same_content_adds_nothing(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", [event(event_id=1), event(event_id=2)])
+    conf = str(events_conf(tmp_path, raw))
+    assert main(["ingest", "--conf", conf]) == 0
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    versions = {n: lake.version(n) for n in ("bronze/events", "bronze/ingest_log")}
+
+    shutil.copy(raw / "day1.json", raw / "copy-of-day1.json")
+    assert main(["ingest", "--conf", conf]) == 0
+    assert {n: lake.version(n) for n in versions} == versions
+
+    write_events(raw, "day2.json", [event(event_id=3)])
+    assert main(["ingest", "--conf", conf]) == 0
+    assert lake.read("bronze/events").count() == 3
+    assert not lake.exists("bronze/quarantine"), "nothing was rejected: no quarantine version"
+
+
+def test_resent_snapshot_counts_unchanged_and_quarantines_conflicts(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "snapshot-1.json", [event(event_id=1), event(event_id=2)])
+    conf = str(events_conf(tmp_path, raw))
+    assert main(["ingest", "--conf", conf]) == 0
+    # The next day's export repeats event 1 as it was, event 2 with another
+    # price, and brings event 3.
+    write_events(
+        raw,
+        "snapshot-2.json",
+        [event(event_id=1), event(event_id=2, price=99.0), event(event_id=3)],
+    )
+    assert main(["ingest", "--conf", conf]) == 0
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    assert sorted(r.event_id for r in lake.read("bronze/events").collect()) == [1, 2, 3]
+    assert lake.read("bronze/events").filter("event_id = 2").first().price == 9.5
+    quarantine = lake.read("bronze/quarantine").collect()
+    assert [(json.loads(r.record)["event_id"], r.reason) for r in quarantine] == [
+        (2, "already_loaded")
+    ]
+    second = lake.read("bronze/ingest_log").filter("source_file LIKE '%snapshot-2%'").first()
+    assert (second.records_read, second.loaded, second.quarantined, second.unchanged) == (
+        3,
+        1,
+        1,
+        1,
+    )
+
+
+def test_keyless_source_keeps_identical_rows(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "log.txt", ["cust date amount", "1 20250101 5.0", "1 20250101 5.0"])
+    conf = tmp_path / "conf" / "log.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+sources:
+  log:
+    path: {raw}
+    format: whitespace
+    options: {{header: "true"}}
+    table: bronze/events
+    columns:
+      user_id: {{source: cust, type: long, required: true}}
+      event_ts: {{source: date, type: timestamp, format: yyyyMMdd}}
+      amount: {{type: double}}
+    constants: {{event_type: purchase}}
+"""
+    )
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    rows = Lakehouse(spark, str(tmp_path / "lh")).read("bronze/events").collect()
+    assert len(rows) == 2
+    assert len({r.record_id for r in rows}) == 2
+
+
+@pytest.mark.parametrize(
+    ("problem", "message"),
+    [
+        ("missing_path", "source events: path .* does not exist"),
+        ("missing_column", r"source events: required column\(s\) \['user_id'\] not found"),
+        ("unreadable", "source events: none of the first 1000 lines is a JSON object"),
+    ],
+)
+def test_source_problems_stop_before_anything_is_written(tmp_path, capsys, problem, message):
+    raw = tmp_path / "raw"
+    if problem == "missing_column":
+        record = {"event_id": 1, "event_type": "view", "event_ts": "2025-01-01T00:00:00Z"}
+        write_events(raw, "a.json", [json.dumps(record)])
+    elif problem == "unreadable":
+        write_events(raw, "a.json", ["event_id,user_id", "1,2"])
+    conf = events_conf(tmp_path, raw)
+    assert main(["ingest", "--conf", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert not (tmp_path / "lh" / "bronze").exists()
+
+
+def test_hashing_without_a_key_stops_naming_the_variable(tmp_path, monkeypatch):
+    from shopseg.config import load_config
+    from shopseg.stages.ingest import _hash_key
+
+    monkeypatch.delenv("SHOPSEG_HASH_KEY", raising=False)
+    config = load_config(
+        REPO / "conf" / "local.yaml",
+        [f"lakehouse.root={tmp_path}", "privacy.identifiers.email=hash"],
+    )
+    with pytest.raises(ingest.IngestError, match="SHOPSEG_HASH_KEY"):
+        _hash_key(config, ["users"])
+    monkeypatch.setenv("SHOPSEG_HASH_KEY", "k")
+    assert _hash_key(config, ["users"]) == b"k"
+    assert _hash_key(config, ["events"]) is None
+
+
+def test_identifiers_stay_in_bronze_hashed_and_never_reach_silver(spark, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHOPSEG_HASH_KEY", "test-key")
+    root = tmp_path / "lh"
+    args = [
+        "run",
+        "--stages",
+        "generate,ingest,features",
+        "--conf",
+        str(REPO / "conf" / "local.yaml"),
+    ]
+    for item in (
+        f"lakehouse.root={root}",
+        "generate.users=400",
+        "generate.items=200",
+        "generate.events_per_user=15",
+        "privacy.identifiers.email=hash",
+    ):
+        args += ["--set", item]
+    assert main(args) == 0
+    lake = Lakehouse(spark, str(root))
+    users = lake.read("bronze/users")
+    assert "full_name" not in users.columns and "phone" not in users.columns
+    emails = [r.email for r in users.limit(5).collect()]
+    assert all(len(e) == 64 and "@" not in e for e in emails)
+    for table in ("silver/events", "silver/user_features", "silver/interactions"):
+        columns = set(DeltaTable(str(root / table)).schema().to_arrow().names)
+        assert not columns & set(t.DIRECT_IDENTIFIERS), table
