@@ -63,6 +63,7 @@ gaps AS (
 per_user AS (
     SELECT user_id,
         min(event_date) AS first_event_date,
+        max(event_date) AS last_event_date,
         max(event_date) FILTER (WHERE event_type = 'purchase') AS last_purchase_date,
         count(*) FILTER (WHERE event_type = 'purchase') AS frequency,
         sum(amount) FILTER (WHERE event_type = 'purchase') AS monetary,
@@ -92,6 +93,7 @@ joined AS (
 SELECT j.user_id,
     DATE '{as_of}' AS as_of_date,
     DATE '{as_of}' - last_purchase_date AS recency_days,
+    DATE '{as_of}' - last_event_date AS inactive_days,
     coalesce(frequency, 0) AS frequency,
     coalesce(monetary, 0.0) AS monetary,
     CASE WHEN frequency > 0 THEN coalesce(monetary, 0.0) / frequency END AS avg_order_value,
@@ -109,7 +111,8 @@ SELECT j.user_id,
     CASE WHEN frequency > 0 THEN discounted / frequency END AS discount_share,
     coalesce(reviews, 0) AS review_count,
     CASE WHEN rating_n > 0 THEN rating_sum / rating_n END AS mean_rating,
-    first_event_date, last_purchase_date, age, gender, region, channel{"," if cat_shares else ""}
+    first_event_date, last_purchase_date, last_event_date,
+    age, gender, region, channel{"," if cat_shares else ""}
     {cat_shares}{"," if one_hot else ""}
     {one_hot}
 FROM joined j LEFT JOIN gaps g ON j.user_id = g.user_id

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,11 @@ def test_cdnow_rfm_matches_pandas_for_every_customer(spark, tmp_path):
     if not CDNOW.exists():
         pytest.fail(f"{CDNOW} is missing: the CDNOW data set must sit in ../shared/datasets")
     root = tmp_path / "cdnow"
+    # A path with every character that Spark's URIs and Hadoop's globs treat
+    # specially: the file must still be read whole.
+    awkward = tmp_path / "in dir [x] {a} #+%é" / "cdnow été 100% [1]+#.txt"
+    awkward.parent.mkdir()
+    shutil.copy(CDNOW, awkward)
     args = [
         "run",
         "--conf",
@@ -40,7 +46,7 @@ def test_cdnow_rfm_matches_pandas_for_every_customer(spark, tmp_path):
         "--set",
         f"lakehouse.root={root}",
         "--set",
-        f"sources.transactions.path={CDNOW}",
+        f"sources.transactions.path={awkward.parent}",
     ]
     assert main(args) == 0
     lake = Lakehouse(spark, str(root))
@@ -64,6 +70,21 @@ def test_cdnow_rfm_matches_pandas_for_every_customer(spark, tmp_path):
     assert (got["frequency"] == want["frequency"]).all()
     assert got["monetary"].to_numpy() == pytest.approx(want["monetary"].to_numpy(), abs=1e-6)
     assert got["rfm_segment"].notna().all()
+
+    # Segments and named profiles for every customer, from conf/cdnow.yaml's features.
+    segments = lake.read("gold/user_segments")
+    assert segments.count() == 23_570
+    assert segments.select("user_id").distinct().count() == 23_570
+    profiles = lake.read("gold/segment_profiles").toPandas()
+    assert profiles["size"].sum() == 23_570
+    assert profiles["segment_name"].is_unique
+    assert set(profiles["segment_name"]) == {
+        r.segment_name for r in segments.select("segment_name").distinct().collect()
+    }
+    named = profiles[profiles["strategy"].str.len() > 0]
+    assert len(named) >= 2, "conf/cdnow.yaml's names fit at least two segments"
+    assert profiles["medians"].map(lambda m: dict(m)["monetary"]).notna().all()
+    assert lake.read("gold/segment_sweep").filter("chosen").count() == 1
 
     # Ingesting the same file again adds nothing.
     versions = lake.version("bronze/events"), lake.version("bronze/ingest_log")

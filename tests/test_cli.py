@@ -126,3 +126,10 @@ def test_console_script_fails_with_status_1_when_a_stage_fails(tmp_path):
     mlflow.set_tracking_uri(tracking)
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert [r.info.status for r in runs] == ["FAILED"]
+
+
+def test_every_stage_has_a_spark_submit_job_file():
+    for name in STAGE_NAMES:
+        job = REPO / "jobs" / f"{name}.py"
+        assert job.is_file(), f"stage {name} has no jobs/{name}.py"
+        assert f'main(["{name}", *sys.argv[1:]])' in job.read_text()

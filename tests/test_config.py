@@ -126,3 +126,15 @@ def test_fingerprint_follows_values():
     a = load_config(LOCAL_CONF).fingerprint()
     assert a == load_config(LOCAL_CONF).fingerprint()
     assert a != load_config(LOCAL_CONF, ["generate.seed=7"]).fingerprint()
+
+
+def test_set_takes_text_values_as_written():
+    from shopseg.config import parse_override
+
+    assert parse_override("sources.a.path=/data/in dir #2/x+%é.txt") == (
+        "sources.a.path",
+        "/data/in dir #2/x+%é.txt",
+    )
+    assert parse_override("generate.users=10") == ("generate.users", 10)
+    assert parse_override("segment.algorithms=[kmeans]") == ("segment.algorithms", ["kmeans"])
+    assert parse_override("a.b='quoted #text'") == ("a.b", "quoted #text")

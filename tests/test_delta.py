@@ -127,14 +127,18 @@ def test_commit_records_stage_run_and_config(lake, rows_df):
     assert entry.metadata["shopseg.mode"] == "overwrite"
 
 
-def test_append_with_another_schema_fails_and_keeps_the_table(lake, rows_df):
+def test_additive_schema_change_evolves_and_type_change_fails_naming_both(lake, rows_df):
     lake.write(rows_df, "t", "overwrite")
-    with pytest.raises(DeltaError, match=r"new columns \['extra'\]"):
-        lake.write(rows_df.withColumn("extra", F.lit(1)), "t", "append")
-    with pytest.raises(DeltaError, match="changed types n"):
+    with pytest.raises(DeltaError, match=r"t: incompatible .*n: int in the table, string in"):
         lake.write(rows_df.withColumn("n", F.col("n").cast("string")), "t", "append")
     assert lake.version("t") == 0
-    assert lake.read("t").columns == rows_df.columns
+
+    lake.write(rows_df.withColumn("extra", F.lit(7)).filter("id = 1"), "t", "append")
+    assert lake.read("t").columns == [*rows_df.columns, "extra"]
+    got = sorted((r.id, -1 if r.extra is None else r.extra) for r in lake.read("t").collect())
+    assert got == [(1, -1), (1, 7), (2, -1), (3, -1)]
+    frame = DeltaTable(lake.path("t")).to_pandas()
+    assert int(frame["extra"].notna().sum()) == 1, "deltalake sees the new column too"
 
 
 def test_overwrite_schema_replaces_it(lake, rows_df):
@@ -279,3 +283,16 @@ def test_killed_writer_leaves_the_previous_version(spark, lake_root, tmp_path, w
     # The next write commits normally and the orphans never show up in it.
     assert lake.write(spark.range(3).withColumn("v", F.lit(1.0)), "t", "overwrite").version == 1
     assert lake.read("t").count() == 3
+
+
+@pytest.mark.parametrize("root", ["s3a://bucket/lakehouse", "dbfs:/lakehouse", "hdfs://nn/lh"])
+def test_delta_rs_refuses_roots_it_cannot_write_before_any_job(spark, root):
+    with pytest.raises(DeltaError) as caught:
+        Lakehouse(spark, root, "delta-rs")
+    message = str(caught.value)
+    assert root in message and "delta-rs" in message and "--packages io.delta" in message
+
+
+@pytest.mark.parametrize("root", ["/tmp/lh", "file:///tmp/lh", "s3://bucket/lh", "gs://b/lh"])
+def test_delta_rs_accepts_roots_it_writes(spark, root):
+    assert Lakehouse(spark, root, "delta-rs").writer == "delta-rs"

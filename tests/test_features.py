@@ -74,6 +74,33 @@ def metrics(spark):
     return {r.user_id: r.asDict() for r in out.collect()}
 
 
+def test_recency_tenure_and_buyer_status_come_from_the_whole_history(spark):
+    # User 7 bought only long before the 30-day window.
+    old_buyer = (13, 7, 10, "purchase", ts("2024-10-02"), "s7", 1, 9.0, 0.0, None, None, "r14")
+    silver = fx.build_silver_events(spark.createDataFrame([*EVENTS, old_buyer], BRONZE))
+    lifetime = fx.build_lifetime_dates(fx.filter_window(silver, AS_OF, None))
+    metrics = fx.build_user_metrics(
+        fx.filter_window(silver, AS_OF, 30), None, None, AS_OF, [], {}, lifetime
+    )
+    got = {r.user_id: r for r in metrics.collect()}
+    assert sorted(got) == [1, 2, 3, 5, 7], "users known only from older history get a row"
+    u7 = got[7]
+    assert (u7.frequency, u7.recency_days, u7.tenure_days) == (
+        0,
+        (AS_OF - dt.date(2024, 10, 2)).days,
+        (AS_OF - dt.date(2024, 10, 2)).days,
+    )
+    assert u7.last_purchase_date == dt.date(2024, 10, 2)
+    # User 1's first event (a purchase on 2024-12-20) is older than the window.
+    assert got[1].tenure_days == (AS_OF - dt.date(2024, 12, 20)).days
+    assert got[1].frequency == 3, "counts stay windowed"
+    cuts = fx.rfm_cuts(metrics, 0.0)
+    rules = [RfmRule(n, list(r), list(f)) for n, r, f in DEFAULT_RFM_RULES]
+    scored = {r.user_id: r for r in fx.with_rfm_scores(metrics, cuts, rules, "Never").collect()}
+    assert scored[7].rfm_segment not in ("Never", None)
+    assert scored[2].rfm_segment == "Never"
+
+
 def test_silver_events_dedup_and_amount(spark):
     silver = fx.build_silver_events(spark.createDataFrame(EVENTS, BRONZE))
     assert silver.count() == len(EVENTS) - 1
@@ -115,6 +142,8 @@ def test_buyer_with_zero_amount_and_review(metrics):
     assert (u["gender_female"], u["gender_male"]) == (1, 0)
     assert u["first_event_date"] == dt.date(2025, 1, 5)
     assert u["last_purchase_date"] == dt.date(2025, 1, 25)
+    # The review and view on the 26th are later than the last purchase.
+    assert (u["last_event_date"], u["inactive_days"]) == (dt.date(2025, 1, 26), 6)
 
 
 def test_viewer_who_never_bought(metrics):
@@ -127,6 +156,7 @@ def test_viewer_who_never_bought(metrics):
     assert u["discount_share"] is None
     assert u["share_toys"] == 1.0
     assert u["tenure_days"] == 22
+    assert u["inactive_days"] == 20
 
 
 def test_single_event_user_without_profile(metrics):
@@ -137,12 +167,14 @@ def test_single_event_user_without_profile(metrics):
     assert u["mean_days_between_purchases"] is None
     assert u["tenure_days"] == 1
     assert u["gender"] is None and u["gender_female"] == 0
+    assert u["inactive_days"] == 1
 
 
 def test_profile_without_events(metrics):
     u = metrics[4]
     assert (u["frequency"], u["views"], u["active_days"], u["sessions"]) == (0, 0, 0, 0)
     assert u["tenure_days"] == 12
+    assert u["inactive_days"] is None
     assert u["share_books"] is None
     assert u["gender_other"] == 1
 
@@ -201,7 +233,9 @@ def test_rfm_cuts_and_segments(spark):
 )
 def test_default_rfm_grid(spark, r, f, name):
     rules = [RfmRule(n, list(rr), list(ff)) for n, rr, ff in DEFAULT_RFM_RULES]
-    df = spark.createDataFrame([(r, f, 1)], "r_score int, f_score int, frequency long")
+    df = spark.createDataFrame(
+        [(r, f, 1, 30)], "r_score int, f_score int, frequency long, recency_days int"
+    )
     assert df.select(fx.rfm_segment(rules, "Never")).first()[0] == name
 
 

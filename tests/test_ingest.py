@@ -238,7 +238,7 @@ lakehouse: {{root: {tmp_path / "lh"}}}
 spark: {{master: "local[2]"}}
 sources:
   events:
-    path: {raw}
+    path: "{raw}"
     format: json
     table: bronze/events
     key: [event_id]
@@ -302,6 +302,15 @@ def test_reingesting_the_same_content_adds_nothing(spark, tmp_path):
     versions = {n: lake.version(n) for n in ("bronze/events", "bronze/ingest_log")}
 
     shutil.copy(raw / "day1.json", raw / "copy-of-day1.json")
+    assert main(["ingest", "--conf", conf]) == 0
+    assert lake.version("bronze/events") == versions["bronze/events"]
+    # The copy is logged once, naming the file that holds its content...
+    copy = lake.read("bronze/ingest_log").filter("source_file LIKE '%copy-of-day1%'").collect()
+    assert [(r.records_read, r.loaded, Path(r.duplicate_of).name) for r in copy] == [
+        (0, 0, "day1.json")
+    ]
+    # ...so the next run skips both files unread and writes nothing.
+    versions = {n: lake.version(n) for n in versions}
     assert main(["ingest", "--conf", conf]) == 0
     assert {n: lake.version(n) for n in versions} == versions
 
@@ -432,3 +441,216 @@ def test_identifiers_stay_in_bronze_hashed_and_never_reach_silver(spark, tmp_pat
     for table in ("silver/events", "silver/user_features", "silver/interactions"):
         columns = set(DeltaTable(str(root / table)).schema().to_arrow().names)
         assert not columns & set(t.DIRECT_IDENTIFIERS), table
+
+
+# --------------------------------------------------------------------------- file handling
+
+
+def test_invalid_record_first_in_file_does_not_displace_the_valid_one(spark):
+    lines = [
+        event(event_id=5, price="N/A"),  # invalid, and first in the file
+        event(event_id=5, price=2.0),  # the valid record of key 5
+        event(event_id=6, price=9.0, user_id=1),  # first valid record of key 6 ...
+        event(event_id=6, price=1.0, user_id=2),  # ... though its text sorts after this
+    ]
+    df = spark.createDataFrame(
+        [(v, "file:/x/a.json", (0, i)) for i, v in enumerate(lines)],
+        "value string, source_file string, _position struct<s:long,i:long>",
+    )
+    records = ingest.parse_text_records(df, EVENTS, None)
+    validated = ingest.with_validation(records, EVENTS, F.lit(NOW).cast("timestamp"), 5)
+    out = ingest.with_dedup_reasons(validated, ["event_id"], None)
+    got = {r[ingest.RECORD]: r[ingest.REASON] for r in out.collect()}
+    assert got == {
+        lines[0]: "bad_type:price",
+        lines[1]: "",
+        lines[2]: "",
+        lines[3]: "duplicate_key",
+    }
+
+
+def test_check_accounting_fails_on_every_kind_of_gap():
+    from shopseg.stages.ingest import FileCounts, SourceFile, check_accounting
+
+    now = dt.datetime(2026, 1, 1)
+    a = SourceFile("file:/d/a.txt", 100, now)
+    ok = {"file:/d/a.txt": FileCounts(10, 7, 2, 1)}
+    check_accounting("s", [a], ok, {"loaded": 7, "quarantined": 2})
+    cases = {
+        "does not name": ({"file:/d/a%20b.txt": FileCounts(10, 10, 0, 0)}, {}),
+        "yielded no records": ({}, {}),
+        "records read but": ({"file:/d/a.txt": FileCounts(10, 7, 1, 1)}, {}),
+        "rows to write as loaded": (ok, {"loaded": 6, "quarantined": 2}),
+        "rows to write as quarantined": (ok, {"loaded": 7, "quarantined": 3}),
+    }
+    for message, (counts, written) in cases.items():
+        with pytest.raises(ingest.IngestError, match=message):
+            check_accounting("s", [a], counts, written)
+    # An empty file, or one holding only its header, yields no records legitimately.
+    check_accounting("s", [SourceFile("file:/d/e.txt", 0, now)], {}, {})
+    header_only = SourceFile("file:/d/h.csv", 6, now, header="a,b,c")
+    check_accounting("s", [header_only], {}, {})
+
+
+def csv_conf(tmp_path: Path, raw: Path) -> Path:
+    conf = tmp_path / "conf" / "users.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+sources:
+  users:
+    path: "{raw}"
+    format: csv
+    options: {{header: "true"}}
+    table: bronze/users
+    key: [user_id]
+    columns:
+      user_id: {{type: long, required: true}}
+      age: {{type: int}}
+      region: {{}}
+"""
+    )
+    return conf
+
+
+def test_each_file_is_read_by_its_own_header(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "a.csv", ["user_id,age,region", "1,30,north"])
+    write_events(raw, "b.csv", ["region,user_id,age", "south,2,40", "east,3,"])
+    assert main(["ingest", "--conf", str(csv_conf(tmp_path, raw))]) == 0
+    rows = Lakehouse(spark, str(tmp_path / "lh")).read("bronze/users").collect()
+    assert sorted((r.user_id, r.age, r.region) for r in rows) == [
+        (1, 30, "north"),
+        (2, 40, "south"),
+        (3, None, "east"),
+    ]
+
+
+def test_a_file_missing_a_column_in_its_own_header_stops_the_stage(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    write_events(raw, "a.csv", ["user_id,age,region", "1,30,north"])
+    write_events(raw, "b.csv", ["user_id,age", "2,40"])
+    assert main(["ingest", "--conf", str(csv_conf(tmp_path, raw))]) == 1
+    assert "['region'] not found in" in capsys.readouterr().err
+    assert not (tmp_path / "lh" / "bronze").exists()
+
+
+def test_awkward_file_names_are_read_whole_and_once(spark, tmp_path):
+    raw = tmp_path / "in dir [x] {a} #+%é"
+    write_events(raw, "day 1 été 100% [1]+#.json", [event(event_id=1), event(event_id=2)])
+    conf = str(events_conf(tmp_path, raw))
+    assert main(["ingest", "--conf", conf]) == 0
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    log = lake.read("bronze/ingest_log").collect()
+    assert [(r.records_read, r.loaded) for r in log] == [(2, 2)]
+    assert log[0].source_file.endswith("/day 1 été 100% [1]+#.json")
+    assert {r.source_file for r in lake.read("bronze/events").collect()} == {log[0].source_file}
+    versions = lake.version("bronze/events"), lake.version("bronze/ingest_log")
+    assert main(["ingest", "--conf", conf]) == 0
+    assert (lake.version("bronze/events"), lake.version("bronze/ingest_log")) == versions
+
+
+def test_copies_in_one_batch_are_read_once_and_known_files_are_not_rehashed(
+    spark, tmp_path, monkeypatch
+):
+    raw = tmp_path / "raw"
+    write_events(raw, "log.txt", ["cust date amount", "1 20250101 5.0", "2 20250102 7.0"])
+    shutil.copy(raw / "log.txt", raw / "log2.txt")
+    conf = tmp_path / "conf" / "log.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+sources:
+  log:
+    path: {raw}
+    format: whitespace
+    options: {{header: "true"}}
+    table: bronze/events
+    columns:
+      user_id: {{source: cust, type: long, required: true}}
+      amount: {{type: double}}
+"""
+    )
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    assert lake.read("bronze/events").count() == 2, "a keyless source counts the copy once"
+    log = {Path(r.source_file).name: r for r in lake.read("bronze/ingest_log").collect()}
+    assert (log["log2.txt"].records_read, log["log2.txt"].duplicate_of) == (
+        0,
+        log["log.txt"].source_file,
+    )
+
+    from shopseg import files
+
+    hashed: list[str] = []
+    real = files.content_hashes
+    monkeypatch.setattr(files, "content_hashes", lambda s, p: hashed.extend(p) or real(s, p))
+    write_events(raw, "new.txt", ["cust date amount", "3 20250103 1.0"])
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    assert [Path(p).name for p in hashed] == ["new.txt"], "logged files are not read again"
+    assert lake.read("bronze/events").count() == 3
+
+
+def test_invalid_utf8_is_quarantined_as_valid_text_and_exact_bytes(spark, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    broken = b'{"event_id": 8, "user_id": 1, "ev\xff\xfent'
+    (raw / "day.json").write_bytes(broken + b"\n" + event(event_id=1).encode() + b"\n")
+    assert main(["ingest", "--conf", str(events_conf(tmp_path, raw))]) == 0
+    table = DeltaTable(str(tmp_path / "lh" / "bronze" / "quarantine")).to_pyarrow_table()
+    table.validate(full=True)  # Arrow checks that every string is valid UTF-8
+    rows = table.to_pylist()
+    assert [(r["record_bytes"], r["reason"]) for r in rows] == [(broken, "malformed_record")]
+    assert rows[0]["record"] == broken.decode("utf-8", errors="replace")
+
+
+# ------------------------------------------------------------------ crashes and concurrency
+
+
+@pytest.mark.parametrize("dies_at", ["bronze/quarantine", "bronze/ingest_log"])
+def test_a_batch_that_died_between_commits_is_replaced_once_for_every_reader(
+    spark, tmp_path, monkeypatch, dies_at
+):
+    from shopseg.pipeline import StageContext
+
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", list(DAMAGED))
+    conf = str(events_conf(tmp_path, raw))
+    real_write = StageContext.write
+
+    def dying_write(self, df, table, *args, **kwargs):
+        if table == dies_at:
+            raise KeyboardInterrupt(f"killed before writing {table}")
+        return real_write(self, df, table, *args, **kwargs)
+
+    monkeypatch.setattr(StageContext, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        main(["ingest", "--conf", conf])
+    monkeypatch.setattr(StageContext, "write", real_write)
+    events_path = str(tmp_path / "lh" / "bronze" / "events")
+    assert DeltaTable(events_path).to_pyarrow_table().num_rows == 2, "the dead batch's rows"
+
+    assert main(["ingest", "--conf", conf]) == 0
+    # As deltalake (any reader) sees the tables: each record exactly once.
+    events = DeltaTable(events_path).to_pyarrow_table()
+    assert sorted(events.column("event_id").to_pylist()) == [1, 2]
+    quarantine = DeltaTable(str(tmp_path / "lh" / "bronze" / "quarantine")).to_pyarrow_table()
+    assert sorted(quarantine.column("record").to_pylist()) == sorted(
+        r for r, w in DAMAGED.items() if w
+    )
+    log = DeltaTable(str(tmp_path / "lh" / "bronze" / "ingest_log")).to_pyarrow_table()
+    assert log.column("records_read").to_pylist() == [len(DAMAGED)]
+    assert set(events.column("batch_id").to_pylist()) == set(log.column("batch_id").to_pylist())
+
+
+def test_a_second_ingest_while_one_runs_stops_with_the_conflict(tmp_path, capsys):
+    from shopseg import files
+
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", [event(event_id=1)])
+    with files.exclusive_lock(str(tmp_path / "lh" / "_locks"), "ingest"):
+        assert main(["ingest", "--conf", str(events_conf(tmp_path, raw))]) == 1
+    assert "another ingest is running on this lakehouse" in capsys.readouterr().err
+    assert not (tmp_path / "lh" / "bronze").exists()

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-import sys
+import datetime as dt
 
 import pyarrow as pa
 import pytest
+from pyspark.sql import functions as F
 
-from shopseg.config import SparkConf
-from shopseg.spark import local_cores, session_properties
-
-
-def test_local_master_gets_small_machine_defaults():
-    props = session_properties(SparkConf(), "local[2]", "app")
-    assert props["spark.sql.shuffle.partitions"] == "8"
-    assert props["spark.pyspark.python"] == sys.executable
-    assert props["spark.sql.execution.arrow.pyspark.enabled"] == "true"
-    assert props["spark.sql.adaptive.enabled"] == "true"
-    assert props["spark.sql.parquet.outputTimestampType"] == "TIMESTAMP_MICROS"
-    assert props["spark.sql.session.timeZone"] == "UTC"
-    assert props["spark.ui.enabled"] == "false"
+from shopseg.config import ConfigError, SparkConf, load_config
+from shopseg.spark import get_spark, local_cores, session_properties
 
 
 def test_cluster_master_gets_only_explicit_conf():
@@ -29,11 +19,30 @@ def test_cluster_master_gets_only_explicit_conf():
     assert session_properties(SparkConf(), "yarn", "app") == {}
 
 
-def test_explicit_conf_wins_over_local_defaults():
-    settings = SparkConf(conf={"spark.sql.session.timeZone": "Europe/Paris"})
-    assert session_properties(settings, "local[*]", "app")["spark.sql.session.timeZone"] == (
-        "Europe/Paris"
-    )
+def test_session_time_zone_is_set_on_any_session_and_keeps_event_days(spark):
+    """A session already running in another zone (a cluster's) gets the configured one."""
+
+    def days() -> list[dt.date]:
+        # Built anew each time: Spark fixes a plan's time zone when it analyses it.
+        events = spark.createDataFrame(
+            [("2025-03-02T02:30:00Z",), ("2025-03-01T20:00:00Z",)], "ts string"
+        ).select(F.to_date(F.to_timestamp("ts", "yyyy-MM-dd'T'HH:mm:ssX")).alias("day"))
+        return [r.day for r in events.collect()]
+
+    try:
+        spark.conf.set("spark.sql.session.timeZone", "America/Los_Angeles")
+        assert days() == [dt.date(2025, 3, 1), dt.date(2025, 3, 1)]
+        assert get_spark("again", SparkConf()) is spark
+        assert days() == [dt.date(2025, 3, 2), dt.date(2025, 3, 1)]
+        get_spark("again", SparkConf(time_zone="Asia/Tokyo"))
+        assert days() == [dt.date(2025, 3, 2), dt.date(2025, 3, 2)]
+    finally:
+        spark.conf.set("spark.sql.session.timeZone", "UTC")
+
+
+def test_unknown_time_zone_is_a_config_error():
+    with pytest.raises(ConfigError, match="spark.time_zone"):
+        load_config(None, ["spark.time_zone=Mars/Olympus"])
 
 
 @pytest.mark.parametrize(("master", "cores"), [("local", 1), ("local[3]", 3), ("local[2,4]", 2)])

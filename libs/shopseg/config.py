@@ -74,6 +74,9 @@ class SparkConf:
     # Shuffle partitions in local mode; default is four times the local cores.
     shuffle_partitions: int | None = None
     checkpoint_dir: str | None = _path_field(None)
+    # Session time zone, set on every master (a cluster's own zone would move
+    # events to another day in to_date).
+    time_zone: str = "UTC"
     # Extra Spark properties, passed as they are (also on a cluster).
     conf: dict[str, str] = field(default_factory=dict)
 
@@ -251,6 +254,194 @@ class FeaturesConf:
 
 
 @dataclass
+class SegmentFeature:
+    """One clustering input: a Spark SQL expression over silver/user_features."""
+
+    name: str = ""
+    # Spark SQL over the user_features columns; default: the column `name` itself.
+    expr: str | None = None
+    # log1p (of the value floored at 0) before scaling: for skewed counts and amounts.
+    log: bool = False
+
+
+@dataclass
+class SegmentName:
+    """A marketer's name for a segment whose profile is high/low on these features."""
+
+    name: str = ""
+    # Segment feature names whose centroid z-score should be high (positive) / low.
+    high: list[str] = field(default_factory=list)
+    low: list[str] = field(default_factory=list)
+    # Marketing strategy text copied into gold/segment_profiles.
+    strategy: str = ""
+
+
+DEFAULT_SEGMENT_FEATURES = (
+    # Users without events in the window have been inactive since they signed up.
+    # Not logged: the window bounds it, and a log would squeeze a 200-day gap
+    # towards a 20-day one.
+    ("inactive_days", "coalesce(inactive_days, tenure_days)", False),
+    ("tenure_days", None, True),
+    ("frequency", None, True),
+    # Users without orders spent nothing per order: 0, not the median buyer's value.
+    ("avg_order_value", "coalesce(avg_order_value, 0)", True),
+    ("views", None, True),
+    # Per-user averages over a handful of events are noise; these are shrunk
+    # towards a typical value with pseudo-counts (empirical-Bayes smoothing), so
+    # a user with one view of 3 s is not an extreme of "dwell time".
+    # Discount share towards 25% (0.5 of 2 pseudo-orders).
+    ("discount_share", "(coalesce(discount_share, 0) * frequency + 0.5) / (frequency + 2)", False),
+    # Dwell towards 60 s (10 pseudo-views).
+    (
+        "mean_dwell_seconds",
+        "(coalesce(mean_dwell_seconds, 0) * views + 60 * 10) / (views + 10)",
+        True,
+    ),
+    # Views per session towards 4 (3 pseudo-sessions).
+    ("views_per_session", "(views + 4 * 3) / (sessions + 3)", True),
+)
+DEFAULT_SEGMENT_NAMES = (
+    (
+        "High-value loyal",
+        ["frequency", "avg_order_value"],
+        [],
+        "Reward and retain: loyalty perks, early access, premium picks; no discount needed.",
+    ),
+    (
+        "Bargain hunters",
+        ["discount_share"],
+        ["avg_order_value"],
+        "Time-limited deals, bundles and value packs; coupons only where they convert.",
+    ),
+    (
+        "Dormant",
+        ["inactive_days"],
+        [],
+        "Win back: a 'we miss you' offer with a strong incentive; stop if no response.",
+    ),
+    (
+        "New customers",
+        [],
+        ["tenure_days"],
+        "Onboarding: welcome series, second-purchase incentive, category discovery.",
+    ),
+    (
+        "Window shoppers",
+        ["views", "mean_dwell_seconds"],
+        ["frequency"],
+        "Convert browsing: cart and browse-abandonment reminders, social proof, free shipping.",
+    ),
+    (
+        "One-time buyers",
+        [],
+        ["frequency", "views"],
+        "Second order: personalised follow-up on the first purchase, small repeat incentive.",
+    ),
+)
+DEFAULT_PROFILE_FEATURES = (
+    "recency_days",
+    "inactive_days",
+    "frequency",
+    "monetary",
+    "avg_order_value",
+    "tenure_days",
+    "sessions",
+    "views",
+    "conversion_rate",
+    "mean_dwell_seconds",
+    "discount_share",
+)
+
+
+@dataclass
+class SegmentConf:
+    """Stage `segment`: K-means / bisecting K-means on user features."""
+
+    # fit: sweep k and algorithms, fit, register; score: apply the registered model.
+    mode: str = "fit"
+    # Snapshot of silver/user_features to segment; default the latest as_of_date.
+    as_of_date: dt.date | None = None
+    features: list[SegmentFeature] = field(
+        default_factory=lambda: [
+            SegmentFeature(name, expr, log) for name, expr, log in DEFAULT_SEGMENT_FEATURES
+        ]
+    )
+    # PCA components after scaling; null = no PCA.
+    pca_components: int | None = None
+    # Algorithms swept: kmeans (k-means||) and/or bisecting.
+    algorithms: list[str] = field(default_factory=lambda: ["kmeans", "bisecting"])
+    k_min: int = 2
+    k_max: int = 10
+    # Iterations per fit (per split for bisecting), Spark's default.
+    max_iter: int = 20
+    # k-means|| seeding rounds (Spark's default 2 is often stuck in a worse optimum).
+    init_steps: int = 5
+    # Fits per (algorithm, k) from different seeds; the lowest WSSSE is kept.
+    restarts: int = 2
+    seed: int = 42
+    # Rows sampled for the silhouette and for the two-seed stability fits. When
+    # all users fit in the stability sample the first two restarts are the two seeds.
+    silhouette_sample: int = 50000
+    stability_sample: int = 50000
+    # The prepared users are spread over one partition per core, but none
+    # smaller than this (tiny partitions make every K-means iteration pay for
+    # scheduling; the sweep runs hundreds of them).
+    min_rows_per_partition: int = 10000
+    # A k is a candidate only when its two-seed adjusted Rand index reaches this.
+    min_stability: float = 0.8
+    # Users farther from their centroid than this percentile of their segment are outliers.
+    outlier_percentile: float = 0.99
+    names: list[SegmentName] = field(
+        default_factory=lambda: [
+            SegmentName(name, list(high), list(low), strategy)
+            for name, high, low, strategy in DEFAULT_SEGMENT_NAMES
+        ]
+    )
+    # A configured name applies only when its mean z-score reaches this.
+    min_name_score: float = 0.5
+    # silver/user_features columns summarised (median, lift) in the profiles.
+    profile_features: list[str] = field(default_factory=lambda: list(DEFAULT_PROFILE_FEATURES))
+    # Surrogate decision tree explaining the segments.
+    tree_max_depth: int = 5
+    tree_sample: int = 200000
+    rules_per_segment: int = 3
+    model_name: str = "shopseg_segmentation"
+    # Alias of the model in use (set on fit, loaded on score).
+    alias: str = "champion"
+
+
+@dataclass
+class RecommendConf:
+    """Stage `recommend`: ALS on implicit feedback, evaluated against baselines."""
+
+    # Snapshot of silver/interactions (and user_features) to use; default the latest.
+    as_of_date: dt.date | None = None
+    # Recommendations per user in gold/recommendations.
+    top_n: int = 20
+    # Cut-off of the evaluation metrics (precision_at_<k>, ndcg_at_<k>, ...).
+    eval_k: int = 10
+    # Each user's last holdout_days of interactions are held out for evaluation.
+    holdout_days: int = 30
+    # Leave out items the user already bought (purchase events).
+    exclude_purchased: bool = True
+    # Grid searched on the split; the best NDCG@eval_k is refitted on all data.
+    ranks: list[int] = field(default_factory=lambda: [16, 32])
+    reg_params: list[float] = field(default_factory=lambda: [0.05])
+    alphas: list[float] = field(default_factory=lambda: [5.0, 20.0])
+    max_iter: int = 10
+    seed: int = 42
+    # ALS user and item blocks; null = Spark's default parallelism.
+    blocks: int | None = None
+    # Most similar items per item in gold/similar_items.
+    similar_items: int = 10
+    # Block sizes of the top-N scorer (scores per task: user_block x item_block).
+    user_block: int = 4096
+    item_block: int = 16384
+    model_name: str = "shopseg_recommender"
+    alias: str = "champion"
+
+
+@dataclass
 class PipelineConf:
     # Stages `shopseg run` runs without --stages (default: all).
     stages: list[str] | None = None
@@ -270,6 +461,8 @@ class Config:
     ingest: IngestConf = field(default_factory=IngestConf)
     privacy: PrivacyConf = field(default_factory=PrivacyConf)
     features: FeaturesConf = field(default_factory=FeaturesConf)
+    segment: SegmentConf = field(default_factory=SegmentConf)
+    recommend: RecommendConf = field(default_factory=RecommendConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -289,6 +482,16 @@ class Config:
 def _check(cond: bool, key: str, origin: str, message: str) -> None:
     if not cond:
         raise ConfigError(f"{origin}: {key}: {message}")
+
+
+def _is_time_zone(name: str) -> bool:
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _validate(config: Config) -> None:
@@ -317,8 +520,16 @@ def _validate(config: Config) -> None:
         _check(g.output_partitions > 0, "generate.output_partitions", origin, "must be positive")
     sp = config.spark.shuffle_partitions
     _check(sp is None or sp > 0, "spark.shuffle_partitions", origin, "must be positive")
+    _check(
+        _is_time_zone(config.spark.time_zone),
+        "spark.time_zone",
+        origin,
+        f"unknown time zone {config.spark.time_zone!r} (an IANA name such as UTC or Europe/Paris)",
+    )
     _validate_sources(config)
     _validate_features(config)
+    _validate_segment(config)
+    _validate_recommend(config)
     _check(config.privacy.min_group_size >= 1, "privacy.min_group_size", origin, "must be >= 1")
     root = config.lakehouse.root
     if is_uri(root) and not root.startswith("file:"):
@@ -438,6 +649,93 @@ def _validate_features(config: Config) -> None:
         origin,
         f"no rule covers (R, F) scores {gaps}; every cell needs a segment",
     )
+
+
+SEGMENT_MODES = ("fit", "score")
+SEGMENT_ALGORITHMS = ("kmeans", "bisecting")
+
+
+def _validate_segment(config: Config) -> None:
+    origin = config.source
+    s = config.segment
+    _check(s.mode in SEGMENT_MODES, "segment.mode", origin, f"must be one of {SEGMENT_MODES}")
+    _check(
+        bool(s.algorithms) and set(s.algorithms) <= set(SEGMENT_ALGORITHMS),
+        "segment.algorithms",
+        origin,
+        f"must be a non-empty subset of {list(SEGMENT_ALGORITHMS)}",
+    )
+    _check(s.k_min >= 2, "segment.k_min", origin, "must be at least 2")
+    _check(s.k_max >= s.k_min, "segment.k_max", origin, "must be at least segment.k_min")
+    for key in (
+        "max_iter",
+        "init_steps",
+        "restarts",
+        "silhouette_sample",
+        "stability_sample",
+        "min_rows_per_partition",
+    ):
+        _check(getattr(s, key) > 0, f"segment.{key}", origin, "must be positive")
+    _check(s.tree_max_depth > 0, "segment.tree_max_depth", origin, "must be positive")
+    _check(s.tree_sample > 0, "segment.tree_sample", origin, "must be positive")
+    _check(s.rules_per_segment > 0, "segment.rules_per_segment", origin, "must be positive")
+    _check(0 <= s.min_stability <= 1, "segment.min_stability", origin, "must be in [0, 1]")
+    _check(0 < s.outlier_percentile < 1, "segment.outlier_percentile", origin, "must be in (0, 1)")
+    names = [f.name for f in s.features]
+    _check(bool(names), "segment.features", origin, "needs at least one feature")
+    for i, name in enumerate(names):
+        _check(
+            re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or "") is not None,
+            f"segment.features[{i}].name",
+            origin,
+            f"{name!r} is not a plain identifier",
+        )
+    _check(len(set(names)) == len(names), "segment.features", origin, "names must be unique")
+    if s.pca_components is not None:
+        _check(
+            0 < s.pca_components <= len(names),
+            "segment.pca_components",
+            origin,
+            f"must be between 1 and the number of features ({len(names)})",
+        )
+    labels = [n.name for n in s.names]
+    _check(
+        all(labels) and len(set(labels)) == len(labels),
+        "segment.names",
+        origin,
+        "every name needs a unique `name`",
+    )
+    for i, rule in enumerate(s.names):
+        unknown = sorted(set(rule.high + rule.low) - set(names))
+        _check(
+            not unknown,
+            f"segment.names[{i}]",
+            origin,
+            f"{rule.name!r} refers to unknown segment feature(s) {unknown}; features: {names}",
+        )
+        _check(
+            bool(rule.high or rule.low),
+            f"segment.names[{i}]",
+            origin,
+            f"{rule.name!r} needs `high` or `low` features",
+        )
+    _check(bool(s.profile_features), "segment.profile_features", origin, "must not be empty")
+
+
+def _validate_recommend(config: Config) -> None:
+    origin = config.source
+    r = config.recommend
+    for key in ("top_n", "eval_k", "holdout_days", "max_iter", "similar_items"):
+        _check(getattr(r, key) > 0, f"recommend.{key}", origin, "must be positive")
+    for key in ("user_block", "item_block"):
+        _check(getattr(r, key) > 0, f"recommend.{key}", origin, "must be positive")
+    _check(r.blocks is None or r.blocks > 0, "recommend.blocks", origin, "must be positive")
+    for key in ("ranks", "reg_params", "alphas"):
+        values = getattr(r, key)
+        _check(bool(values), f"recommend.{key}", origin, "needs at least one value")
+    _check(all(v > 0 for v in r.ranks), "recommend.ranks", origin, "must be positive")
+    _check(all(v >= 0 for v in r.reg_params), "recommend.reg_params", origin, "must be >= 0")
+    _check(all(v > 0 for v in r.alphas), "recommend.alphas", origin, "must be positive")
 
 
 # --------------------------------------------------------------------------- typing
@@ -660,6 +958,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError:
         parsed = value
+    if isinstance(parsed, str) and not value.strip().startswith(("'", '"')):
+        # YAML would cut `/data/in dir #2` at the " #" (a comment): take text as written.
+        parsed = value.strip()
     return key, parsed
 
 

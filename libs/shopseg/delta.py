@@ -103,6 +103,30 @@ class HistoryEntry:
 # --------------------------------------------------------------------------- helpers
 
 
+# Schemes both delta-rs (the commit) and pyarrow (the executors' Parquet files)
+# can write; s3a://, dbfs:/, hdfs:// and others need Spark's Delta writer.
+DELTA_RS_SCHEMES = ("file", "s3", "gs", "gcs")
+
+
+def check_delta_rs_root(root: str, has_delta: bool) -> None:
+    """Fail at once, before any Spark job, for a root the delta-rs writer cannot write."""
+    scheme = root.split(":", 1)[0].lower() if re.match(r"^[A-Za-z][\w+.-]*:", root) else ""
+    if not scheme or scheme in DELTA_RS_SCHEMES:
+        return
+    hint = " (for S3, s3:// instead of s3a://)" if scheme == "s3a" else ""
+    raise DeltaError(
+        f"lakehouse.root {root}: the delta-rs writer cannot write {scheme}:// roots; it "
+        f"writes local paths and {', '.join(s + '://' for s in DELTA_RS_SCHEMES)}. "
+        + (
+            "Set lakehouse.writer to 'spark' or 'auto' to use Spark's Delta Lake classes"
+            if has_delta
+            else "Start Spark with the Delta Lake jars (--packages io.delta:delta-spark_2.13:"
+            "<version of delta-spark>) and lakehouse.writer 'auto' or 'spark'"
+        )
+        + f", or use a root delta-rs supports{hint}."
+    )
+
+
 def _join(root: str, table: str) -> str:
     return f"{root.rstrip('/')}/{table.strip('/')}"
 
@@ -124,6 +148,13 @@ def _schema_difference(table_json: str, new_json: str) -> str:
     if changed := sorted(k for k in set(old) & set(new) if old[k] != new[k]):
         parts.append("changed types " + ", ".join(f"{k}: {old[k]} -> {new[k]}" for k in changed))
     return "; ".join(parts)
+
+
+def _delta_schema_difference_beyond(table_json: str, new_json: str, added: set[str]) -> bool:
+    """True when the schemas differ in more than the columns `added` (missing or retyped)."""
+    old, new = _delta_schema_fields(table_json), _delta_schema_fields(new_json)
+    new = {k: v for k, v in new.items() if k not in added}
+    return old != new
 
 
 def _arrow_schema(df: DataFrame) -> pa.Schema:
@@ -347,6 +378,7 @@ class _DeltaRsWriter:
         partition_by: Sequence[str],
         metadata: dict[str, str],
         overwrite_schema: bool,
+        replace_rows: tuple[str, Sequence[str]] | None = None,
     ) -> tuple[int, int, int]:
         from deltalake import CommitProperties
         from deltalake import Schema as DeltaSchema
@@ -357,8 +389,17 @@ class _DeltaRsWriter:
         table = self._table(path) if self.exists(path) else None
         if table is not None:
             current_parts = list(table.metadata().partition_columns)
-            difference = _schema_difference(table.schema().to_json(), new_schema.to_json())
             if mode != "overwrite" or not overwrite_schema:
+                old_fields = _delta_schema_fields(table.schema().to_json())
+                added = [f for f in new_schema.fields if f.name not in old_fields]
+                if added and not _delta_schema_difference_beyond(
+                    table.schema().to_json(), new_schema.to_json(), {f.name for f in added}
+                ):
+                    # Additive change: the table gains the columns (a metadata
+                    # commit of its own: delta-rs appends keep the old schema).
+                    table.alter.add_columns(added)
+                    table = self._table(path)
+                difference = _schema_difference(table.schema().to_json(), new_schema.to_json())
                 if difference:
                     raise DeltaError(
                         f"{path}: the data does not match the table's schema ({difference}); "
@@ -415,6 +456,15 @@ class _DeltaRsWriter:
                 partition_by=list(partition_by) or None,
                 commit_properties=commit,
             )
+        elif replace_rows:
+            removes = self._removes_of_rows(path, table, *replace_rows)
+            table.create_write_transaction(
+                [*adds, *removes],
+                "append",
+                new_schema,
+                partition_by=list(partition_by) or None,
+                commit_properties=commit,
+            )
         else:
             table.create_write_transaction(
                 adds,
@@ -439,6 +489,50 @@ class _DeltaRsWriter:
             values = {c: _partition_string(action[f"partition.{c}"]) for c in parts}
             if tuple(sorted(values.items())) in keys:
                 out.append(RemoveAction(action["path"], True, now_ms, action["size_bytes"], values))
+        return out
+
+    def _removes_of_rows(
+        self, path: str, table: Any, column: str, values: Sequence[str]
+    ) -> list[Any]:
+        """Remove actions for the files holding the rows whose `column` is in `values`.
+
+        Whole files only: a file that mixes such rows with others cannot be
+        removed without rewriting it, and fails the write.
+        """
+        import pyarrow as pa
+        from deltalake.transaction import RemoveAction
+        from pyspark.sql import functions as F
+
+        if not values:
+            return []
+        uris = table.file_uris()
+        if not uris:
+            return []
+        hit = F.col(column).isin(list(values))
+        found = (
+            self.spark.read.parquet(*uris)
+            .select(hit.alias("_hit"), F.col("_metadata.file_name").alias("_file"))
+            .groupBy("_file")
+            .agg(F.count_if("_hit").alias("hit"), F.count(F.lit(1)).alias("rows"))
+            .filter("hit > 0")
+            .collect()
+        )
+        mixed = [r._file for r in found if r.hit != r.rows]
+        if mixed:
+            raise DeltaError(
+                f"{path}: file(s) {mixed[:3]} hold rows with {column} in {list(values)[:3]} "
+                "and other rows; they cannot be removed whole"
+            )
+        doomed = {r._file for r in found}
+        parts = list(table.metadata().partition_columns)
+        now_ms = int(time.time() * 1000)
+        out = []
+        for action in pa.table(table.get_add_actions(flatten=True)).to_pylist():
+            if action["path"].rsplit("/", 1)[-1] in doomed:
+                values_ = {c: _partition_string(action[f"partition.{c}"]) for c in parts}
+                out.append(
+                    RemoveAction(action["path"], True, now_ms, action["size_bytes"], values_)
+                )
         return out
 
     def _version_of(self, path: str, write_id: str) -> int:
@@ -527,14 +621,25 @@ class _SparkDeltaWriter:
         partition_by: Sequence[str],
         metadata: dict[str, str],
         overwrite_schema: bool,
+        replace_rows: tuple[str, Sequence[str]] | None = None,
     ) -> tuple[int, int, int]:
         writer = df.write.format("delta").option("userMetadata", json.dumps(metadata))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
-        if mode == "overwrite_partitions":
+        if replace_rows and replace_rows[1] and self.exists(path):
+            # One commit: delete the rows matching the predicate, add the new
+            # ones (which must match it too: the caller adds the new value).
+            column, values = replace_rows
+            quoted = ", ".join("'" + str(v).replace("'", "''") + "'" for v in values)
+            writer = writer.mode("overwrite").option("replaceWhere", f"`{column}` IN ({quoted})")
+        elif mode == "overwrite_partitions":
             writer = writer.mode("overwrite").option("partitionOverwriteMode", "dynamic")
         else:
             writer = writer.mode(mode)
+        if mode != "overwrite":
+            # Additive schema changes evolve the table (Lakehouse.write has
+            # already refused type changes).
+            writer = writer.option("mergeSchema", "true")
         if overwrite_schema:
             writer = writer.option("overwriteSchema", "true")
         writer.save(path)
@@ -619,6 +724,7 @@ class Lakehouse:
         if writer == "spark" or (writer == "auto" and has_delta):
             self._impl: _DeltaRsWriter | _SparkDeltaWriter = _SparkDeltaWriter(spark)
         else:
+            check_delta_rs_root(self.root, has_delta)
             self._impl = _DeltaRsWriter(spark, max_rows_per_file, row_group_rows)
 
     @property
@@ -646,6 +752,7 @@ class Lakehouse:
         partition_by: Sequence[str] = (),
         commit: CommitInfo | None = None,
         overwrite_schema: bool = False,
+        replace_rows: tuple[str, Sequence[str]] | None = None,
     ) -> WriteResult:
         """Write `df` as one new version of `table`.
 
@@ -658,6 +765,12 @@ class Lakehouse:
             partition_by: partition columns (string, date, integer or boolean).
             commit: stage, run id and config hash to record in the commit.
             overwrite_schema: with `overwrite`, allow a new schema.
+            replace_rows: with `append`, `(column, values)`: in the same
+                commit, remove the rows whose `column` is one of `values`
+                (every value of `column` in `df` must be among them too). On
+                the delta-rs writer whole files are removed, so such rows must
+                sit in files of their own (one write per value, as ingest's
+                batches do).
 
         Returns:
             The version committed, rows and files written.
@@ -679,12 +792,16 @@ class Lakehouse:
                     f"{table}: partition column {col!r} has type {spark_type}; "
                     f"use one of {_PARTITION_TYPES}"
                 )
+        if self.exists(table) and not (mode == "overwrite" and overwrite_schema):
+            self._check_types(table, df)
+        if replace_rows is not None and mode != "append":
+            raise DeltaError(f"{table}: replace_rows goes with mode 'append', not {mode!r}")
         path = self.path(table)
         write_id = uuid.uuid4().hex
         metadata = (commit or CommitInfo()).metadata(write_id, mode)
         start = time.perf_counter()
         version, rows, files = self._impl.write(
-            df, path, mode, list(partition_by), metadata, overwrite_schema
+            df, path, mode, list(partition_by), metadata, overwrite_schema, replace_rows
         )
         result = WriteResult(
             table=table,
@@ -707,6 +824,22 @@ class Lakehouse:
             result.seconds,
         )
         return result
+
+    def _check_types(self, table: str, df: DataFrame) -> None:
+        """Refuse a column whose type differs from the table's, naming both types."""
+        current = {f.name: f.dataType for f in self.read(table).schema.fields}
+        changed = [
+            f"{f.name}: {current[f.name].simpleString()} in the table, "
+            f"{f.dataType.simpleString()} in the data"
+            for f in df.schema.fields
+            if f.name in current and current[f.name] != f.dataType
+        ]
+        if changed:
+            raise DeltaError(
+                f"{table}: incompatible schema change ({'; '.join(changed)}); new columns "
+                "are added by any write, a type change needs a full overwrite with "
+                "overwrite_schema"
+            )
 
     def read(
         self,

@@ -156,6 +156,7 @@ def _per_user(daily: DataFrame, n_categories: int) -> DataFrame:
         .groupBy(t.USER_ID)
         .agg(
             F.min(t.EVENT_DATE).alias("first_event_date"),
+            F.max(t.EVENT_DATE).alias("last_event_date"),
             F.max(F.when(bought, F.col(t.EVENT_DATE))).alias("last_purchase_date"),
             F.sum("purchases").alias("frequency"),
             F.sum("amount").alias("monetary"),
@@ -219,9 +220,13 @@ def score(value: Column, cuts: Sequence[float], higher_is_better: bool) -> Colum
 
 
 def rfm_segment(rules: Sequence[RfmRule], no_purchase: str) -> Column:
-    """First rule whose R and F score ranges hold; non-buyers get `no_purchase`."""
+    """First rule whose R and F score ranges hold; users who never bought get `no_purchase`.
+
+    A buyer whose purchases all fall before the window has frequency 0 but a
+    recency: scored, not labelled as never having purchased.
+    """
     r, f = F.col("r_score"), F.col("f_score")
-    out = F.when(F.col("frequency") == 0, F.lit(no_purchase))
+    out = F.when(F.col("recency_days").isNull(), F.lit(no_purchase))
     for rule in rules:
         out = out.when(r.between(*rule.r) & f.between(*rule.f), F.lit(rule.name))
     return out
@@ -241,6 +246,22 @@ def with_rfm_scores(
     )
 
 
+LIFETIME_DATES = ("first_event_date", "last_event_date", "last_purchase_date")
+
+
+def build_lifetime_dates(history: DataFrame) -> DataFrame:
+    """Per user, over the whole history before the as-of date: first and last
+    event day and last purchase day (what recency, tenure and "has ever
+    purchased" are measured from, whatever the lookback window)."""
+    return history.groupBy(t.USER_ID).agg(
+        F.min(t.EVENT_DATE).alias("first_event_date"),
+        F.max(t.EVENT_DATE).alias("last_event_date"),
+        F.max(F.when(F.col(t.EVENT_TYPE) == "purchase", F.col(t.EVENT_DATE))).alias(
+            "last_purchase_date"
+        ),
+    )
+
+
 def build_user_metrics(
     events: DataFrame,
     users: DataFrame | None,
@@ -248,6 +269,7 @@ def build_user_metrics(
     as_of: dt.date,
     categories: Sequence[str],
     demographics: Mapping[str, Sequence[str]],
+    lifetime: DataFrame | None = None,
 ) -> DataFrame:
     """Per-user metrics at `as_of` (before RFM scores): one row per known user.
 
@@ -258,6 +280,11 @@ def build_user_metrics(
         as_of: snapshot date.
         categories: categories that get a `share_<category>` column.
         demographics: column -> values that get `<column>_<value>` 0/1 columns.
+        lifetime: `build_lifetime_dates` of the whole history before `as_of`;
+            when given, recency, inactivity, tenure and the date columns come
+            from it (a buyer whose last purchase is older than the window is
+            still a buyer), and users known only from older history get a row.
+            Counts and amounts stay windowed.
 
     Returns:
         Metrics for every user with events or a profile signed up before `as_of`.
@@ -269,6 +296,10 @@ def build_user_metrics(
     per_user = _per_user(_daily(events, categories), len(categories)).join(
         _sessions(events), t.USER_ID, "left"
     )
+    if lifetime is not None:
+        per_user = per_user.drop(*LIFETIME_DATES).join(
+            lifetime.select(t.USER_ID, *LIFETIME_DATES), t.USER_ID, "full"
+        )
 
     profile_cols = [t.SIGNUP_TS, t.AGE, t.GENDER, t.REGION, t.CHANNEL]
     if users is not None:
@@ -306,6 +337,7 @@ def build_user_metrics(
         F.col(t.USER_ID),
         as_of_lit.alias(t.AS_OF_DATE),
         F.datediff(as_of_lit, F.col("last_purchase_date")).alias("recency_days"),
+        F.datediff(as_of_lit, F.col("last_event_date")).alias("inactive_days"),
         F.col("frequency").cast("long").alias("frequency"),
         F.col("monetary").cast("double").alias("monetary"),
         _ratio("monetary", "frequency").alias("avg_order_value"),
@@ -325,6 +357,7 @@ def build_user_metrics(
         _ratio("rating_sum", "rating_n").alias("mean_rating"),
         F.col("first_event_date"),
         F.col("last_purchase_date"),
+        F.col("last_event_date"),
         F.col(t.AGE),
         F.col(t.GENDER),
         F.col(t.REGION),

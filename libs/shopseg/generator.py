@@ -130,14 +130,14 @@ PERSONAS: tuple[Persona, ...] = (
         0.6,
     ),
     Persona(
-        "one_time_buyer", (530, 60), 0, 0.4, 1, 0.0, 3.0, 0.3, 0.0, 0.3, 0.2, 40, 0.1,
+        "one_time_buyer", (240, 60), 0, 1.5, 3, 0.0, 3.0, 0.3, 0.0, 0.3, 0.2, 40, 0.1,
         3.2, 38, 14, (0.5, 0.1, 0.4),
         _weights(books=20, music=20, toys=15, fashion=15, beauty=10, home=8, sports=5,
                  grocery=3, electronics=2, garden=2),
         0.6, single_purchase=True,
     ),
     Persona(
-        "dormant", (700, 240), 180, 2.0, 2, 0.0, 4.0, 0.45, 0.65, 0.3, 0.15, 40, 0.2,
+        "dormant", (700, 240), 180, 3.5, 3, 0.0, 4.0, 0.5, 0.8, 0.3, 0.15, 40, 0.2,
         3.0, 46, 13, (0.6, 0.2, 0.2),
         _weights(home=25, garden=25, books=15, electronics=10, fashion=8, sports=7, music=4,
                  toys=3, beauty=2, grocery=1),
@@ -309,7 +309,7 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
     span_days = F.greatest((F.col("active_end_s") - F.col("active_start_s")) / 86_400, F.lit(1.0))
     rate = per_persona(p, tuple(pe.sessions_per_30_days for pe in PERSONAS))
     # Activity differs from user to user: log-normal factor with mean 1.
-    activity = F.exp(F.lit(0.5) * normal(seed, "activity", uid) - F.lit(0.125))
+    activity = F.exp(F.lit(0.35) * normal(seed, "activity", uid) - F.lit(0.06125))
 
     category_cum = tuple(_cumulative(pe.category_weights) for pe in PERSONAS)
     taste_category = pick(uniform(seed, "taste_cat", uid), _per_persona_array(p, category_cum))

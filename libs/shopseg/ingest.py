@@ -42,6 +42,12 @@ RECORD = "record"
 # Counted in the ingest log, stored nowhere.
 UNCHANGED = "unchanged"
 SOURCE_FILE = "source_file"
+# A record's place in its file (split start, then row order in the split):
+# "first" in deduplication means first in file order.
+POSITION = "_position"
+# A text record's bytes as read, losslessly (the `record` text is made valid
+# UTF-8: invalid bytes become U+FFFD, so every reader can load it).
+RECORD_BYTES = "record_bytes"
 
 SPARK_TYPES: dict[str, T.DataType] = {
     "string": T.StringType(),
@@ -97,9 +103,12 @@ def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | 
         for every field the columns read (blank fields as null).
     """
     # Spark's text reader already splits on \n, \r\n and \r.
-    base = lines.select(F.col("value").alias(RECORD), F.col(SOURCE_FILE)).filter(
-        F.trim(F.col(RECORD)) != ""
-    )
+    base = lines.select(
+        F.make_valid_utf8(F.col("value")).alias(RECORD),
+        F.col("value").cast("binary").alias(RECORD_BYTES),
+        F.col(SOURCE_FILE),
+        *_carried(lines),
+    ).filter(F.trim(F.col(RECORD)) != "")
     fmt = source.format
     fields = sorted({source_field(c, s) for c, s in source.columns.items()})
     names = header_fields(header_line, fmt, source.options) if header_line else None
@@ -158,9 +167,15 @@ def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | 
     return base.select(
         RECORD,
         SOURCE_FILE,
+        *_carried(base),
         malformed.alias(MALFORMED),
         *[blank_to_null(e).alias(RAW + n) for n, e in raws.items()],
     )
+
+
+def _carried(df: DataFrame) -> list[str]:
+    """Columns passed through parsing and validation unchanged (position, raw bytes)."""
+    return [c for c in (POSITION, RECORD_BYTES) if c in df.columns]
 
 
 def _position(field: str) -> int:
@@ -175,10 +190,11 @@ def _position(field: str) -> int:
 def parse_parquet_records(rows: DataFrame, source: SourceConf) -> DataFrame:
     """One row per Parquet record: the record as JSON text, the fields as they are typed."""
     fields = sorted({source_field(c, s) for c, s in source.columns.items()})
-    data_columns = [c for c in rows.columns if c != SOURCE_FILE]
+    data_columns = [c for c in rows.columns if c not in (SOURCE_FILE, POSITION)]
     return rows.select(
         F.to_json(F.struct(*[F.col(c) for c in data_columns])).alias(RECORD),
         F.col(SOURCE_FILE),
+        *_carried(rows),
         F.lit(False).alias(MALFORMED),
         *[F.col(f).alias(RAW + f) for f in fields],
     )
@@ -245,7 +261,9 @@ def with_validation(
             checks.append(F.when(value > limit, F.lit(f"future:{target}")))
     constants = [F.lit(v).alias(k) for k, v in source.constants.items()]
     raw_columns = [c for c in records.columns if c.startswith(RAW)]
-    out = records.select(RECORD, SOURCE_FILE, MALFORMED, *raw_columns, *typed, *constants)
+    out = records.select(
+        RECORD, SOURCE_FILE, *_carried(records), MALFORMED, *raw_columns, *typed, *constants
+    )
     reason = F.when(F.col(MALFORMED), F.lit("malformed_record")).otherwise(
         F.array_join(F.array_compact(F.array(*checks)), ";") if checks else F.lit("")
     )
@@ -274,14 +292,18 @@ def with_dedup_reasons(
             comes again unchanged (a re-delivered snapshot) or differs.
 
     Returns:
-        `reason` becomes `duplicate_key` for all but the first record of a key
-        in the batch, UNCHANGED for a record equal to the loaded one, and
-        `already_loaded` for a known key with other values.
+        `reason` becomes `duplicate_key` for all but the first valid record of
+        a key in the batch (file order: file, then position in it; invalid
+        records keep their own reasons and never displace a valid one),
+        UNCHANGED for a record equal to the loaded one, and `already_loaded`
+        for a known key with other values.
     """
     if not key:
         return validated
-    order = Window.partitionBy(*key).orderBy(SOURCE_FILE, RECORD)
-    rank = F.when(F.col(REASON) == "", F.row_number().over(order))
+    valid = F.col(REASON) == ""
+    place = [POSITION] if POSITION in validated.columns else [RECORD]
+    order = Window.partitionBy(*key, valid).orderBy(SOURCE_FILE, *place)
+    rank = F.when(valid, F.row_number().over(order))
     out = validated.withColumn("_rank", rank)
     if loaded is not None:
         known = loaded.select(*key, content_hash(compared).alias("_loaded_hash")).dropDuplicates(
@@ -372,6 +394,11 @@ def quarantine_rows(validated: DataFrame, meta: Mapping[str, Column]) -> DataFra
         .select(
             *[col.alias(name) for name, col in meta.items()],
             F.col(RECORD),
+            (
+                F.col(RECORD_BYTES)
+                if RECORD_BYTES in validated.columns
+                else F.lit(None).cast("binary")
+            ).alias(RECORD_BYTES),
             F.col(REASON),
             F.col(SOURCE_FILE),
         )

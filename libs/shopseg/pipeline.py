@@ -55,6 +55,16 @@ STAGES: tuple[Stage, ...] = (
         "silver/events, silver/user_features (RFM, behaviour), silver/interactions",
         "shopseg.stages.features",
     ),
+    Stage(
+        "segment",
+        "K-means / bisecting K-means segments: gold/user_segments, profiles, transitions, tree",
+        "shopseg.stages.segment",
+    ),
+    Stage(
+        "recommend",
+        "ALS on implicit feedback vs baselines: gold/recommendations, similar_items, eval",
+        "shopseg.stages.recommend",
+    ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
 
@@ -104,6 +114,10 @@ class StageContext:
         self.log.info("read %s v%d (%d rows)", table, version, rows)
         return df
 
+    def read_back(self, result: WriteResult) -> DataFrame:
+        """The version this stage just wrote (logged as an output, so not as an input)."""
+        return self.lakehouse.read(result.table, version=result.version)
+
     def write(
         self,
         df: DataFrame,
@@ -112,8 +126,11 @@ class StageContext:
         *,
         partition_by: Sequence[str] = (),
         overwrite_schema: bool = False,
+        replace_rows: tuple[str, Sequence[str]] | None = None,
     ) -> WriteResult:
-        """Write one version of `table`, recording stage, run id and config hash in the commit."""
+        """Write one version of `table`, recording stage, run id and config hash in the commit.
+
+        `replace_rows`: see `Lakehouse.write`."""
         commit = CommitInfo(
             stage=self.name,
             run_id=self.run.run_id,
@@ -127,6 +144,7 @@ class StageContext:
             partition_by=partition_by,
             commit=commit,
             overwrite_schema=overwrite_schema,
+            replace_rows=replace_rows,
         )
         self.run.log_output(result)
         self.writes.append(result)

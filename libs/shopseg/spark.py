@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from shopseg.config import SparkConf
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def local_defaults(settings: SparkConf, master: str) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         # Delta expects INT64 microsecond timestamps; Spark defaults to INT96.
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
-        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.session.timeZone": settings.time_zone,
+        # Reliable checkpoints (ALS, the segment sweep) are removed once unused.
+        "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
         "spark.ui.enabled": str(settings.ui).lower(),
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j}",
@@ -103,6 +105,21 @@ def delta_classes_available(spark: SparkSession) -> bool:
         return True
     except Exception:  # noqa: BLE001 - any failure means "not available"
         return False
+
+
+def apply_session_settings(spark: SparkSession, settings: SparkConf) -> None:
+    """Session SQL settings that decide results, on every master, cluster included.
+
+    The time zone decides which day `to_date(event_ts)` gives; Delta (and so
+    the delta-rs writer) needs INT64 microsecond Parquet timestamps, where
+    Spark's default is INT96. A value in `spark.conf` wins.
+    """
+    wanted = {
+        "spark.sql.session.timeZone": settings.time_zone,
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    }
+    for key, value in wanted.items():
+        spark.conf.set(key, settings.conf.get(key, value))
 
 
 def get_spark(app_name: str, settings: SparkConf | None = None) -> SparkSession:
@@ -143,7 +160,19 @@ def get_spark(app_name: str, settings: SparkConf | None = None) -> SparkSession:
         spark.sparkContext.setLogLevel("ERROR")
         if settings.shuffle_partitions:
             spark.conf.set("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
+    apply_session_settings(spark, settings)
     sc = spark.sparkContext
     if settings.checkpoint_dir and sc.getCheckpointDir() is None:
         sc.setCheckpointDir(settings.checkpoint_dir)
     return spark
+
+
+def checkpointed(df: DataFrame) -> DataFrame:
+    """`df` computed once, with its lineage cut, without being persisted (cached).
+
+    A reliable checkpoint when the SparkContext has a checkpoint directory
+    (survives a lost executor), else a local one.
+    """
+    if df.sparkSession.sparkContext.getCheckpointDir():
+        return df.checkpoint(eager=True)
+    return df.localCheckpoint(eager=True)

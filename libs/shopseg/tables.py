@@ -38,6 +38,9 @@ AMOUNT = "amount"
 EVENT_DATE = "event_date"
 AS_OF_DATE = "as_of_date"
 STRENGTH = "strength"
+SEGMENT_ID = "segment_id"
+SEGMENT_NAME = "segment_name"
+MODEL_VERSION = "model_version"
 # Bronze metadata.
 SOURCE = "source"
 BATCH_ID = "batch_id"
@@ -120,9 +123,10 @@ BRONZE_EVENTS = TableSpec(
 )
 QUARANTINE = TableSpec(
     "bronze/quarantine",
-    (SOURCE, RECORD, REASON, BATCH_ID, INGESTED_AT, SOURCE_FILE),
+    (SOURCE, RECORD, "record_bytes", REASON, BATCH_ID, INGESTED_AT, SOURCE_FILE),
     "ingest",
-    "Rejected records: the raw text and ';'-joined reason codes.",
+    "Rejected records: the text (valid UTF-8; invalid bytes as U+FFFD), the bytes as read "
+    "(text sources), and ';'-joined reason codes.",
     partition_by=(SOURCE,),
 )
 INGEST_LOG = TableSpec(
@@ -134,14 +138,17 @@ INGEST_LOG = TableSpec(
         SOURCE_FILE,
         "file_hash",
         "file_bytes",
+        "file_modified",
         "records_read",
         "loaded",
         "quarantined",
         "unchanged",
+        "duplicate_of",
         INGESTED_AT,
     ),
     "ingest",
-    "One row per ingested file: records read = loaded + quarantined + unchanged.",
+    "One row per ingested file: records read = loaded + quarantined + unchanged; "
+    "a file skipped as a copy names the file that holds its content in duplicate_of.",
 )
 
 # Silver.
@@ -172,6 +179,7 @@ USER_FEATURES = TableSpec(
         USER_ID,
         AS_OF_DATE,
         "recency_days",
+        "inactive_days",
         "frequency",
         "monetary",
         "avg_order_value",
@@ -191,6 +199,7 @@ USER_FEATURES = TableSpec(
         "mean_rating",
         "first_event_date",
         "last_purchase_date",
+        "last_event_date",
         AGE,
         GENDER,
         REGION,
@@ -213,6 +222,114 @@ INTERACTIONS = TableSpec(
     partition_by=(AS_OF_DATE,),
 )
 
+USER_SEGMENTS = TableSpec(
+    "gold/user_segments",
+    (USER_ID, AS_OF_DATE, SEGMENT_ID, SEGMENT_NAME, "distance", "is_outlier", MODEL_VERSION),
+    "segment",
+    "One row per user and as-of date: segment, distance to its centroid (scaled feature "
+    "space), outlier flag.",
+    partition_by=(AS_OF_DATE,),
+)
+SEGMENT_PROFILES = TableSpec(
+    "gold/segment_profiles",
+    (
+        AS_OF_DATE,
+        SEGMENT_ID,
+        SEGMENT_NAME,
+        "size",
+        "share",
+        "outliers",
+        "description",
+        "strategy",
+        "rules",
+        "tree_fidelity",
+        "algorithm",
+        "k",
+        MODEL_VERSION,
+        "medians",
+        "lifts",
+        "z_scores",
+    ),
+    "segment",
+    "One row per segment and as-of date: size, share, surrogate tree rules, strategy; "
+    "medians and lift against the population (segment mean / population mean) of each "
+    "profile feature, and the centroid's z-score of each model feature, as "
+    "map<feature, double> columns (the schema stays the same when the features change; "
+    "SQL: medians['frequency']).",
+    partition_by=(AS_OF_DATE,),
+)
+SEGMENT_TRANSITIONS = TableSpec(
+    "gold/segment_transitions",
+    ("from_as_of", "to_as_of", "from_segment", "to_segment", "users"),
+    "segment",
+    "Users moving between segment names from the previous snapshot to this one "
+    "((new): not in the previous snapshot; (gone): not in this one).",
+    partition_by=("to_as_of",),
+)
+SEGMENT_TREE = TableSpec(
+    "gold/segment_tree",
+    (AS_OF_DATE, "node_id", "parent_id", "depth", "size", "cost", SEGMENT_ID, SEGMENT_NAME),
+    "segment",
+    "Bisecting K-means split tree: parent -> children down to the final segments "
+    "(leaves carry segment_id); for K-means, the same tree by Ward merging of the centroids.",
+    partition_by=(AS_OF_DATE,),
+)
+SEGMENT_SWEEP = TableSpec(
+    "gold/segment_sweep",
+    (
+        AS_OF_DATE,
+        "algorithm",
+        "k",
+        "wssse",
+        "silhouette",
+        "calinski_harabasz",
+        "davies_bouldin",
+        "stability",
+        "fit_seconds",
+        "chosen",
+    ),
+    "segment",
+    "The measured choice of k and algorithm: one row per (algorithm, k) of a fit run.",
+    partition_by=(AS_OF_DATE,),
+)
+RECOMMENDATIONS = TableSpec(
+    "gold/recommendations",
+    (USER_ID, AS_OF_DATE, "rank", ITEM_ID, "score", "source", MODEL_VERSION),
+    "recommend",
+    "Top N items per user and as-of date, ranks 1..N; source `als` (ALS score), "
+    "`segment_popular` or `popular` (users without interactions; score = users who "
+    "interacted with the item).",
+    partition_by=(AS_OF_DATE,),
+)
+SIMILAR_ITEMS = TableSpec(
+    "gold/similar_items",
+    (AS_OF_DATE, ITEM_ID, "rank", "similar_item_id", "score", MODEL_VERSION),
+    "recommend",
+    "Each item's most similar items by the cosine of their ALS factors.",
+    partition_by=(AS_OF_DATE,),
+)
+RECOMMENDATION_EVAL = TableSpec(
+    "gold/recommendation_eval",
+    (
+        AS_OF_DATE,
+        "method",
+        "params",
+        "k",
+        "precision",
+        "recall",
+        "ndcg",
+        "map",
+        "coverage",
+        "users",
+        "fit_seconds",
+        "chosen",
+    ),
+    "recommend",
+    "Ranking metrics at k on the time split: every ALS grid point and both baselines "
+    "(`popular`, `segment_popular`).",
+    partition_by=(AS_OF_DATE,),
+)
+
 TABLES: tuple[TableSpec, ...] = (
     USER_PERSONAS,
     ITEM_GROUPS,
@@ -225,6 +342,14 @@ TABLES: tuple[TableSpec, ...] = (
     SILVER_EVENTS,
     USER_FEATURES,
     INTERACTIONS,
+    USER_SEGMENTS,
+    SEGMENT_PROFILES,
+    SEGMENT_TRANSITIONS,
+    SEGMENT_TREE,
+    SEGMENT_SWEEP,
+    RECOMMENDATIONS,
+    SIMILAR_ITEMS,
+    RECOMMENDATION_EVAL,
 )
 
 

@@ -46,8 +46,9 @@ def run(ctx: StageContext) -> None:
     )
     ctx.run.log_params({"as_of_date": as_of.isoformat(), "categories": categories})
 
+    lifetime = fx.build_lifetime_dates(fx.filter_window(events, as_of, None))
     metrics = fx.build_user_metrics(
-        window, users, items, as_of, categories, conf.demographics
+        window, users, items, as_of, categories, conf.demographics, lifetime
     ).cache()
     cuts = fx.rfm_cuts(metrics, conf.rfm.quantile_error)
     ctx.log.info("RFM quintile cuts among buyers: %s", cuts)

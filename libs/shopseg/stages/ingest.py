@@ -2,12 +2,16 @@
 
 Order of work, so that a failure never leaves a half-ingested batch visible:
 
-1. Check every source first (path exists, format readable, required columns
-   present, hash key available). Any problem stops the stage with a message
-   naming the source, before anything is written.
-2. Skip files whose content (SHA-256) this source already ingested.
-3. Parse, validate, deduplicate; write each bronze table once (append), then
-   the quarantine, then `bronze/ingest_log`.
+1. Plan every source first: list its files; skip those logged before with
+   the same path, size and modification time unread; hash the others
+   (streamed) and skip those whose content this source already ingested or
+   another file of the batch holds; check that every new file has the
+   required columns (text files by their own header). Any problem stops the
+   stage with a message naming the source, before anything is written.
+2. Parse, validate, deduplicate; count each outcome per file and check that
+   every record is accounted for (`check_accounting`) before any write.
+3. Write each bronze table once (append), then the quarantine, then
+   `bronze/ingest_log`.
 
 A batch counts as committed once its `bronze/ingest_log` rows are: readers of
 bronze keep only rows of committed batches (`ingest.committed_rows`), so rows of a
@@ -21,21 +25,17 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.utils import AnalysisException
 
-from shopseg import ingest
+from shopseg import files, ingest
 from shopseg import tables as t
 from shopseg.config import Config, SourceConf
 from shopseg.ingest import IngestError, source_field
 from shopseg.pipeline import StageContext
 
-# Files above this size are identified by path, size and modification time
-# instead of a content hash (Spark's binaryFile reads a file whole).
-MAX_HASHED_BYTES = 1 << 30
 JSON_SAMPLE_LINES = 1000
 
 
@@ -43,7 +43,10 @@ JSON_SAMPLE_LINES = 1000
 class SourceFile:
     path: str
     size: int
-    digest: str
+    modified: dt.datetime
+    digest: str = ""
+    # The first non-blank line of a csv or whitespace file with a header.
+    header: str | None = None
 
 
 @dataclass
@@ -51,8 +54,9 @@ class SourcePlan:
     name: str
     conf: SourceConf
     files: list[SourceFile]
-    header_line: str | None = None
     new_files: list[SourceFile] = field(default_factory=list)
+    # Skipped files: (file, why) where why names the file already holding the content.
+    skipped: list[tuple[SourceFile, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- checks
@@ -60,56 +64,67 @@ class SourcePlan:
 
 def _list_files(spark: SparkSession, name: str, path: str) -> list[SourceFile]:
     try:
-        listing = (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .load(path)
-            .select("path", "length", "modificationTime")
-            .collect()
-        )
-    except AnalysisException as exc:
-        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
-            raise IngestError(f"source {name}: path {path} does not exist") from None
-        raise IngestError(f"source {name}: cannot list {path}: {exc}") from None
-    small = [r.path for r in listing if r.length <= MAX_HASHED_BYTES]
-    digests: dict[str, str] = {}
-    if small:
-        hashed = (
-            spark.read.format("binaryFile")
-            .load(small)
-            .select("path", F.sha2(F.col("content"), 256).alias("digest"))
-            .collect()
-        )
-        digests = {r.path: f"sha256:{r.digest}" for r in hashed}
-    return [
-        SourceFile(
-            r.path,
-            r.length,
-            digests.get(r.path) or f"meta:{r.length}:{r.modificationTime.isoformat()}",
-        )
-        for r in sorted(listing, key=lambda r: r.path)
-    ]
+        listed = files.list_files(spark, path)
+    except files.SourceFilesError as exc:
+        raise IngestError(f"source {name}: {exc}") from None
+    return [SourceFile(f.path, f.size, f.modified) for f in listed]
 
 
-def _available_fields(spark: SparkSession, plan: SourcePlan) -> set[str] | None:
-    """Field names the source offers (None where the format has no names: fixed_width)."""
-    src, name, paths = plan.conf, plan.name, [f.path for f in plan.files]
-    if src.format == "parquet":
+def _check_fields(name: str, src: SourceConf, where: str, available: set[str]) -> None:
+    required = {source_field(c, s) for c, s in src.columns.items() if s.required or c in src.key}
+    if missing := sorted(required - available):
+        raise IngestError(
+            f"source {name}: required column(s) {missing} not found in {where} "
+            f"(found: {sorted(available)})"
+        )
+    if src.format in ("csv", "whitespace", "parquet"):
+        absent = sorted({source_field(c, s) for c, s in src.columns.items()} - available)
+        if absent:
+            raise IngestError(
+                f"source {name}: column(s) {absent} not found in {where} "
+                f"(found: {sorted(available)})"
+            )
+
+
+def _with_headers(name: str, src: SourceConf, new: list[SourceFile]) -> list[SourceFile]:
+    """Each file's own header: files may order their columns differently."""
+    out = []
+    for f in new:
         try:
-            return set(spark.read.parquet(*paths).columns)
+            header = files.first_line(f.path)
+        except OSError as exc:
+            raise IngestError(f"source {name}: cannot read {f.path}: {exc}") from None
+        if header is None:
+            if f.size:
+                raise IngestError(
+                    f"source {name}: {f.path} has {f.size} bytes but no header line "
+                    "(options.header is true)"
+                )
+            out.append(f)  # an empty file: nothing to read, logged with 0 records
+            continue
+        header = header.rstrip("\r")
+        available = set(ingest.header_fields(header, src.format, src.options))
+        _check_fields(name, src, f.path, available)
+        out.append(replace(f, header=header))
+    return out
+
+
+def _check_new_files(spark: SparkSession, plan: SourcePlan) -> None:
+    """Required columns present in every new file, before anything is written."""
+    src, name, paths = plan.conf, plan.name, [f.path for f in plan.new_files]
+    if not paths:
+        return
+    if src.format in ("csv", "whitespace") and ingest.has_header(src):
+        plan.new_files = _with_headers(name, src, plan.new_files)
+    elif src.format == "parquet":
+        try:
+            available = set(spark.read.parquet(*map(files.literal, paths)).columns)
         except Exception as exc:  # noqa: BLE001 - any reader failure means unreadable
             raise IngestError(f"source {name}: not readable as parquet: {exc}") from None
-    if src.format in ("csv", "whitespace"):
-        if not ingest.has_header(src):
-            return None
-        first = spark.read.text(paths[0]).filter(F.trim(F.col("value")) != "").limit(1).collect()
-        if not first:
-            raise IngestError(f"source {name}: {paths[0]} is empty; expected a header line")
-        plan.header_line = first[0].value.rstrip("\r")
-        return set(ingest.header_fields(plan.header_line, src.format, src.options))
-    if src.format == "json":
+        _check_fields(name, src, src.path, available)
+    elif src.format == "json":
         sample = (
-            spark.read.text(paths[: max(1, min(len(paths), 8))])
+            spark.read.text([files.literal(p) for p in paths[:8]])
             .limit(JSON_SAMPLE_LINES)
             .select(F.from_json(F.col("value"), "map<string,string>").alias("m"))
         )
@@ -119,32 +134,39 @@ def _available_fields(spark: SparkSession, plan: SourcePlan) -> set[str] | None:
                 f"source {name}: none of the first {JSON_SAMPLE_LINES} lines is a JSON object; "
                 "is the format right?"
             )
-        return {r.k for r in keys}
-    return None
+        _check_fields(name, src, src.path, {r.k for r in keys})
 
 
-def _check_source(spark: SparkSession, name: str, src: SourceConf) -> SourcePlan:
+def plan_source(
+    spark: SparkSession, name: str, src: SourceConf, logged: DataFrame | None
+) -> SourcePlan:
+    """Which of a source's files to ingest, and why the others are skipped.
+
+    A file logged before with the same path, size and modification time is
+    skipped without being read. The others are hashed (streamed); a file whose
+    content this source already ingested, or that another file of this batch
+    holds too, is skipped (the first by path is read).
+    """
     plan = SourcePlan(name, src, _list_files(spark, name, src.path))
     if not plan.files:
         return plan
-    available = _available_fields(spark, plan)
-    if available is not None:
-        required = {
-            source_field(c, s) for c, s in src.columns.items() if s.required or c in src.key
-        }
-        missing = sorted(required - available)
-        if missing:
-            raise IngestError(
-                f"source {name}: required column(s) {missing} not found in {src.path} "
-                f"(found: {sorted(available)})"
-            )
-        if src.format in ("csv", "whitespace", "parquet"):
-            absent = sorted({source_field(c, s) for c, s in src.columns.items()} - available)
-            if absent:
-                raise IngestError(
-                    f"source {name}: column(s) {absent} not found in {src.path} "
-                    f"(found: {sorted(available)})"
-                )
+    seen: set[tuple[str, int, dt.datetime]] = set()
+    digests: dict[str, str] = {}
+    if logged is not None:
+        mine = logged.filter(F.col(t.SOURCE) == name)
+        for r in mine.select(t.SOURCE_FILE, "file_bytes", "file_modified", "file_hash").collect():
+            seen.add((r[t.SOURCE_FILE], r.file_bytes, r.file_modified))
+            digests.setdefault(r.file_hash, r[t.SOURCE_FILE])
+    unseen = [f for f in plan.files if (f.path, f.size, f.modified) not in seen]
+    hashes = files.content_hashes(spark, [f.path for f in unseen])
+    for f in unseen:
+        f = replace(f, digest=hashes[f.path])
+        if f.digest in digests:
+            plan.skipped.append((f, digests[f.digest]))
+        else:
+            digests[f.digest] = f.path
+            plan.new_files.append(f)
+    _check_new_files(spark, plan)
     return plan
 
 
@@ -192,43 +214,170 @@ def table_columns(config: Config, table: str) -> dict[str, str]:
 
 
 def _read_records(spark: SparkSession, plan: SourcePlan) -> DataFrame:
-    paths = [f.path for f in plan.new_files]
-    file_path = F.col("_metadata.file_path").alias(t.SOURCE_FILE)
+    where = [
+        files.canonical_file_path(F.col("_metadata.file_path")).alias(t.SOURCE_FILE),
+        F.struct(F.col("_metadata.file_block_start"), F.monotonically_increasing_id()).alias(
+            ingest.POSITION
+        ),
+    ]
     if plan.conf.format == "parquet":
-        rows = spark.read.parquet(*paths)
-        return ingest.parse_parquet_records(rows.select("*", file_path), plan.conf)
-    lines = spark.read.text(paths).select("value", file_path)
-    return ingest.parse_text_records(lines, plan.conf, plan.header_line)
+        rows = spark.read.parquet(*[files.literal(f.path) for f in plan.new_files])
+        return ingest.parse_parquet_records(rows.select("*", *where), plan.conf)
+    # Files are parsed by their own header: their columns may come in another order.
+    by_header: dict[str | None, list[str]] = defaultdict(list)
+    for f in plan.new_files:
+        by_header[f.header].append(files.literal(f.path))
+    parsed = [
+        ingest.parse_text_records(spark.read.text(paths).select("value", *where), plan.conf, h)
+        for h, paths in by_header.items()
+    ]
+    return _union(parsed)
+
+
+@dataclass
+class FileCounts:
+    read: int = 0
+    loaded: int = 0
+    quarantined: int = 0
+    unchanged: int = 0
+
+    @property
+    def balanced(self) -> bool:
+        return self.read == self.loaded + self.quarantined + self.unchanged
+
+
+def _count_outcomes(validated: DataFrame) -> dict[str, FileCounts]:
+    """Records per file and outcome, each outcome counted on its own."""
+    reason = F.col(ingest.REASON)
+    rows = (
+        validated.groupBy(t.SOURCE_FILE)
+        .agg(
+            F.count(F.lit(1)).alias("read"),
+            F.count_if(reason == "").alias("loaded"),
+            F.count_if(~reason.isin("", ingest.UNCHANGED)).alias("quarantined"),
+            F.count_if(reason == ingest.UNCHANGED).alias("unchanged"),
+        )
+        .collect()
+    )
+    return {
+        r[t.SOURCE_FILE]: FileCounts(r.read, r.loaded, r.quarantined, r.unchanged) for r in rows
+    }
+
+
+def check_accounting(
+    source: str,
+    new_files: list[SourceFile],
+    counts: dict[str, FileCounts],
+    written: dict[str, int],
+) -> None:
+    """Every record of every file accounted for, before anything commits.
+
+    Args:
+        source: the source's name, for messages.
+        new_files: the files read.
+        counts: outcomes per file (`_count_outcomes`), keyed by the file each
+            record says it came from.
+        written: rows each output holds: `loaded` (bronze rows) and
+            `quarantined` (quarantine rows), counted from the frames that
+            will be written.
+
+    Raises:
+        IngestError: with the counts, when records belong to no listed file,
+            a non-empty file yields no record, a file's outcomes do not add
+            up, or the outputs do not hold what the outcomes say.
+    """
+    listed = {f.path for f in new_files}
+    if stray := sorted(set(counts) - listed):
+        raise IngestError(
+            f"source {source}: {sum(counts[p].read for p in stray)} records came from "
+            f"file(s) {stray[:3]} that the listing does not name; nothing was committed"
+        )
+    for f in new_files:
+        c = counts.get(f.path, FileCounts())
+        header_only = f.header is not None and f.size <= len(f.header.encode("utf-8")) + 2
+        if c.read == 0 and f.size > 0 and not header_only:
+            raise IngestError(
+                f"source {source}: {f.path} has {f.size} bytes but yielded no records; "
+                "nothing was committed"
+            )
+        if not c.balanced:
+            raise IngestError(
+                f"source {source}: {f.path}: {c.read} records read but {c.loaded} loaded + "
+                f"{c.quarantined} quarantined + {c.unchanged} unchanged; nothing was committed"
+            )
+    total = FileCounts(
+        sum(c.read for c in counts.values()),
+        sum(c.loaded for c in counts.values()),
+        sum(c.quarantined for c in counts.values()),
+        sum(c.unchanged for c in counts.values()),
+    )
+    for output, rows in written.items():
+        if rows != getattr(total, output):
+            raise IngestError(
+                f"source {source}: {rows} rows to write as {output} but the records say "
+                f"{getattr(total, output)} (read {total.read}, loaded {total.loaded}, "
+                f"quarantined {total.quarantined}, unchanged {total.unchanged}); "
+                "nothing was committed"
+            )
+
+
+def _log_row(
+    batch_id: str, plan: SourcePlan, f: SourceFile, c: FileCounts, now: dt.datetime, dup: str
+) -> dict:
+    return {
+        t.BATCH_ID: batch_id,
+        t.SOURCE: plan.name,
+        "table": plan.conf.table,
+        t.SOURCE_FILE: f.path,
+        "file_hash": f.digest,
+        "file_bytes": f.size,
+        "file_modified": f.modified,
+        "records_read": c.read,
+        "loaded": c.loaded,
+        "quarantined": c.quarantined,
+        "unchanged": c.unchanged,
+        "duplicate_of": dup or None,
+        t.INGESTED_AT: now,
+    }
 
 
 def run(ctx: StageContext) -> None:
+    # One ingest at a time per lakehouse: two would both see the same files as
+    # new, and one could take the other's half-written batch for a dead one.
+    try:
+        with files.exclusive_lock(ctx.lakehouse.local_path("_locks"), "ingest"):
+            _ingest(ctx)
+    except files.LockHeld as exc:
+        raise IngestError(str(exc)) from None
+
+
+def _ingest(ctx: StageContext) -> None:
     config = ctx.config
     names = config.ingest.sources or list(config.sources)
     if not names:
         ctx.log.warning("no sources configured (conf `sources`); nothing to ingest")
         return
     hash_key = _hash_key(config, names)
-    plans = [_check_source(ctx.spark, n, config.sources[n]) for n in names]
-
     log = ctx.read(t.INGEST_LOG.name) if ctx.lakehouse.exists(t.INGEST_LOG.name) else None
-    done: set[tuple[str, str]] = set()
-    if log is not None:
-        done = {(r.source, r.file_hash) for r in log.select(t.SOURCE, "file_hash").collect()}
+    plans = [plan_source(ctx.spark, n, config.sources[n], log) for n in names]
     for plan in plans:
-        plan.new_files = [f for f in plan.files if (plan.name, f.digest) not in done]
-        skipped = len(plan.files) - len(plan.new_files)
         ctx.log.info(
-            "source %s (%s, %s): %d files, %d new, %d already ingested",
+            "source %s (%s, %s): %d files, %d new, %d already ingested, %d skipped as copies",
             plan.name,
             plan.conf.format,
             plan.conf.path,
             len(plan.files),
             len(plan.new_files),
-            skipped,
+            len(plan.files) - len(plan.new_files) - len(plan.skipped),
+            len(plan.skipped),
         )
-        ctx.run.log_metrics({f"files_skipped.{plan.name}": skipped})
-    todo = [p for p in plans if p.new_files]
-    if not todo:
+        for f, original in plan.skipped:
+            ctx.log.warning(
+                "source %s: skipped %s: same content (%s) as %s", plan.name, f.path, f.digest,
+                original,
+            )  # fmt: skip
+        ctx.run.log_metrics({f"files_skipped.{plan.name}": len(plan.files) - len(plan.new_files)})
+    if not any(p.new_files or p.skipped for p in plans):
         ctx.log.info("every file was ingested before; nothing to do")
         return
 
@@ -236,10 +385,15 @@ def run(ctx: StageContext) -> None:
     batch_id = f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     stamp = F.lit(now).cast("timestamp")
     bronze: dict[str, list[DataFrame]] = defaultdict(list)
+    expected: dict[str, int] = defaultdict(int)
     quarantined: list[DataFrame] = []
+    n_quarantined = 0
     accounting: list[dict] = []
     cached: list[DataFrame] = []
-    for plan in todo:
+    for plan in plans:
+        accounting += [_log_row(batch_id, plan, f, FileCounts(), now, o) for f, o in plan.skipped]
+        if not plan.new_files:
+            continue
         table = plan.conf.table
         meta = {
             t.SOURCE: F.lit(plan.name),
@@ -258,90 +412,87 @@ def run(ctx: StageContext) -> None:
         validated = ingest.with_record_id(validated, batch_id).persist()
         cached.append(validated)
 
-        reason = F.col(ingest.REASON)
-        per_file = {
-            r[t.SOURCE_FILE]: r
-            for r in validated.groupBy(t.SOURCE_FILE)
-            .agg(
-                F.count(F.lit(1)).alias("read"),
-                F.sum((reason == "").cast("long")).alias("loaded"),
-                F.sum((reason == ingest.UNCHANGED).cast("long")).alias("unchanged"),
-            )
-            .collect()
-        }
+        counts = _count_outcomes(validated)
+        rows = ingest.bronze_rows(
+            validated, table_columns(config, table), config.privacy.identifiers, hash_key, meta
+        )
+        rejected = ingest.quarantine_rows(validated, meta)
+        check_accounting(
+            plan.name,
+            plan.new_files,
+            counts,
+            {"loaded": rows.count(), "quarantined": rejected.count()},
+        )
         reasons = (
-            validated.filter(~reason.isin("", ingest.UNCHANGED))
+            validated.filter(~F.col(ingest.REASON).isin("", ingest.UNCHANGED))
             .groupBy(ingest.REASON)
             .count()
             .orderBy(F.desc("count"))
             .collect()
         )
-        read = sum(r["read"] for r in per_file.values())
-        loaded = sum(r["loaded"] for r in per_file.values())
-        unchanged = sum(r["unchanged"] for r in per_file.values())
+        total = FileCounts(*(sum(getattr(c, k) for c in counts.values()) for k in (
+            "read", "loaded", "quarantined", "unchanged")))  # fmt: skip
         ctx.log.info(
             "source %s: %d records read = %d loaded + %d quarantined + %d unchanged%s",
             plan.name,
-            read,
-            loaded,
-            read - loaded - unchanged,
-            unchanged,
+            total.read,
+            total.loaded,
+            total.quarantined,
+            total.unchanged,
             "".join(f"; {r[ingest.REASON]}: {r['count']}" for r in reasons[:8]),
         )
         ctx.run.log_metrics(
             {
-                f"records_read.{plan.name}": read,
-                f"loaded.{plan.name}": loaded,
-                f"quarantined.{plan.name}": read - loaded - unchanged,
-                f"unchanged.{plan.name}": unchanged,
+                f"records_read.{plan.name}": total.read,
+                f"loaded.{plan.name}": total.loaded,
+                f"quarantined.{plan.name}": total.quarantined,
+                f"unchanged.{plan.name}": total.unchanged,
             }
         )
-        for f in plan.new_files:
-            row = per_file.get(f.path)
-            n_read, n_loaded, n_same = (
-                (row["read"], row["loaded"], row["unchanged"]) if row else (0, 0, 0)
-            )
-            accounting.append(
-                {
-                    t.BATCH_ID: batch_id,
-                    t.SOURCE: plan.name,
-                    "table": table,
-                    t.SOURCE_FILE: f.path,
-                    "file_hash": f.digest,
-                    "file_bytes": f.size,
-                    "records_read": n_read,
-                    "loaded": n_loaded,
-                    "quarantined": n_read - n_loaded - n_same,
-                    "unchanged": n_same,
-                    t.INGESTED_AT: now,
-                }
-            )
-        bronze[table].append(
-            ingest.bronze_rows(
-                validated,
-                table_columns(config, table),
-                config.privacy.identifiers,
-                hash_key,
-                meta,
-            )
-        )
-        quarantined.append(ingest.quarantine_rows(validated, meta))
+        accounting += [
+            _log_row(batch_id, plan, f, counts.get(f.path, FileCounts()), now, "")
+            for f in plan.new_files
+        ]
+        bronze[table].append(rows)
+        expected[table] += total.loaded
+        quarantined.append(rejected)
+        n_quarantined += total.quarantined
 
-    expected = defaultdict(int)
-    for row in accounting:
-        expected[row["table"]] += row["loaded"]
-    # Tables with nothing to add get no new version.
-    for table, frames in bronze.items():
-        if expected[table]:
-            result = ctx.write(_union(frames), table, "append")
+    # Rows of batches that died before their log commit (a crash, kill -9) are
+    # removed in the same commit that adds this batch's rows, so every reader,
+    # not only shopseg's, sees each record once. Safe because no other ingest
+    # runs (the lock): a batch without log rows is dead, not in flight.
+    targets = {src.table for src in config.sources.values()} | set(bronze)
+    dead = {tb: _dead_batches(ctx, tb, log) for tb in sorted(targets | {t.QUARANTINE.name})}
+    for table, batches in dead.items():
+        if batches:
+            ctx.log.warning(
+                "%s: removing the rows of %d batch(es) that never committed: %s",
+                table, len(batches), ", ".join(batches[:5]),
+            )  # fmt: skip
+    # Tables with nothing to add or remove get no new version.
+    for table in sorted(set(bronze) | {tb for tb, b in dead.items() if b}):
+        if table == t.QUARANTINE.name:
+            continue
+        if expected[table] or dead.get(table):
+            frame = _union(bronze[table]) if bronze[table] else ctx.lakehouse.read(table).limit(0)
+            replace = (t.BATCH_ID, [*dead[table], batch_id]) if dead[table] else None
+            result = ctx.write(frame, table, "append", replace_rows=replace)
             _check_count(table, result.rows, expected[table])
-    n_quarantined = sum(r["quarantined"] for r in accounting)
-    if n_quarantined:
+    if n_quarantined or dead[t.QUARANTINE.name]:
+        frame = (
+            _union(quarantined) if quarantined else ctx.lakehouse.read(t.QUARANTINE.name).limit(0)
+        )
         result = ctx.write(
-            _union(quarantined),
+            frame,
             t.QUARANTINE.name,
             "append",
             partition_by=t.QUARANTINE.partition_by,
+            replace_rows=(
+                (t.BATCH_ID, [*dead[t.QUARANTINE.name], batch_id])
+                if dead[t.QUARANTINE.name]
+                else None
+            ),
         )
         _check_count(t.QUARANTINE.name, result.rows, n_quarantined)
     # Written last: this commit is what makes the batch visible.
@@ -351,10 +502,20 @@ def run(ctx: StageContext) -> None:
         df.unpersist()
 
 
+def _dead_batches(ctx: StageContext, table: str, log: DataFrame | None) -> list[str]:
+    """Batches with rows in `table` but none in bronze/ingest_log."""
+    if not ctx.lakehouse.exists(table):
+        return []
+    present = ctx.lakehouse.read(table).select(t.BATCH_ID).distinct()
+    if log is not None:
+        present = present.join(log.select(t.BATCH_ID).distinct(), t.BATCH_ID, "left_anti")
+    return sorted(r[0] for r in present.collect())
+
+
 _LOG_SCHEMA = (
     "batch_id string, source string, table string, source_file string, file_hash string, "
-    "file_bytes long, records_read long, loaded long, quarantined long, unchanged long, "
-    "ingested_at timestamp"
+    "file_bytes long, file_modified timestamp, records_read long, loaded long, "
+    "quarantined long, unchanged long, duplicate_of string, ingested_at timestamp"
 )
 
 

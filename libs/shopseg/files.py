@@ -1,0 +1,176 @@
+"""Source files: listing, identity (size, modification time, content hash), first lines.
+
+A file is named by one canonical form everywhere: the plain path Hadoop's
+listing gives (`file:/in dir/été 100%.txt`). Spark reports rows'
+`_metadata.file_path` percent-encoded (`file:/in%20dir/%C3%A9t%C3%A9%20100%25.txt`
+for some characters, not others); `canonical_file_path` turns it back, so
+rows match their file whatever characters its name holds.
+
+Paths are literal: glob characters (`[`, `]`, `{`, `}`, `*`, `?`) in a
+configured path or a file name are escaped before Spark sees them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.utils import AnalysisException
+
+from shopseg.config import ShopsegError
+
+HASH_CHUNK_BYTES = 8 << 20
+_GLOB = re.compile(r"([\\\[\]{}*?])")
+
+
+class SourceFilesError(ShopsegError):
+    """A source's files cannot be listed or read."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file as listed: canonical path, size in bytes, modification time (UTC)."""
+
+    path: str
+    size: int
+    modified: dt.datetime
+
+
+def literal(path: str) -> str:
+    """`path` with Hadoop glob characters escaped, so Spark reads exactly that file."""
+    return _GLOB.sub(r"\\\1", path)
+
+
+def canonical_file_path(file_path: Column) -> Column:
+    """Spark's percent-encoded `_metadata.file_path` as the listing's plain path.
+
+    `url_decode` would read a literal `+` as a space; Spark leaves `+` as it
+    is in the encoded path, so it is protected first.
+    """
+    return F.url_decode(F.replace(file_path, F.lit("+"), F.lit("%2B")))
+
+
+def list_files(spark: SparkSession, path: str) -> list[SourceFile]:
+    """Every file under `path` (a file or a folder, recursively), sorted by path.
+
+    Raises:
+        SourceFilesError: the path does not exist or cannot be listed.
+    """
+    try:
+        listing = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .load(literal(path))
+            # Without `content` the reader lists; it does not read the files.
+            .select("path", "length", "modificationTime")
+            .collect()
+        )
+    except AnalysisException as exc:
+        if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
+            raise SourceFilesError(f"path {path} does not exist") from None
+        raise SourceFilesError(f"cannot list {path}: {exc}") from None
+    return sorted(
+        (SourceFile(r.path, r.length, r.modificationTime.replace(tzinfo=None)) for r in listing),
+        key=lambda f: f.path,
+    )
+
+
+def _arrow_fs(path: str):
+    """A pyarrow file system and the path inside it for a Hadoop-style path."""
+    from pyarrow import fs
+
+    if path.startswith("file:"):
+        return fs.LocalFileSystem(), re.sub(r"^file:(//)?", "", path)
+    if path.startswith("dbfs:/"):  # Databricks mounts DBFS under /dbfs on every node
+        return fs.LocalFileSystem(), "/dbfs/" + path[len("dbfs:/") :].lstrip("/")
+    if "://" not in path:
+        return fs.LocalFileSystem(), path
+    return fs.FileSystem.from_uri(path)
+
+
+def _sha256_of(path: str) -> str:
+    filesystem, inner = _arrow_fs(path)
+    digest = hashlib.sha256()
+    with filesystem.open_input_stream(inner, compression=None) as stream:
+        while chunk := stream.read(HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def content_hashes(spark: SparkSession, paths: Sequence[str]) -> dict[str, str]:
+    """SHA-256 of each file's bytes, streamed in chunks, one Spark task per file.
+
+    No file is ever held whole in memory (Spark's binaryFile would load each
+    one into a single row).
+    """
+    if not paths:
+        return {}
+
+    def hash_all(part: Iterator[str]) -> Iterator[tuple[str, str]]:
+        for p in part:
+            yield p, _sha256_of(p)
+
+    rdd = spark.sparkContext.parallelize(list(paths), len(paths))
+    return dict(rdd.mapPartitions(hash_all).collect())
+
+
+def first_line(path: str, max_bytes: int = 1 << 20) -> str | None:
+    """The first non-blank line of a text file (gzip and other codecs detected by
+    extension), without its line break; None for a file with no such line."""
+    filesystem, inner = _arrow_fs(path)
+    with filesystem.open_input_stream(inner) as stream:
+        head = stream.read(max_bytes)
+    for line in re.split(rb"\r\n|\r|\n", head):
+        text = line.decode("utf-8", errors="replace")
+        if text.strip():
+            return text
+    return None
+
+
+class LockHeld(ShopsegError):
+    """Another process holds the lock."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | None, name: str) -> Iterator[None]:
+    """Hold an exclusive lock `name` in a local `folder` for the duration.
+
+    An OS file lock (flock): the kernel releases it when the holder exits,
+    even on kill -9, so a crashed run never blocks the next one. For a
+    remote lakehouse (`folder` None) nothing is locked.
+
+    Raises:
+        LockHeld: another process holds it (naming its pid).
+    """
+    if folder is None:
+        yield
+        return
+    import fcntl
+    import os
+
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise LockHeld(
+                f"another {name} is running on this lakehouse ({holder}); "
+                f"wait for it to finish (lock file {path})"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

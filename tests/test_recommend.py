@@ -1,0 +1,284 @@
+"""Recommendations: id index, metrics, popularity baselines, block scoring, ALS, the stage."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from pyspark.ml.evaluation import RankingEvaluator
+from pyspark.sql import functions as F
+
+from shopseg import recommend as rc
+from shopseg import tables as t
+from shopseg.cli import main
+from shopseg.delta import Lakehouse
+
+from .conftest import LOCAL_CONF, SMALL_GENERATE
+
+# --------------------------------------------------------------------------- index
+
+
+def test_index_is_dense_in_id_order_across_partitions(spark):
+    ids = [10**12, -5, 7, 7, None, 3_000_000_000, 42] + list(range(100, 160))
+    df = spark.createDataFrame([(i,) for i in ids], "user_id long").repartition(5)
+    got = {r.user_id: r.user_idx for r in rc.build_index(df, "user_id", "user_idx").collect()}
+    distinct = sorted({i for i in ids if i is not None})
+    assert got == {v: i for i, v in enumerate(distinct)}
+    schema = rc.build_index(df, "user_id", "user_idx").schema
+    assert schema["user_idx"].dataType.simpleString() == "int"
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_ranking_scores_by_hand(spark):
+    recs = spark.createDataFrame(
+        [(1, 1, 1), (1, 2, 2), (1, 3, 3), (2, 5, 1), (2, 6, 2), (3, 9, 1)],
+        "user_id long, item_id long, rank int",
+    )
+    # User 3 has no relevant items, so it is not evaluated; user 4 has no list.
+    relevant = spark.createDataFrame([(1, 2), (1, 4), (2, 5), (4, 7)], "user_id long, item_id long")
+    got = rc.ranking_scores(recs, relevant, k=3, catalog_size=10)
+    idcg2 = 1 + 1 / math.log2(3)
+    # user 1: hit at rank 2 of 2 relevant; user 2: hit at rank 1 of 1; user 4: nothing.
+    assert got.users == 3
+    assert got.precision == pytest.approx((1 / 3 + 1 / 3 + 0) / 3)
+    assert got.recall == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert got.ndcg == pytest.approx(((1 / math.log2(3)) / idcg2 + 1 + 0) / 3)
+    assert got.map == pytest.approx(((1 / 2) / 2 + 1 + 0) / 3)
+    # Items shown to evaluated users (1, 2, 3, 5, 6), not user 3's item 9.
+    assert got.coverage == pytest.approx(5 / 10)
+
+
+def test_ranking_scores_agree_with_spark_ranking_evaluator(spark):
+    rng = np.random.default_rng(3)
+    recs, relevant = [], []
+    for user in range(60):
+        items = rng.choice(40, size=8, replace=False)
+        recs += [(user, int(item), rank) for rank, item in enumerate(items, start=1)]
+        relevant += [(user, int(i)) for i in rng.choice(40, size=rng.integers(1, 9), replace=False)]
+    recs_df = spark.createDataFrame(recs, "user_id long, item_id long, rank int")
+    rel_df = spark.createDataFrame(relevant, "user_id long, item_id long")
+    k = 5
+    ours = rc.ranking_scores(recs_df, rel_df, k, catalog_size=40)
+
+    lists = (
+        recs_df.groupBy("user_id")
+        .agg(F.sort_array(F.collect_list(F.struct("rank", "item_id"))).alias("r"))
+        .select("user_id", F.col("r.item_id").cast("array<double>").alias("prediction"))
+        .join(
+            rel_df.groupBy("user_id").agg(
+                F.collect_list(F.col("item_id").cast("double")).alias("label")
+            ),
+            on="user_id",
+            how="inner",
+        )
+    )
+
+    def spark_metric(name: str) -> float:
+        return RankingEvaluator(metricName=name, k=k).evaluate(lists)
+
+    assert ours.precision == pytest.approx(spark_metric("precisionAtK"))
+    assert ours.recall == pytest.approx(spark_metric("recallAtK"))
+    assert ours.ndcg == pytest.approx(spark_metric("ndcgAtK"))
+    assert ours.map == pytest.approx(spark_metric("meanAveragePrecisionAtK"))
+
+
+# --------------------------------------------------------------------------- popularity
+
+
+@pytest.fixture
+def shop(spark):
+    """Users 1-4 in segment 0 like items 10-13; users 5-6 in segment 1 like 20-21."""
+    pairs = [(1, 10), (2, 10), (3, 10), (4, 10), (1, 11), (2, 11), (3, 11), (1, 12), (2, 12)]
+    pairs += [(1, 13), (5, 20), (6, 20), (5, 21), (6, 10)]
+    interactions = spark.createDataFrame(
+        [(u, i, 1.0) for u, i in pairs], "user_id long, item_id long, strength double"
+    )
+    segments = spark.createDataFrame(
+        [(u, 0) for u in (1, 2, 3, 4, 7)] + [(5, 1), (6, 1), (8, 1)],
+        "user_id long, group int",
+    )
+    return interactions, segments
+
+
+def lists(df) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for r in df.orderBy("user_id", "rank").collect():
+        out.setdefault(r.user_id, []).append(r.item_id)
+    return out
+
+
+def test_popular_unseen_skips_what_each_user_has_seen(spark, shop):
+    interactions, _ = shop
+    ranked = rc.popularity(interactions)
+    # 10: 5 users, 11: 3, then 12 and 20 with 2 each (ties by item id).
+    assert [r.item_id for r in ranked.orderBy("rank").collect()][:4] == [10, 11, 12, 20]
+    users = spark.createDataFrame([(1, 0), (4, 0), (9, 0)], "user_id long, group int")
+    got = rc.top_popular_unseen(users, ranked, interactions, 3)
+    assert lists(got) == {1: [20, 21], 4: [11, 12, 20], 9: [10, 11, 12]}
+    ranks = {r.user_id: sorted(r.ranks) for r in got.groupBy("user_id")
+             .agg(F.collect_list("rank").alias("ranks")).collect()}  # fmt: skip
+    assert ranks == {1: [1, 2], 4: [1, 2, 3], 9: [1, 2, 3]}
+
+
+def test_cold_start_uses_the_segment_then_the_whole_shop(spark, shop):
+    interactions, segments = shop
+    # 7 and 8 have segments but no interactions; 9 has neither.
+    cold = spark.createDataFrame([(7,), (8,), (9,)], "user_id long")
+    got = rc.cold_start(cold, segments, interactions, None, 2)
+    assert lists(got) == {7: [10, 11], 8: [20, 10], 9: [10, 11]}
+    sources = {r.user_id: r.source for r in got.select("user_id", "source").distinct().collect()}
+    assert sources == {7: "segment_popular", 8: "segment_popular", 9: "popular"}
+    # Without segments everyone gets the global list.
+    plain = rc.cold_start(cold, None, interactions, None, 2)
+    assert {r.source for r in plain.collect()} == {"popular"}
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def brute_force_top(u, v, n, seen):
+    scores = u @ v.T
+    for user, item in seen:
+        scores[user, item] = -np.inf
+    out = {}
+    for user in range(len(u)):
+        order = np.argsort(-scores[user], kind="stable")
+        out[user] = [int(i) for i in order[:n] if np.isfinite(scores[user, i])]
+    return out
+
+
+@pytest.mark.parametrize(("user_block", "item_block"), [(4096, 16384), (7, 9)])
+def test_block_scoring_matches_a_full_matrix_product(spark, user_block, item_block):
+    rng = np.random.default_rng(11)
+    u = rng.normal(size=(23, 4)).astype(np.float32)
+    v = rng.normal(size=(31, 4)).astype(np.float32)
+    pairs = zip(rng.integers(0, 23, 60), rng.integers(0, 31, 60), strict=True)
+    seen = {(int(a), int(b)) for a, b in pairs}
+    # User 0 has seen all but two items: a short list, still ranked 1, 2.
+    seen |= {(0, i) for i in range(29)}
+    factors = "id int, features array<float>"
+    users = spark.createDataFrame([(i, row.tolist()) for i, row in enumerate(u)], factors)
+    items = spark.createDataFrame([(i, row.tolist()) for i, row in enumerate(v)], factors)
+    seen_df = spark.createDataFrame(sorted(seen), "user_idx int, item_idx int")
+    got = rc.score_top_n(
+        users, items, 5, seen=seen_df, user_block=user_block, item_block=item_block
+    )
+    rows = got.collect()
+    by_user: dict[int, list] = {}
+    for r in rows:
+        by_user.setdefault(r.user_idx, []).append(r)
+    want = brute_force_top(u.astype(np.float64), v.astype(np.float64), 5, seen)
+    for user, ranked in by_user.items():
+        ranked.sort(key=lambda r: r.rank)
+        assert [r.rank for r in ranked] == list(range(1, len(ranked) + 1))
+        assert [r.item_idx for r in ranked] == want[user]
+        assert all((user, r.item_idx) not in seen for r in ranked)
+    assert set(by_user) == set(range(23))
+    assert len(by_user[0]) == 2
+
+
+def test_similar_items_are_cosine_neighbours_without_the_item_itself(spark):
+    vectors = [[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [-1.0, 0.1]]
+    items = spark.createDataFrame(list(enumerate(vectors)), "id int, features array<float>")
+    rows = rc.similar_items(items, 2).collect()
+    got = {(r.item_idx, r.rank): (r.similar_idx, r.score) for r in rows}
+    # Item 0's nearest by angle is item 1 (scale does not matter), then item 2.
+    assert got[(0, 1)][0] == 1 and got[(0, 2)][0] == 2
+    assert got[(0, 1)][1] == pytest.approx(10 / math.sqrt(101), rel=1e-5)
+    assert all(item != similar for (item, _), (similar, _) in got.items())
+
+
+# --------------------------------------------------------------------------- ALS
+
+
+def test_als_finds_a_planted_preference(spark):
+    """Two taste groups of 10 items; each user touched 6 of their group's items.
+
+    The 4 they did not touch must come first in their top 4, although the
+    other group's items are as popular.
+    """
+    rng = np.random.default_rng(5)
+    rows = []
+    for user in range(120):
+        group = user % 2
+        for item in rng.choice(10, size=6, replace=False):
+            rows.append((user, int(group * 10 + item), float(rng.integers(1, 5))))
+    train = spark.createDataFrame(rows, "user_idx int, item_idx int, strength double")
+    model = rc.fit_als(
+        train, rc.AlsParams(rank=4, reg_param=0.05, alpha=10.0), max_iter=10, seed=1, blocks=2
+    )
+    als = rc.als_of(model)
+    seen = train.select("user_idx", "item_idx")
+    top = rc.score_top_n(als.userFactors, als.itemFactors, 4, seen=seen).collect()
+    in_group = sum(1 for r in top if r.item_idx // 10 == r.user_idx % 2)
+    assert len(top) == 120 * 4
+    assert in_group / len(top) >= 0.95
+
+
+# --------------------------------------------------------------------------- the stage
+
+
+@pytest.mark.slow
+def test_recommend_stage_end_to_end(spark, lake_root):
+    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={lake_root}"]
+    for item in ("spark.master=local[2]", *SMALL_GENERATE, "segment.k_max=7"):
+        args += ["--set", item]
+    stages = "generate,ingest,features,segment,recommend"
+    assert main(["run", "--stages", stages, *args, "--set", "recommend.ranks=[8, 16]"]) == 0
+    lake = Lakehouse(spark, str(lake_root))
+
+    recs = lake.read(t.RECOMMENDATIONS.name).toPandas()
+    top_n = 20
+    # Ranks 1..N without gaps for every user.
+    per_user = recs.groupby("user_id")["rank"].agg(["min", "max", "count", "nunique"])
+    assert (per_user["min"] == 1).all()
+    assert (per_user["max"] == per_user["count"]).all()
+    assert (per_user["count"] == per_user["nunique"]).all()
+    assert (per_user["count"] <= top_n).all()
+    assert (per_user["count"] == top_n).mean() > 0.99
+
+    # Nothing a user already bought.
+    purchases = (
+        lake.read(t.SILVER_EVENTS.name)
+        .where("event_type = 'purchase' AND item_id IS NOT NULL")
+        .select("user_id", "item_id")
+        .distinct()
+        .toPandas()
+    )
+    bought = recs.merge(purchases, on=["user_id", "item_id"], how="inner")
+    assert bought.empty, bought.head()
+
+    # Every user with a feature row is served; those without interactions by their segment.
+    features = lake.read(t.USER_FEATURES.name).select("user_id").toPandas()
+    assert set(recs["user_id"]) == set(features["user_id"])
+    interacted = set(lake.read(t.INTERACTIONS.name).select("user_id").toPandas()["user_id"])
+    sources = recs.groupby("user_id")["source"].first()
+    cold = sources[~sources.index.isin(interacted)]
+    assert len(cold) > 0, "the synthetic data has users without interactions"
+    assert (cold == "segment_popular").all()
+    assert (sources[sources.index.isin(interacted)] == "als").all()
+
+    evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
+    assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}
+    assert len(evaluation[evaluation["method"] == "als"]) == 2 * 1 * 2
+    assert evaluation["chosen"].sum() == 1
+    chosen = evaluation[evaluation["chosen"]].iloc[0]
+    assert chosen["ndcg"] == evaluation[evaluation["method"] == "als"]["ndcg"].max()
+
+    similar = lake.read(t.SIMILAR_ITEMS.name).toPandas()
+    assert (similar["item_id"] != similar["similar_item_id"]).all()
+    assert similar.groupby("item_id")["rank"].max().max() == 10
+
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("shopseg_recommender", "champion")
+    assert set(recs["model_version"]) == {str(version.version)}
+    run = client.get_run(version.run_id)
+    for name in ("ndcg_at_10", "precision_at_10", "recall_at_10", "map_at_10"):
+        assert run.data.metrics[name] == pytest.approx(chosen[name.split("_at_")[0]])
+        assert f"baseline_popularity_{name}" in run.data.metrics
+        assert f"baseline_segment_{name}" in run.data.metrics
+    assert run.data.params["input.silver/interactions.version"] == "0"

@@ -1,0 +1,471 @@
+"""Segmentation: ARI, the k rule, names, trees and explanations, and the stage on planted data."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import random
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from pyspark.sql import functions as F
+
+from shopseg import segment as sg
+from shopseg import tables as t
+from shopseg.cli import main
+from shopseg.config import ConfigError, SegmentFeature, SegmentName, load_config
+from shopseg.delta import Lakehouse
+
+from .conftest import LOCAL_CONF
+
+# --------------------------------------------------------------------------- ARI
+
+
+def ari_of(a: list, b: list) -> float:
+    counts = {}
+    for pair in zip(a, b, strict=True):
+        counts[pair] = counts.get(pair, 0) + 1
+    return sg.adjusted_rand_index((x, y, n) for (x, y), n in counts.items())
+
+
+def test_ari_of_a_hand_computed_contingency_table():
+    # pairs together in both: 1; in a: 1 + 0 + 0; in b: 1 + 1; n = 4 (6 pairs)
+    # expected = 1 * 2 / 6; max = 1.5; ARI = (1 - 1/3) / (1.5 - 1/3) = 4/7
+    assert ari_of([0, 0, 1, 2], [0, 0, 1, 1]) == pytest.approx(4 / 7)
+
+
+def test_ari_ignores_label_names_and_is_symmetric():
+    a = [0, 0, 1, 1, 2, 2, 2]
+    renamed = ["x", "x", "z", "z", "y", "y", "y"]
+    assert ari_of(a, renamed) == pytest.approx(1.0)
+    b = [0, 1, 1, 1, 2, 2, 0]
+    assert ari_of(a, b) == pytest.approx(ari_of(b, a))
+    assert ari_of(a, b) < 0.5
+
+
+def test_ari_of_independent_labels_is_near_zero():
+    rng = random.Random(3)
+    a = [rng.randrange(4) for _ in range(20_000)]
+    b = [rng.randrange(4) for _ in range(20_000)]
+    assert abs(ari_of(a, b)) < 0.01
+
+
+def test_labels_ari_on_spark_matches_the_plain_function(spark):
+    a = [0, 0, 1, 2, 2, 1, 0]
+    b = [1, 1, 0, 0, 2, 2, 1]
+    df = spark.createDataFrame(list(zip(a, b, strict=True)), "a int, b int")
+    assert sg.labels_ari(df, "a", "b") == pytest.approx(ari_of(a, b))
+
+
+# --------------------------------------------------------------------------- choosing k
+
+
+def row(algorithm, k, wssse, silhouette=0.5, stability=1.0):
+    return sg.SweepRow(algorithm, k, wssse, silhouette, 0.0, 0.0, stability, 0.1)
+
+
+def test_elbow_finds_the_knee_of_a_cost_curve():
+    ks = [2, 3, 4, 5, 6, 7, 8]
+    costs = [100, 60, 25, 21, 18, 16, 14]
+    assert sg.elbow(ks, costs, ks) == 4
+    # Only among the candidates: without 4 the next best knee.
+    assert sg.elbow(ks, costs, [2, 3, 5, 6, 7, 8]) == 5
+
+
+def test_choose_skips_unstable_k_then_compares_silhouettes():
+    costs = {2: 100, 3: 60, 4: 25, 5: 21, 6: 18, 7: 16, 8: 14}
+    kmeans = [row("kmeans", k, c, silhouette=0.6) for k, c in costs.items()]
+    kmeans[2] = row("kmeans", 4, 25, silhouette=0.6, stability=0.5)  # k=4 unstable
+    bisecting = [row("bisecting", k, c + 1, silhouette=0.55) for k, c in costs.items()]
+    picked = sg.choose(kmeans + bisecting, min_stability=0.8)
+    # kmeans falls back to k=5 at silhouette 0.6; bisecting keeps k=4 at 0.55.
+    assert (picked.algorithm, picked.k) == ("kmeans", 5)
+    bisecting[2] = row("bisecting", 4, 26, silhouette=0.7)
+    picked = sg.choose(kmeans + bisecting, min_stability=0.8)
+    assert (picked.algorithm, picked.k) == ("bisecting", 4)
+
+
+def test_choose_uses_every_k_when_none_is_stable():
+    rows = [
+        row("kmeans", k, c, stability=0.1)
+        for k, c in zip(range(2, 9), [9, 5, 2, 1.8, 1.6, 1.5, 1.4], strict=True)
+    ]  # noqa: E501
+    assert sg.choose(rows, min_stability=0.8).k == 4
+
+
+# --------------------------------------------------------------------------- names
+
+RULES = [
+    SegmentName("High-value loyal", ["frequency", "avg_order_value"], [], "reward"),
+    SegmentName("Dormant", ["inactive_days"], [], "win back"),
+    SegmentName("New customers", [], ["tenure_days"], "onboard"),
+]
+
+
+def z(frequency=0.0, avg_order_value=0.0, inactive_days=0.0, tenure_days=0.0):
+    return {
+        "frequency": frequency,
+        "avg_order_value": avg_order_value,
+        "inactive_days": inactive_days,
+        "tenure_days": tenure_days,
+    }
+
+
+def test_names_follow_the_centroids_not_the_cluster_ids():
+    zs = {
+        0: z(inactive_days=2.0, tenure_days=0.5),
+        1: z(frequency=1.5, avg_order_value=1.0),
+        2: z(tenure_days=-2.0, frequency=-1.0),
+    }
+    names = sg.assign_names(zs, RULES, 0.5)
+    assert names == {0: "Dormant", 1: "High-value loyal", 2: "New customers"}
+    shuffled = {7: zs[2], 3: zs[0], 5: zs[1]}
+    assert sg.assign_names(shuffled, RULES, 0.5) == {
+        7: "New customers",
+        3: "Dormant",
+        5: "High-value loyal",
+    }
+
+
+def test_names_are_unique_and_unfitting_segments_get_descriptive_ones():
+    zs = {
+        0: z(inactive_days=2.0),
+        1: z(inactive_days=1.5),  # a second dormant-looking segment
+        2: z(avg_order_value=-0.9, tenure_days=0.4),  # fits no rule well
+        3: z(inactive_days=1.2),
+    }
+    names = sg.assign_names(zs, RULES, 0.5)
+    assert names[0] == "Dormant"
+    assert len(set(names.values())) == 4
+    assert names[2] == "Low avg_order_value, high tenure_days"
+    assert names[1] == "High inactive_days"
+    assert names[3] == "High inactive_days (2)"
+    assert sg.assign_names(zs, RULES, 0.5) == names
+
+
+# --------------------------------------------------------------------------- trees
+
+
+def test_ward_tree_merges_the_closest_clusters_first():
+    centers = [[0.0, 0.0], [0.1, 0.0], [10.0, 10.0], [10.0, 10.2]]
+    sizes = {0: 10, 1: 10, 2: 10, 3: 10}
+    nodes = {n.node_id: n for n in sg.ward_tree(centers, sizes)}
+    assert len(nodes) == 2 * 4 - 1
+    assert nodes[-1].segment_id is None and {nodes[0].parent_id, nodes[1].parent_id} == {-1}
+    assert nodes[2].parent_id == nodes[3].parent_id == -2
+    root = nodes[-3]
+    assert root.parent_id is None and root.depth == 0 and root.size == 40
+    assert nodes[0].depth == 2 and nodes[0].segment_id == 0
+
+
+def test_bisecting_tree_from_node_rows():
+    rows = [
+        {"index": -1, "size": 30, "cost": 9.0, "children": [-2, 2]},
+        {"index": -2, "size": 20, "cost": 4.0, "children": [0, 1]},
+        {"index": 0, "size": 12, "cost": 1.0, "children": []},
+        {"index": 1, "size": 8, "cost": 1.0, "children": []},
+        {"index": 2, "size": 10, "cost": 2.0, "children": []},
+    ]
+    nodes = {n.node_id: n for n in sg.bisecting_tree(rows)}
+    assert nodes[-1].parent_id is None and nodes[-1].depth == 0
+    assert nodes[2].parent_id == -1 and nodes[2].depth == 1 and nodes[2].segment_id == 2
+    assert nodes[0].parent_id == -2 and nodes[0].depth == 2
+    assert nodes[-2].segment_id is None
+
+
+# --------------------------------------------------------------------------- planted data
+
+PLANTED_AS_OF = dt.date(2025, 6, 1)
+GROUP_SIZE = 250
+# planted group -> the name its segment should get
+EXPECTED_NAMES = {
+    "loyal": "High-value loyal",
+    "dormant": "Dormant",
+    "new": "New customers",
+    "big_spender": "Big spenders",
+}
+FEATURES = [
+    {"name": "inactive_days", "log": False},
+    {"name": "tenure_days", "log": True},
+    {"name": "frequency", "log": True},
+    {"name": "avg_order_value", "log": True},
+]
+NAMES = [
+    {"name": "High-value loyal", "high": ["frequency"], "strategy": "Reward them."},
+    {"name": "Dormant", "high": ["inactive_days"], "strategy": "Win them back."},
+    {"name": "New customers", "low": ["tenure_days"], "strategy": "Onboard them."},
+    {
+        "name": "Big spenders",
+        "high": ["avg_order_value"],
+        "low": ["frequency"],
+        "strategy": "Premium picks.",
+    },
+]
+PLANTED_SCHEMA = (
+    "user_id long, as_of_date date, frequency long, avg_order_value double, "
+    "monetary double, inactive_days int, tenure_days int, planted string"
+)
+
+
+def planted_users(as_of: dt.date, seed: int = 7, users=None) -> list[tuple]:
+    """Four well separated groups of users with user_features-like columns."""
+    rng = random.Random(seed)
+    out = []
+    groups = ["loyal", "dormant", "new", "big_spender"]
+    ids = users or {g: range(i * GROUP_SIZE, (i + 1) * GROUP_SIZE) for i, g in enumerate(groups)}
+    for group, user_ids in ids.items():
+        for uid in user_ids:
+            if group == "loyal":
+                freq, aov = rng.randint(8, 20), rng.lognormvariate(4.6, 0.2)
+                inactive, tenure = rng.randint(1, 20), rng.randint(300, 700)
+            elif group == "dormant":
+                freq, aov = rng.randint(2, 4), rng.lognormvariate(3.9, 0.2)
+                inactive, tenure = rng.randint(200, 300), rng.randint(400, 700)
+            elif group == "new":
+                freq = rng.randint(0, 1)
+                aov = rng.lognormvariate(3.7, 0.2) if freq else None
+                inactive, tenure = rng.randint(1, 15), rng.randint(3, 25)
+            else:
+                freq, aov = rng.randint(1, 2), rng.lognormvariate(6.2, 0.2)
+                inactive, tenure = rng.randint(20, 80), rng.randint(200, 600)
+            monetary = freq * aov if aov is not None else 0.0
+            out.append((uid, as_of, freq, aov, monetary, inactive, tenure, group))
+    return out
+
+
+def segment_args(root, *extra: str) -> list[str]:
+    sets = [
+        f"lakehouse.root={root}",
+        "spark.master=local[2]",
+        f"segment.features={json.dumps(FEATURES)}",
+        f"segment.names={json.dumps(NAMES)}",
+        "segment.profile_features=[frequency, avg_order_value, monetary, inactive_days]",
+        "segment.k_max=6",
+        *extra,
+    ]
+    return ["--conf", str(LOCAL_CONF), *itertools.chain.from_iterable(("--set", s) for s in sets)]
+
+
+def write_planted(spark, root, rows, mode="overwrite"):
+    lake = Lakehouse(spark, str(root))
+    lake.write(
+        spark.createDataFrame(rows, PLANTED_SCHEMA),
+        t.USER_FEATURES.name,
+        mode,
+        partition_by=("as_of_date",),
+    )
+    return lake
+
+
+def snapshot(lake, table, as_of, version=None):
+    return lake.read(table, version=version).filter(F.col("as_of_date") == F.lit(as_of))
+
+
+@pytest.mark.slow
+def test_stage_recovers_planted_groups_names_them_and_scores_a_new_snapshot(spark, lake_root):
+    rows = planted_users(PLANTED_AS_OF)
+    lake = write_planted(spark, lake_root, rows)
+    assert main(["segment", *segment_args(lake_root)]) == 0
+
+    sweep = lake.read("gold/segment_sweep").toPandas()
+    assert set(sweep.algorithm) == {"kmeans", "bisecting"} and sorted(set(sweep.k)) == [
+        2,
+        3,
+        4,
+        5,
+        6,
+    ]
+    chosen = sweep[sweep.chosen]
+    assert len(chosen) == 1 and 3 <= int(chosen.k.iloc[0]) <= 5
+
+    segments = snapshot(lake, "gold/user_segments", PLANTED_AS_OF).cache()
+    assert segments.count() == len(rows)
+    truth = spark.createDataFrame([(r[0], r[-1]) for r in rows], "user_id long, planted string")
+    joined = segments.join(truth, "user_id")
+    assert sg.labels_ari(joined, "segment_name", "planted") >= 0.8
+    majority = {
+        r.planted: r.segment_name
+        for r in joined.groupBy("planted", "segment_name").count().orderBy("count").collect()
+    }
+    assert majority == EXPECTED_NAMES
+    outliers = segments.filter("is_outlier").count() / len(rows)
+    assert 0 < outliers <= 0.05
+    assert segments.filter(F.col("distance") < 0).count() == 0
+
+    profiles = snapshot(lake, "gold/segment_profiles", PLANTED_AS_OF).toPandas()
+    assert profiles["size"].sum() == len(rows)
+    assert profiles["share"].sum() == pytest.approx(1.0)
+    loyal = profiles.set_index("segment_name").loc["High-value loyal"]
+    assert loyal.strategy == "Reward them."
+    assert loyal.lifts["frequency"] > 1.5 and loyal.medians["frequency"] >= 8
+    assert loyal.z_scores["frequency"] > 0.5
+    assert set(loyal.medians) == {"frequency", "avg_order_value", "monetary", "inactive_days"}
+    assert set(loyal.z_scores) == {f["name"] for f in FEATURES}
+    assert 0.8 <= loyal.tree_fidelity <= 1.0 and len(loyal.rules) >= 1
+    assert any("frequency" in rule or "tenure_days" in rule for rule in loyal.rules)
+
+    k = int(chosen.k.iloc[0])
+    tree = snapshot(lake, "gold/segment_tree", PLANTED_AS_OF).toPandas()
+    assert len(tree) == 2 * k - 1
+    root = tree[tree.parent_id.isna()]
+    assert len(root) == 1 and int(root["size"].iloc[0]) == len(rows)
+    assert set(tree.segment_name.dropna()) == set(profiles.segment_name)
+
+    mlflow.set_tracking_uri(f"sqlite:///{lake_root}/mlflow.db")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("shopseg_segmentation", "champion")
+    assert version.tags["features_table_version"] == "0"
+    assert set(json.loads(version.tags["segment_names"]).values()) == set(EXPECTED_NAMES.values())
+
+    # A rerun on the same data gives every user the same name.
+    first = lake.version("gold/user_segments")
+    assert main(["segment", *segment_args(lake_root)]) == 0
+    before = snapshot(lake, "gold/user_segments", PLANTED_AS_OF, version=first)
+    after = snapshot(lake, "gold/user_segments", PLANTED_AS_OF)
+    same = before.alias("b").join(after.alias("a"), "user_id")
+    assert same.count() == len(rows)
+    assert same.filter(F.col("b.segment_name") != F.col("a.segment_name")).count() == 0
+    refit = client.get_model_version_by_alias("shopseg_segmentation", "champion").version
+    assert int(refit) == int(version.version) + 1
+
+    # Score a later snapshot: 40 loyal users went quiet, 10 left, 10 new arrived.
+    later = PLANTED_AS_OF + dt.timedelta(days=30)
+    users = {
+        "dormant": [*range(GROUP_SIZE, 2 * GROUP_SIZE), *range(40)],
+        "loyal": range(50, GROUP_SIZE),
+        "new": [*range(2 * GROUP_SIZE, 3 * GROUP_SIZE), *range(10_000, 10_010)],
+        "big_spender": range(3 * GROUP_SIZE, 4 * GROUP_SIZE),
+    }
+    write_planted(spark, lake_root, planted_users(later, seed=8, users=users), mode="append")
+    assert main(["segment", *segment_args(lake_root, "segment.mode=score")]) == 0
+    assert client.get_model_version_by_alias("shopseg_segmentation", "champion").version == refit
+    assert len(client.search_model_versions("name='shopseg_segmentation'")) == 2
+    scored = snapshot(lake, "gold/user_segments", later)
+    assert {r.model_version for r in scored.select("model_version").distinct().collect()} == {
+        str(refit)
+    }
+    moves = {
+        (r.from_segment, r.to_segment): r.users
+        for r in lake.read("gold/segment_transitions")
+        .filter(F.col("to_as_of") == F.lit(later))
+        .collect()
+    }
+    assert moves[("High-value loyal", "Dormant")] >= 36
+    assert moves[("High-value loyal", sg.GONE)] == 10
+    assert moves[(sg.NEW, "New customers")] == 10
+    assert sum(moves.values()) == len(rows) + 10
+    # The earlier snapshot is kept.
+    assert snapshot(lake, "gold/user_segments", PLANTED_AS_OF).count() == len(rows)
+
+
+def test_score_mode_without_a_registered_model_says_what_to_run(spark, lake_root):
+    write_planted(spark, lake_root, planted_users(PLANTED_AS_OF)[:50])
+    args = segment_args(lake_root, "segment.mode=score")
+    sets = [args[i + 1] for i in range(2, len(args), 2)]
+    config = load_config(LOCAL_CONF, sets)
+    from shopseg.pipeline import run_stages
+
+    with pytest.raises(ValueError, match="run the segment stage in fit mode first"):
+        run_stages(config, ["segment"])
+
+
+def test_bisecting_splits_the_prepared_features_and_the_tree_is_read_back(spark, tmp_path):
+    """Centred inputs make Spark's bisecting K-means return one cluster: guard against it."""
+    df = spark.createDataFrame(planted_users(PLANTED_AS_OF), PLANTED_SCHEMA)
+    features = [SegmentFeature(f["name"], None, f["log"]) for f in FEATURES]
+    prepared = sg.build_prep_pipeline(features, None).fit(df).transform(df).cache()
+    model = sg.new_clusterer("bisecting", 4, 1, 20, sg.SCALED).fit(prepared)
+    scored = model.transform(prepared)
+    assert scored.select(sg.PREDICTION).distinct().count() == 4
+    # Greedy splits need not find all four groups, but the farthest one is a leaf alone.
+    dormant = scored.groupBy(sg.PREDICTION).agg(
+        F.count(F.when(F.col("planted") == "dormant", 1)).alias("dormant"),
+        F.count(F.lit(1)).alias("n"),
+    )
+    assert (
+        dormant.filter((F.col("dormant") == GROUP_SIZE) & (F.col("n") == GROUP_SIZE)).count() == 1
+    )
+
+    nodes = sg.split_tree(model, str(tmp_path / "model"))
+    leaves = [n for n in nodes if n.segment_id is not None]
+    assert sorted(n.segment_id for n in leaves) == [0, 1, 2, 3]
+    assert len(nodes) == 7
+    root = next(n for n in nodes if n.parent_id is None)
+    assert root.size == prepared.count()
+    sizes = {r[sg.PREDICTION]: r["count"] for r in scored.groupBy(sg.PREDICTION).count().collect()}
+    assert {n.segment_id: n.size for n in leaves} == sizes
+
+    z = sg.segment_zscores(scored, [f.name for f in features])
+    weights = sizes
+    for name in ("frequency", "inactive_days"):
+        mean = sum(weights[s] * z[s][name] for s in z) / sum(weights.values())
+        assert mean == pytest.approx(0.0, abs=1e-9), "z-scores are against the population"
+
+    tree = sg.fit_explainer(scored, 4, 1)
+    fidelity, importances, rules = sg.explain(tree, scored, [f.name for f in features], 2)
+    assert fidelity >= 0.9
+    assert sum(importances.values()) == pytest.approx(1.0)
+    assert set(rules) == {0, 1, 2, 3}
+    assert all(1 <= len(r) <= 2 for r in rules.values())
+    assert all("covers" in text and "precision" in text for r in rules.values() for text in r)
+
+
+def test_an_all_null_feature_is_named_in_the_error(spark):
+    df = spark.createDataFrame([(1, None), (2, None)], "user_id long, views long")
+    with pytest.raises(ValueError, match=r"\['views'\] have no values"):
+        sg.check_feature_coverage(df, [SegmentFeature("views", None, True)])
+
+
+def test_rules_keep_the_tightest_bound_per_feature():
+    conditions = [
+        ("active_span_days", "<=", "27.5"),
+        ("avg_order_value", ">", "26.18"),
+        ("active_span_days", "<=", "14.5"),
+        ("avg_order_value", ">", "34.32"),
+        ("frequency", "<=", "3.5"),
+        ("channel", "in", "{0.0,2.0}"),
+    ]
+    assert sg.simplify_conditions(conditions) == [
+        "active_span_days <= 14.5",
+        "avg_order_value > 34.32",
+        "frequency <= 3.5",
+        "channel in {0.0,2.0}",
+    ]
+
+
+def test_tree_leaves_parse_a_debug_string():
+    text = """DecisionTreeClassificationModel: depth=2, numNodes=5, numClasses=3, numFeatures=2
+  If (feature 0 <= 10.5)
+   If (feature 1 <= 2.5)
+    Predict: 0.0
+   Else (feature 1 > 2.5)
+    Predict: 1.0
+  Else (feature 0 > 10.5)
+   Predict: 2.0
+"""
+    leaves = sg.tree_leaves(text, ["frequency", "views"])
+    assert leaves == [
+        (["frequency <= 10.5", "views <= 2.5"], 0),
+        (["frequency <= 10.5", "views > 2.5"], 1),
+        (["frequency > 10.5"], 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("segment.algorithms=[kmeans, dbscan]", "segment.algorithms"),
+        ("segment.k_min=1", "segment.k_min"),
+        ("segment.mode=predict", "segment.mode"),
+        (
+            "segment.names=[{name: X, high: [nonexistent]}]",
+            "unknown segment feature",
+        ),
+        ("segment.min_rows_per_partition=0", "segment.min_rows_per_partition"),
+    ],
+)
+def test_segment_config_errors_name_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(LOCAL_CONF, [override])
