@@ -72,3 +72,14 @@ def small_config(lake_root: Path):
         )
 
     return make
+
+
+@pytest.fixture(scope="session")
+def default_lake(spark, tmp_path_factory) -> Path:
+    """The whole pipeline once on `make run`'s data (conf/local.yaml), for slow tests."""
+    from shopseg.cli import main
+
+    root = tmp_path_factory.mktemp("default") / "lakehouse"
+    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
+    assert main(["run", *args, "--set", "spark.master=local[2]"]) == 0
+    return root

@@ -1,7 +1,8 @@
 """The whole pipeline on the embedded default (`make run`'s data), checked against the plant.
 
 One run of every stage on conf/local.yaml's synthetic data set (20,000 users,
-about a million events), shared by the tests in this module.
+about a million events): the session fixture `default_lake` (conftest), shared
+with the recommend stage's end-to-end test.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ import pytest
 from deltalake import DeltaTable
 
 from shopseg import tables
-from shopseg.cli import main
 from shopseg.segment import adjusted_rand_index
-
-from .conftest import LOCAL_CONF
 
 # The marketer's name each planted persona should end up with.
 EXPECTED_NAMES = {
@@ -24,14 +22,6 @@ EXPECTED_NAMES = {
     "window_shopper": "Window shoppers",
     "one_time_buyer": "One-time buyers",
 }
-
-
-@pytest.fixture(scope="module")
-def default_lake(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("default") / "lakehouse"
-    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
-    assert main(["run", *args, "--set", "spark.master=local[2]"]) == 0
-    return root
 
 
 def read(root, table) -> DeltaTable:

@@ -654,3 +654,52 @@ def test_a_second_ingest_while_one_runs_stops_with_the_conflict(tmp_path, capsys
         assert main(["ingest", "--conf", str(events_conf(tmp_path, raw))]) == 1
     assert "another ingest is running on this lakehouse" in capsys.readouterr().err
     assert not (tmp_path / "lh" / "bronze").exists()
+
+
+def test_a_source_gaining_a_column_evolves_bronze(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(raw, "a.csv", ["user_id,age", "1,30"])
+    conf = csv_conf(tmp_path, raw)
+    conf.write_text(conf.read_text().replace("      region: {}\n", ""))
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    # The export gains a column; the configuration follows.
+    write_events(raw, "b.csv", ["user_id,age,region", "2,40,south", "1,30,north"])
+    assert main(["ingest", "--conf", str(csv_conf(tmp_path, raw))]) == 0
+    lake = Lakehouse(spark, str(tmp_path / "lh"))
+    rows = sorted((r.user_id, r.age, r.region) for r in lake.read("bronze/users").collect())
+    assert rows == [(1, 30, None), (2, 40, "south")]
+    second = lake.read("bronze/ingest_log").filter("source_file LIKE '%b.csv'").first()
+    assert (second.loaded, second.unchanged) == (1, 1)
+
+
+def test_an_ingest_in_another_process_blocks_this_one_until_it_ends(tmp_path, capsys):
+    import subprocess
+    import sys
+    import time
+
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", [event(event_id=1)])
+    conf = str(events_conf(tmp_path, raw))
+    marker = tmp_path / "holding"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time, pathlib\n"
+            "from shopseg import files\n"
+            "with files.exclusive_lock(sys.argv[1], 'ingest'):\n"
+            "    pathlib.Path(sys.argv[2]).write_text('x'); time.sleep(60)\n",
+            str(tmp_path / "lh" / "_locks"),
+            str(marker),
+        ]
+    )
+    try:
+        deadline = time.time() + 30
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        assert main(["ingest", "--conf", conf]) == 1
+        assert "another ingest is running" in capsys.readouterr().err
+    finally:
+        holder.kill()  # kill -9: the kernel releases the lock
+        holder.wait()
+    assert main(["ingest", "--conf", conf]) == 0

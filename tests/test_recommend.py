@@ -12,10 +12,7 @@ from pyspark.sql import functions as F
 
 from shopseg import recommend as rc
 from shopseg import tables as t
-from shopseg.cli import main
 from shopseg.delta import Lakehouse
-
-from .conftest import LOCAL_CONF, SMALL_GENERATE
 
 # --------------------------------------------------------------------------- index
 
@@ -223,13 +220,9 @@ def test_als_finds_a_planted_preference(spark):
 
 
 @pytest.mark.slow
-def test_recommend_stage_end_to_end(spark, lake_root):
-    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={lake_root}"]
-    for item in ("spark.master=local[2]", *SMALL_GENERATE, "segment.k_max=7"):
-        args += ["--set", item]
-    stages = "generate,ingest,features,segment,recommend"
-    assert main(["run", "--stages", stages, *args, "--set", "recommend.ranks=[8, 16]"]) == 0
-    lake = Lakehouse(spark, str(lake_root))
+@pytest.mark.slow
+def test_recommend_stage_end_to_end(spark, default_lake):
+    lake = Lakehouse(spark, str(default_lake))
 
     recs = lake.read(t.RECOMMENDATIONS.name).toPandas()
     top_n = 20
@@ -273,7 +266,9 @@ def test_recommend_stage_end_to_end(spark, lake_root):
     assert (similar["item_id"] != similar["similar_item_id"]).all()
     assert similar.groupby("item_id")["rank"].max().max() == 10
 
-    client = MlflowClient()
+    # The default lake's own store (other tests point MLflow elsewhere since).
+    store = f"sqlite:///{default_lake / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
     version = client.get_model_version_by_alias("shopseg_recommender", "champion")
     assert set(recs["model_version"]) == {str(version.version)}
     run = client.get_run(version.run_id)

@@ -57,6 +57,10 @@ class DeltaError(ShopsegError):
     """A Delta read or write was refused; the message names the table and why."""
 
 
+class ConcurrentWriteError(DeltaError):
+    """Another write committed a conflicting version first; nothing was committed."""
+
+
 @dataclass(frozen=True)
 class CommitInfo:
     """What a commit records about the job that made it."""
@@ -382,7 +386,7 @@ class _DeltaRsWriter:
     ) -> tuple[int, int, int]:
         from deltalake import CommitProperties
         from deltalake import Schema as DeltaSchema
-        from deltalake.transaction import AddAction, create_table_with_add_actions
+        from deltalake.transaction import AddAction
 
         arrow_schema = _arrow_schema(df)
         new_schema = DeltaSchema.from_arrow(arrow_schema)
@@ -435,7 +439,44 @@ class _DeltaRsWriter:
             for f in files
         ]
         rows = sum(f.num_records for f in files)
-        commit = CommitProperties(custom_metadata=metadata)
+        # A write that removes files (overwrite, overwrite of partitions,
+        # replaced rows) decided what to remove from the snapshot it read: it
+        # must commit on exactly that snapshot. delta-rs would otherwise retry
+        # on the newer version and, taking the commit for a plain append,
+        # keep a concurrent writer's rows next to its own (rows doubled).
+        # Plain appends never conflict and keep the retries.
+        removes_files = table is not None and (mode != "append" or bool(replace_rows))
+        commit = CommitProperties(
+            custom_metadata=metadata, max_commit_retries=0 if removes_files else None
+        )
+        read_version = table.version() if table is not None else -1
+        try:
+            self._commit(path, table, adds, mode, new_schema, partition_by, commit, replace_rows)
+        except Exception as exc:
+            if type(exc).__name__ != "CommitFailedError" and "already exists" not in str(exc):
+                raise
+            landed = self._table(path).version() if self.exists(path) else None
+            raise ConcurrentWriteError(
+                f"{path}: concurrent write conflict: this {mode} write read version "
+                f"{read_version} and version {landed} landed before it could commit; "
+                f"nothing was committed (its {len(adds)} data files stay unreferenced). "
+                "Run it again."
+            ) from None
+        return self._version_of(path, write_id), rows, len(files)
+
+    def _commit(
+        self,
+        path: str,
+        table: Any,
+        adds: list[Any],
+        mode: str,
+        new_schema: Any,
+        partition_by: Sequence[str],
+        commit: Any,
+        replace_rows: tuple[str, Sequence[str]] | None,
+    ) -> None:
+        from deltalake.transaction import create_table_with_add_actions
+
         if table is None:
             create_table_with_add_actions(
                 path,
@@ -473,7 +514,6 @@ class _DeltaRsWriter:
                 partition_by=list(partition_by) or None,
                 commit_properties=commit,
             )
-        return self._version_of(path, write_id), rows, len(files)
 
     @staticmethod
     def _removes_for(table: Any, keys: set[tuple[tuple[str, str | None], ...]]) -> list[Any]:
@@ -642,7 +682,17 @@ class _SparkDeltaWriter:
             writer = writer.option("mergeSchema", "true")
         if overwrite_schema:
             writer = writer.option("overwriteSchema", "true")
-        writer.save(path)
+        try:
+            writer.save(path)
+        except Exception as exc:
+            # Delta's optimistic concurrency (ConcurrentAppendException and its
+            # kin): the same error type the delta-rs writer raises.
+            if "Concurrent" not in type(exc).__name__ and "Concurrent" not in str(exc)[:300]:
+                raise
+            raise ConcurrentWriteError(
+                f"{path}: concurrent write conflict: another write committed first; nothing "
+                f"was committed. Run it again. ({type(exc).__name__})"
+            ) from None
         write_id = metadata[f"{META_PREFIX}write_id"]
         for row in self._table(path).history(50).collect():
             meta = json.loads(row["userMetadata"] or "{}")

@@ -408,6 +408,8 @@ def _ingest(ctx: StageContext) -> None:
         compared = kept_columns(config, plan.conf)
         if plan.conf.key and ctx.lakehouse.exists(table):
             loaded = ingest.committed_rows(ctx.read(table), log)
+            # A column the source gained since is compared from now on.
+            compared = [c for c in compared if c in loaded.columns]
         validated = ingest.with_dedup_reasons(validated, plan.conf.key, loaded, compared)
         validated = ingest.with_record_id(validated, batch_id).persist()
         cached.append(validated)
