@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from pyspark.ml.evaluation import RankingEvaluator
@@ -277,3 +278,29 @@ def test_recommend_stage_end_to_end(spark, default_lake):
         assert f"baseline_popularity_{name}" in run.data.metrics
         assert f"baseline_segment_{name}" in run.data.metrics
     assert run.data.params["input.silver/interactions.version"] == "0"
+
+
+@pytest.mark.slow
+def test_any_interaction_log_by_configuration_alone(spark, tmp_path):
+    """conf/interactions_example.yaml: an order CSV with its own column names."""
+    from shopseg.cli import main
+
+    from .conftest import REPO
+
+    conf = REPO / "conf" / "interactions_example.yaml"
+    root = tmp_path / "lh"
+    assert main(["run", "--conf", str(conf), "--set", f"lakehouse.root={root}"]) == 0
+    lake = Lakehouse(spark, str(root))
+    raw = pd.read_csv(REPO / "tests" / "data" / "interactions_example.csv", sep=";")
+    recs = lake.read(t.RECOMMENDATIONS.name).toPandas()
+    assert set(recs["user_id"]) == set(raw["customer_no"]), "every customer is served"
+    assert set(recs["item_id"]) <= set(raw["article_no"])
+    ranks = recs.groupby("user_id")["rank"].agg(lambda r: sorted(r) == [1, 2, 3, 4, 5])
+    assert ranks.all(), "ranks 1..5 for every customer"
+    bought = recs.merge(
+        raw.rename(columns={"customer_no": "user_id", "article_no": "item_id"}),
+        on=["user_id", "item_id"],
+    )
+    assert bought.empty, "nothing a customer already ordered"
+    evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
+    assert set(evaluation["method"]) >= {"als", "popular"}

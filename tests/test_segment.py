@@ -87,6 +87,35 @@ def test_choose_skips_unstable_k_then_compares_silhouettes():
     assert (picked.algorithm, picked.k) == ("bisecting", 4)
 
 
+def test_indices_that_agree_overrule_a_marginal_elbow():
+    # K-means on the default data (20k users), as the sweep measured it: the
+    # elbow alone says k = 5 (by 0.006), all three indices say 6 (the plant).
+    measured = {
+        2: (115145.1, 0.478, 7788.9, 1.467),
+        3: (79469.7, 0.503, 10130.9, 1.147),
+        4: (58855.5, 0.559, 11453.6, 0.980),
+        5: (46213.7, 0.566, 12307.0, 1.004),
+        6: (35917.1, 0.631, 13813.8, 0.842),
+        7: (32764.1, 0.620, 12939.3, 0.937),
+        8: (31066.4, 0.598, 11852.5, 1.095),
+        9: (29323.2, 0.574, 11136.5, 1.122),
+        10: (28560.6, 0.549, 10221.2, 1.210),
+    }
+    rows = [sg.SweepRow("kmeans", k, *m, 1.0, 0.1) for k, m in measured.items()]
+    assert sg.elbow(list(measured), [m[0] for m in measured.values()], list(measured)) == 5
+    assert sg.choose(rows, min_stability=0.8).k == 6
+    # Only one index for k = 6, the others split: the elbow decides.
+    split = [
+        sg.SweepRow("kmeans", k, m[0], m[1], 1.0 if k == 3 else 0.0, 0.5 if k != 9 else 0.1, 1.0, 0)
+        for k, m in measured.items()
+    ]
+    assert sg.consensus_k(split) is None
+    assert sg.choose(split, min_stability=0.8).k == 5
+    # An unstable k cannot win the vote.
+    unstable = [r if r.k != 6 else sg.SweepRow("kmeans", 6, *measured[6], 0.5, 0.1) for r in rows]
+    assert sg.choose(unstable, min_stability=0.8).k != 6
+
+
 def test_choose_uses_every_k_when_none_is_stable():
     rows = [
         row("kmeans", k, c, stability=0.1)

@@ -92,6 +92,7 @@ def _fit(
         ks=ks,
         seed=conf.seed,
         restarts=conf.restarts,
+        bisecting_restarts=conf.bisecting_restarts,
         max_iter=conf.max_iter,
         init_steps=conf.init_steps,
         features_col=features_col,
