@@ -90,16 +90,16 @@ def main() -> None:
         print(f"{name}: median {median:.1f} s, {median / scores * 1e9:.2f} ns per score")
 
     # Same top-N: compare the item sets of a sample of users.
-    sample = users.select("id").limit(500)
+    sample = users.select(F.col("id").alias(rc.USER_IDX)).limit(500)
     mine = (
         blocked()
-        .join(sample, blocked()[rc.USER_IDX] == sample["id"], "left_semi")
+        .join(sample, rc.USER_IDX, "left_semi")
         .groupBy(rc.USER_IDX)
         .agg(F.sort_array(F.collect_list(rc.ITEM_IDX)).alias("items"))
     )
     theirs = (
         builtin()
-        .join(sample, F.col(rc.USER_IDX) == sample["id"], "left_semi")
+        .join(sample, rc.USER_IDX, "left_semi")
         .select(rc.USER_IDX, F.sort_array("recommendations." + rc.ITEM_IDX).alias("items"))
     )
     same = (
