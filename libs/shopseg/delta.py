@@ -26,7 +26,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -486,50 +486,47 @@ class _DeltaRsWriter:
                 partition_by=list(partition_by) or None,
                 commit_properties=commit,
             )
-        elif mode == "overwrite_partitions":
+            return
+        removes: list[Any] = []
+        if mode == "overwrite_partitions":
             removes = self._removes_for(
                 table, {tuple(sorted(a.partition_values.items())) for a in adds}
             )
-            table.create_write_transaction(
-                [*adds, *removes],
-                "append",
-                new_schema,
-                partition_by=list(partition_by) or None,
-                commit_properties=commit,
-            )
         elif replace_rows:
             removes = self._removes_of_rows(path, table, *replace_rows)
-            table.create_write_transaction(
-                [*adds, *removes],
-                "append",
-                new_schema,
-                partition_by=list(partition_by) or None,
-                commit_properties=commit,
-            )
-        else:
-            table.create_write_transaction(
-                adds,
-                "overwrite" if mode == "overwrite" else "append",
-                new_schema,
-                partition_by=list(partition_by) or None,
-                commit_properties=commit,
-            )
+        # With explicit removes the transaction is an append of adds and
+        # removes; a full overwrite lets delta-rs remove every current file.
+        table.create_write_transaction(
+            [*adds, *removes],
+            "overwrite" if mode == "overwrite" else "append",
+            new_schema,
+            partition_by=list(partition_by) or None,
+            commit_properties=commit,
+        )
 
     @staticmethod
-    def _removes_for(table: Any, keys: set[tuple[tuple[str, str | None], ...]]) -> list[Any]:
-        """Remove actions for the files whose partition values are among `keys`."""
+    def _remove_actions(
+        table: Any, wanted: Callable[[str, dict[str, str | None]], bool]
+    ) -> list[Any]:
+        """Remove actions for the current files for which `wanted(path, partition values)`."""
         import pyarrow as pa
         from deltalake.transaction import RemoveAction
 
         parts = list(table.metadata().partition_columns)
-        actions = pa.table(table.get_add_actions(flatten=True)).to_pylist()
         now_ms = int(time.time() * 1000)
         out = []
-        for action in actions:
+        for action in pa.table(table.get_add_actions(flatten=True)).to_pylist():
             values = {c: _partition_string(action[f"partition.{c}"]) for c in parts}
-            if tuple(sorted(values.items())) in keys:
+            if wanted(action["path"], values):
                 out.append(RemoveAction(action["path"], True, now_ms, action["size_bytes"], values))
         return out
+
+    @staticmethod
+    def _removes_for(table: Any, keys: set[tuple[tuple[str, str | None], ...]]) -> list[Any]:
+        """Remove actions for the files whose partition values are among `keys`."""
+        return _DeltaRsWriter._remove_actions(
+            table, lambda _path, values: tuple(sorted(values.items())) in keys
+        )
 
     def _removes_of_rows(
         self, path: str, table: Any, column: str, values: Sequence[str]
@@ -539,8 +536,6 @@ class _DeltaRsWriter:
         Whole files only: a file that mixes such rows with others cannot be
         removed without rewriting it, and fails the write.
         """
-        import pyarrow as pa
-        from deltalake.transaction import RemoveAction
         from pyspark.sql import functions as F
 
         if not values:
@@ -564,16 +559,7 @@ class _DeltaRsWriter:
                 "and other rows; they cannot be removed whole"
             )
         doomed = {r._file for r in found}
-        parts = list(table.metadata().partition_columns)
-        now_ms = int(time.time() * 1000)
-        out = []
-        for action in pa.table(table.get_add_actions(flatten=True)).to_pylist():
-            if action["path"].rsplit("/", 1)[-1] in doomed:
-                values_ = {c: _partition_string(action[f"partition.{c}"]) for c in parts}
-                out.append(
-                    RemoveAction(action["path"], True, now_ms, action["size_bytes"], values_)
-                )
-        return out
+        return self._remove_actions(table, lambda p, _values: p.rsplit("/", 1)[-1] in doomed)
 
     def _version_of(self, path: str, write_id: str) -> int:
         for entry in self._table(path).history(50):

@@ -25,6 +25,7 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from pyspark.sql import DataFrame, SparkSession
@@ -241,6 +242,18 @@ class FileCounts:
     quarantined: int = 0
     unchanged: int = 0
 
+    @classmethod
+    def total(cls, counts: Iterable[FileCounts]) -> FileCounts:
+        out = cls()
+        for c in counts:
+            out = cls(
+                out.read + c.read,
+                out.loaded + c.loaded,
+                out.quarantined + c.quarantined,
+                out.unchanged + c.unchanged,
+            )
+        return out
+
     @property
     def balanced(self) -> bool:
         return self.read == self.loaded + self.quarantined + self.unchanged
@@ -305,12 +318,7 @@ def check_accounting(
                 f"source {source}: {f.path}: {c.read} records read but {c.loaded} loaded + "
                 f"{c.quarantined} quarantined + {c.unchanged} unchanged; nothing was committed"
             )
-    total = FileCounts(
-        sum(c.read for c in counts.values()),
-        sum(c.loaded for c in counts.values()),
-        sum(c.quarantined for c in counts.values()),
-        sum(c.unchanged for c in counts.values()),
-    )
+    total = FileCounts.total(counts.values())
     for output, rows in written.items():
         if rows != getattr(total, output):
             raise IngestError(
@@ -432,8 +440,7 @@ def _ingest(ctx: StageContext) -> None:
             .orderBy(F.desc("count"))
             .collect()
         )
-        total = FileCounts(*(sum(getattr(c, k) for c in counts.values()) for k in (
-            "read", "loaded", "quarantined", "unchanged")))  # fmt: skip
+        total = FileCounts.total(counts.values())
         ctx.log.info(
             "source %s: %d records read = %d loaded + %d quarantined + %d unchanged%s",
             plan.name,
