@@ -29,8 +29,10 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        # delta-spark 4.4.1 pins pyspark<=4.2.0.
-        "spark": ["pyspark==4.2.0", "delta-spark==4.4.1"],
+        # delta-spark 4.4.0 pins pyspark<=4.2.0, and its Spark package
+        # (io.delta:delta-spark_2.13:4.4.0, fetched by the session factory) is
+        # on Maven Central; 4.4.1's is not.
+        "spark": ["pyspark==4.2.0", "delta-spark==4.4.0"],
         "dev": ["pytest>=8", "ruff>=0.6", "duckdb>=1.1", "polars>=1.0"],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -14,21 +13,6 @@ REPO = Path(__file__).resolve().parents[1]
 LOCAL_CONF = REPO / "conf" / "local.yaml"
 
 
-def _delta_jars_conf() -> dict[str, str]:
-    """Delta's Spark classes, where a developer has the jars (no Maven access here).
-
-    SHOPSEG_DELTA_JARS: comma-separated jar paths (delta-spark and delta-storage).
-    """
-    jars = os.environ.get("SHOPSEG_DELTA_JARS")
-    if not jars:
-        return {}
-    return {
-        "spark.jars": jars,
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
-        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
-    }
-
-
 @pytest.fixture(scope="session")
 def spark():
     settings = SparkConf(
@@ -36,8 +20,8 @@ def spark():
         shuffle_partitions=2,
         ui=False,
         driver_memory="2g",
-        conf=_delta_jars_conf(),
     )
+    # Delta's Spark package is fetched (then cached by Ivy) like in `make run`.
     session = get_spark("shopseg-tests", settings)
     yield session
     session.stop()
@@ -52,6 +36,14 @@ def has_spark_delta(spark) -> bool:
 def lake_root(tmp_path: Path) -> Path:
     return tmp_path / "lakehouse"
 
+
+# Stage tests on small data write through delta-rs: a small Delta commit costs
+# ~0.4 s there and 1.5-2 s through Spark's Delta on 2 cores (five Spark jobs
+# per commit), which would add minutes to the suite. Both writers are held to
+# one contract in test_delta.py, and the end-to-end runs (the default
+# pipeline, CDNOW, ingest's own tests, the interaction log) use the default,
+# Spark's Delta.
+FAST_WRITER = "lakehouse.writer=delta-rs"
 
 # Small synthetic data: enough users per persona for behaviour checks, quick to build.
 SMALL_GENERATE = (
@@ -68,18 +60,32 @@ def small_config(lake_root: Path):
     def make(*overrides: str) -> Config:
         return load_config(
             LOCAL_CONF,
-            [f"lakehouse.root={lake_root}", "spark.master=local[2]", *SMALL_GENERATE, *overrides],
+            [
+                f"lakehouse.root={lake_root}",
+                "spark.master=local[2]",
+                FAST_WRITER,
+                *SMALL_GENERATE,
+                *overrides,
+            ],
         )
 
     return make
 
 
+# The default pipeline in CI: conf/local.yaml as `make run` runs it, at half
+# its users (10,000 users, ~500k events) and on the fast writer, to keep the
+# suite under 15 minutes; `make run` itself runs the full default.
+DEFAULT_LAKE_SETS = ("generate.users=10000", FAST_WRITER, "spark.master=local[2]")
+
+
 @pytest.fixture(scope="session")
 def default_lake(spark, tmp_path_factory) -> Path:
-    """The whole pipeline once on `make run`'s data (conf/local.yaml), for slow tests."""
+    """The whole pipeline once on `make run`'s configuration, for slow tests."""
     from shopseg.cli import main
 
     root = tmp_path_factory.mktemp("default") / "lakehouse"
     args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
-    assert main(["run", *args, "--set", "spark.master=local[2]"]) == 0
+    for item in DEFAULT_LAKE_SETS:
+        args += ["--set", item]
+    assert main(["run", *args]) == 0
     return root

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -16,12 +17,12 @@ from shopseg import tables
 from shopseg.cli import main
 from shopseg.pipeline import STAGE_NAMES
 
-from .conftest import LOCAL_CONF, REPO, SMALL_GENERATE
+from .conftest import FAST_WRITER, LOCAL_CONF, REPO, SMALL_GENERATE
 
 
 def small_args(root: Path) -> list[str]:
     args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
-    for item in ("spark.master=local[2]", *SMALL_GENERATE):
+    for item in ("spark.master=local[2]", FAST_WRITER, *SMALL_GENERATE):
         args += ["--set", item]
     return args
 
@@ -63,7 +64,8 @@ def test_run_generate_writes_tables_files_runs_and_summary(spark, lake_root, cap
     assert list((lake_root / tables.RAW_ITEMS).glob("part-*.parquet"))
 
     # The commit names the MLflow run that made it, and the run names the version.
-    commit = personas.history(1)[0]
+    # Both writers keep the commit's metadata as JSON in userMetadata.
+    commit = json.loads(personas.history(1)[0]["userMetadata"])
     run = MlflowClient().get_run(commit["shopseg.mlflow_run_id"])
     assert run.data.tags["shopseg.stage"] == "generate"
     assert run.data.params[f"output.{tables.USER_PERSONAS.name}.version"] == "0"
@@ -133,3 +135,28 @@ def test_every_stage_has_a_spark_submit_job_file():
         job = REPO / "jobs" / f"{name}.py"
         assert job.is_file(), f"stage {name} has no jobs/{name}.py"
         assert f'main(["{name}", *sys.argv[1:]])' in job.read_text()
+
+
+def test_maintain_is_not_in_the_default_run_and_compacts_every_table(spark, lake_root):
+    from shopseg.delta import Lakehouse
+    from shopseg.pipeline import parse_stages
+
+    assert "maintain" not in parse_stages(None)
+    assert parse_stages("features,maintain") == ["features", "maintain"]
+
+    lake = Lakehouse(spark, str(lake_root), "delta-rs")
+    for i in range(3):
+        rows = spark.range(i * 5, i * 5 + 5).withColumnRenamed("id", "user_id").coalesce(1)
+        lake.write(rows, tables.INTERACTIONS.name, "append")
+        lake.write(rows.withColumnRenamed("user_id", "item_id"), tables.BRONZE_ITEMS.name, "append")
+    args = [*small_args(lake_root), "--set", "maintain.retention_hours=0"]
+    assert main(["maintain", *args]) == 0
+    for name in (tables.INTERACTIONS.name, tables.BRONZE_ITEMS.name):
+        assert len(DeltaTable(lake.path(name)).file_uris()) == 1, name
+        assert lake.read(name).count() == 15
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.data.metrics["files_before"] == 6 and run.data.metrics["files_after"] == 2
+    assert run.data.metrics[f"files_vacuumed.{tables.INTERACTIONS.name}"] == 3
+
+    missing = [*args, "--set", "maintain.tables=[gold/nothing]"]
+    assert main(["maintain", *missing]) == 1

@@ -1,8 +1,8 @@
 """The whole pipeline on the embedded default (`make run`'s data), checked against the plant.
 
-One run of every stage on conf/local.yaml's synthetic data set (20,000 users,
-about a million events): the session fixture `default_lake` (conftest), shared
-with the recommend stage's end-to-end test.
+One run of every stage on conf/local.yaml's configuration at half its users
+(10,000 users, about 500,000 events): the session fixture `default_lake`
+(conftest), shared with the recommend stage's end-to-end test.
 """
 
 from __future__ import annotations

@@ -30,14 +30,23 @@ ROWS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(params=["delta-rs", "spark"])
-def lake(request, spark, has_spark_delta, lake_root) -> Lakehouse:
-    if request.param == "spark" and not has_spark_delta:
-        pytest.skip(
-            "Delta Lake classes (io.delta:delta-spark) are not on the Spark classpath; "
-            "set SHOPSEG_DELTA_JARS to the delta-spark and delta-storage jars to run these"
+WRITERS = ["delta-rs", "spark"]
+
+
+@pytest.fixture(params=WRITERS)
+def writer(request, has_spark_delta) -> str:
+    """Each writer in turn; a writer that is not available fails the test, never skips it."""
+    if request.param == "spark":
+        assert has_spark_delta, (
+            "Delta Lake's Spark classes are missing: the test session could not fetch "
+            "io.delta:delta-spark (see the warning of shopseg.spark at session start)"
         )
-    return Lakehouse(spark, str(lake_root), request.param)
+    return request.param
+
+
+@pytest.fixture
+def lake(writer, spark, lake_root) -> Lakehouse:
+    return Lakehouse(spark, str(lake_root), writer)
 
 
 @pytest.fixture
@@ -109,6 +118,8 @@ def test_read_by_timestamp(lake, rows_df):
     history = {h.version: h.timestamp for h in lake.history("t")}
     assert lake.read("t", timestamp=history[0]).count() == 3
     assert lake.read("t", timestamp=history[1] + dt.timedelta(seconds=1)).count() == 1
+    with pytest.raises(DeltaError, match="before the first commit"):
+        lake.read("t", timestamp=history[0] - dt.timedelta(days=1))
 
 
 def test_commit_records_stage_run_and_config(lake, rows_df):
@@ -201,9 +212,11 @@ def test_unknown_table_is_named(lake):
     assert lake.version("nothing/here") is None
 
 
-def test_forcing_spark_writer_without_classes_fails_clearly(spark, has_spark_delta, lake_root):
-    if has_spark_delta:
-        pytest.skip("the Delta classes are on the classpath here")
+def test_forcing_spark_writer_without_classes_fails_clearly(spark, lake_root, monkeypatch):
+    import shopseg.spark
+
+    monkeypatch.setattr(shopseg.spark, "delta_classes_available", lambda _spark: False)
+    assert Lakehouse(spark, str(lake_root), "auto").writer == "delta-rs"
     with pytest.raises(DeltaError, match="Delta Lake classes are not on the Spark classpath"):
         Lakehouse(spark, str(lake_root), "spark")
 
@@ -219,11 +232,17 @@ def _killed_before_commit(*args, **kwargs):
     raise KeyboardInterrupt("killed before the commit")
 
 
-@pytest.mark.parametrize("when", ["before-commit", "during-write"])
-def test_killed_writer_leaves_the_previous_version(spark, lake_root, monkeypatch, when):
+@pytest.mark.parametrize(
+    ("writer", "when"),
+    # Spark's commit happens in the JVM, out of a test's reach in-process:
+    # there the tasks die mid-write.
+    [("delta-rs", "before-commit"), ("delta-rs", "during-write"), ("spark", "during-write")],
+    indirect=["writer"],
+)
+def test_killed_writer_leaves_the_previous_version(spark, writer, lake_root, monkeypatch, when):
     import deltalake
 
-    lake = Lakehouse(spark, str(lake_root), "delta-rs", max_rows_per_file=100)
+    lake = Lakehouse(spark, str(lake_root), writer, max_rows_per_file=100)
     lake.write(spark.range(5).withColumn("v", F.lit(0.5)), "t", "overwrite")
     table_dir = Path(lake.path("t"))
     before = {p.name for p in table_dir.glob("*.parquet")}
@@ -262,36 +281,60 @@ def test_killed_writer_leaves_the_previous_version(spark, lake_root, monkeypatch
 # --------------------------------------------------------------------------- concurrent writers
 
 
-def test_concurrent_partition_overwrites_one_wins_the_other_fails(spark, lake_root, monkeypatch):
+def _commits_meanwhile(table_path: str, rows: pa.Table):
+    """A column whose computation commits `rows` to the table once, mid-job.
+
+    The write that computes it has already read its snapshot, so another
+    process's commit lands between that read and its own commit: the race
+    two concurrent runs can have, made certain.
+    """
+    from pyspark.sql.functions import pandas_udf
+
+    flag = Path(table_path).parent / f"{Path(table_path).name}.committed-meanwhile"
+
+    @pandas_udf("string")
+    def tag(values):
+        from deltalake import write_deltalake
+
+        if not flag.exists():
+            flag.touch()
+            write_deltalake(table_path, rows, mode="append")
+        return values
+
+    return tag
+
+
+@pytest.mark.parametrize("mode", ["overwrite_partitions", "replace_rows"])
+def test_concurrent_partition_overwrites_one_wins_the_other_fails(lake, spark, mode):
     """Two writers replace the same date: the one that commits second read a stale
     snapshot and must fail, not add its rows next to the winner's."""
-    from shopseg.delta import ConcurrentWriteError, _DeltaRsWriter
+    from shopseg.delta import ConcurrentWriteError
 
-    lake = Lakehouse(spark, str(lake_root), "delta-rs")
     day = dt.date(2025, 1, 1)
 
     def snapshot(users: range, tag: str):
         return spark.createDataFrame(
             [(u, day, tag) for u in users], "user_id long, d date, tag string"
-        )
+        ).coalesce(1)
 
     lake.write(snapshot(range(3), "old"), "t", "overwrite_partitions", partition_by=["d"])
-    other = Lakehouse(spark, str(lake_root), "delta-rs")
-    real_removes = _DeltaRsWriter._removes_for
-
-    def meanwhile(table, keys):
-        # The other run commits the same date between this one's snapshot and commit.
-        monkeypatch.setattr(_DeltaRsWriter, "_removes_for", staticmethod(real_removes))
-        other.write(snapshot(range(3), "winner"), "t", "overwrite_partitions", partition_by=["d"])
-        return real_removes(table, keys)
-
-    monkeypatch.setattr(_DeltaRsWriter, "_removes_for", staticmethod(meanwhile))
-    with pytest.raises(ConcurrentWriteError, match=r"t: concurrent write conflict.*read version 0"):
-        lake.write(snapshot(range(3), "loser"), "t", "overwrite_partitions", partition_by=["d"])
+    winner = pa.table(
+        {"user_id": [0, 1, 2], "d": [day] * 3, "tag": ["winner"] * 3},
+        schema=pa.schema([("user_id", pa.int64()), ("d", pa.date32()), ("tag", pa.string())]),
+    )
+    tag = _commits_meanwhile(lake.path("t"), winner)
+    loser = snapshot(range(3), "loser").withColumn("tag", tag("tag"))
+    options = {"partition_by": ["d"]}
+    if mode == "replace_rows":
+        options["replace_rows"] = ("d", [day.isoformat()])
+    write_mode = "overwrite_partitions" if mode == "overwrite_partitions" else "append"
+    with pytest.raises(ConcurrentWriteError, match=r"t: concurrent write conflict"):
+        lake.write(loser, "t", write_mode, **options)
     rows = DeltaTable(lake.path("t")).to_pandas()
-    assert sorted(rows["user_id"]) == [0, 1, 2], "exactly one row per user for the date"
-    assert set(rows["tag"]) == {"winner"}
+    assert sorted(rows["user_id"]) == [0, 0, 1, 1, 2, 2], "the old rows and the winner's"
+    assert set(rows["tag"]) == {"old", "winner"}, "none of the loser's rows"
     assert DeltaTable(lake.path("t")).version() == 1
+    assert lake.read("t").count() == 6
 
 
 def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
@@ -315,13 +358,52 @@ def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
 
 
 @pytest.mark.parametrize("root", ["s3a://bucket/lakehouse", "dbfs:/lakehouse", "hdfs://nn/lh"])
-def test_delta_rs_refuses_roots_it_cannot_write_before_any_job(spark, root):
+def test_delta_rs_refuses_roots_it_cannot_write_before_any_job(spark, root, monkeypatch):
+    import shopseg.spark
+
     with pytest.raises(DeltaError) as caught:
         Lakehouse(spark, root, "delta-rs")
     message = str(caught.value)
-    assert root in message and "delta-rs" in message and "--packages io.delta" in message
+    assert root in message and "delta-rs" in message
+    assert "Set lakehouse.writer to 'spark' or 'auto'" in message
+    # Without Delta's Spark classes the way out is to bring them.
+    monkeypatch.setattr(shopseg.spark, "delta_classes_available", lambda _spark: False)
+    with pytest.raises(DeltaError, match=r"--packages io\.delta"):
+        Lakehouse(spark, root, "delta-rs")
 
 
 @pytest.mark.parametrize("root", ["/tmp/lh", "file:///tmp/lh", "s3://bucket/lh", "gs://b/lh"])
 def test_delta_rs_accepts_roots_it_writes(spark, root):
     assert Lakehouse(spark, root, "delta-rs").writer == "delta-rs"
+
+
+# --------------------------------------------------------------------------- maintenance
+
+
+def test_maintain_compacts_zorders_and_vacuums_keeping_every_row(lake, spark):
+    for i in range(4):
+        batch = spark.range(i * 10, i * 10 + 10).withColumnRenamed("id", "user_id")
+        lake.write(batch.withColumn("v", F.lit(i)).coalesce(1), "t", "append")
+    want = sorted(tuple(r) for r in lake.read("t").collect())
+    result = lake.maintain("t", zorder_by=["user_id"], retention_hours=0)
+    assert (result.files_before, result.files_after) == (4, 1)
+    assert result.files_vacuumed == 4, "the four compacted files are gone from disk"
+    assert result.version == 4, "compaction is one commit (vacuum logs its own after it)"
+    assert sorted(tuple(r) for r in lake.read("t").collect()) == want
+    assert sorted(DeltaTable(lake.path("t")).to_pandas()["user_id"]) == list(range(40))
+    assert len(list(Path(lake.path("t")).glob("*.parquet"))) == 1
+    assert {h.version: h.operation for h in lake.history("t")}[4] == "OPTIMIZE"
+    # A second run finds nothing to do and removes nothing it still needs.
+    again = lake.maintain("t", retention_hours=0)
+    assert (again.files_before, again.files_after, again.files_vacuumed) == (1, 1, 0)
+    assert lake.read("t").count() == 40
+
+
+def test_maintain_keeps_files_younger_than_the_retention(lake, spark):
+    for i in range(3):
+        lake.write(spark.range(i, i + 1).coalesce(1), "t", "append")
+    result = lake.maintain("t", retention_hours=168)
+    assert (result.files_before, result.files_after, result.files_vacuumed) == (3, 1, 0)
+    # The replaced files stay for readers of the older versions.
+    assert len(list(Path(lake.path("t")).glob("*.parquet"))) == 4
+    assert lake.read("t", version=1).count() == 2

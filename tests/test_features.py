@@ -13,7 +13,7 @@ from shopseg.cli import main
 from shopseg.config import DEFAULT_RFM_RULES, RfmRule
 from shopseg.delta import Lakehouse
 
-from .conftest import LOCAL_CONF
+from .conftest import FAST_WRITER, LOCAL_CONF
 
 AS_OF = dt.date(2025, 2, 1)
 BRONZE = (
@@ -112,6 +112,21 @@ def test_silver_events_dedup_and_amount(spark):
         [(None, 1, "a"), (None, 1, "b")], "event_id long, user_id long, record_id string"
     )
     assert fx.build_silver_events(keyless).count() == 2
+
+
+def test_text_ids_stay_text_and_numbers_become_long(spark):
+    bronze = spark.createDataFrame(
+        [(1, "C-7", "SKU-0012", "purchase", ts("2025-01-05"), "r1")],
+        "event_id int, user_id string, item_id string, event_type string, "
+        "event_ts timestamp, record_id string",
+    )
+    silver = fx.build_silver_events(bronze)
+    types = dict(silver.dtypes)
+    assert (types["user_id"], types["item_id"], types["event_id"]) == ("string", "string", "bigint")
+    row = silver.first()
+    assert (row.user_id, row.item_id) == ("C-7", "SKU-0012")
+    interactions = fx.build_interactions(silver, AS_OF, {"purchase": 1.0}, None)
+    assert [(r.user_id, r.item_id) for r in interactions.collect()] == [("C-7", "SKU-0012")]
 
 
 def test_population(metrics):
@@ -260,7 +275,12 @@ def test_interactions_weighted_and_decayed(spark):
 @pytest.mark.slow
 def test_snapshots_replace_their_date_and_keep_others(spark, lake_root):
     args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={lake_root}"]
-    for item in ("generate.users=300", "generate.items=200", "generate.events_per_user=20"):
+    for item in (
+        FAST_WRITER,
+        "generate.users=300",
+        "generate.items=200",
+        "generate.events_per_user=20",
+    ):
         args += ["--set", item]
     assert main(["run", "--stages", "generate,ingest,features", *args]) == 0
     assert main(["features", *args, "--set", "features.as_of_date=2025-07-01"]) == 0

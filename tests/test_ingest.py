@@ -20,7 +20,7 @@ from shopseg.cli import main
 from shopseg.config import ColumnConf, SourceConf
 from shopseg.delta import Lakehouse
 
-from .conftest import REPO
+from .conftest import FAST_WRITER, REPO
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0)
 
@@ -426,6 +426,7 @@ def test_identifiers_stay_in_bronze_hashed_and_never_reach_silver(spark, tmp_pat
     ]
     for item in (
         f"lakehouse.root={root}",
+        FAST_WRITER,
         "generate.users=400",
         "generate.items=200",
         "generate.events_per_user=15",

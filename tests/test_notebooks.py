@@ -7,7 +7,7 @@ import runpy
 import pytest
 from deltalake import DeltaTable
 
-from .conftest import REPO
+from .conftest import FAST_WRITER, REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
 
@@ -25,6 +25,7 @@ def test_notebooks_are_in_databricks_source_format():
 def test_notebook_runs_locally(spark, lake_root, monkeypatch, path):
     overrides = [
         f"lakehouse.root={lake_root}",
+        FAST_WRITER,
         "generate.users=400",
         "generate.items=200",
         "generate.events_per_user=20",

@@ -13,7 +13,10 @@ from pyspark.sql import functions as F
 
 from shopseg import recommend as rc
 from shopseg import tables as t
+from shopseg.config import load_config
 from shopseg.delta import Lakehouse
+
+from .conftest import LOCAL_CONF
 
 # --------------------------------------------------------------------------- index
 
@@ -258,7 +261,9 @@ def test_recommend_stage_end_to_end(spark, default_lake):
 
     evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
     assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}
-    assert len(evaluation[evaluation["method"] == "als"]) == 2 * 1 * 2
+    grid = load_config(LOCAL_CONF).recommend
+    points = len(grid.ranks) * len(grid.reg_params) * len(grid.alphas)
+    assert len(evaluation[evaluation["method"] == "als"]) == points
     assert evaluation["chosen"].sum() == 1
     chosen = evaluation[evaluation["chosen"]].iloc[0]
     assert chosen["ndcg"] == evaluation[evaluation["method"] == "als"]["ndcg"].max()

@@ -18,7 +18,7 @@ from shopseg.cli import main
 from shopseg.config import ConfigError, SegmentFeature, SegmentName, load_config
 from shopseg.delta import Lakehouse
 
-from .conftest import LOCAL_CONF
+from .conftest import FAST_WRITER, LOCAL_CONF
 
 # --------------------------------------------------------------------------- ARI
 
@@ -268,10 +268,12 @@ def segment_args(root, *extra: str) -> list[str]:
     sets = [
         f"lakehouse.root={root}",
         "spark.master=local[2]",
+        FAST_WRITER,
         f"segment.features={json.dumps(FEATURES)}",
         f"segment.names={json.dumps(NAMES)}",
         "segment.profile_features=[frequency, avg_order_value, monetary, inactive_days]",
         "segment.k_max=6",
+        "segment.restarts=2",
         *extra,
     ]
     return ["--conf", str(LOCAL_CONF), *itertools.chain.from_iterable(("--set", s) for s in sets)]

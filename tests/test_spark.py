@@ -61,3 +61,55 @@ def test_shared_session_runs_arrow_in_workers(spark):
     # Workers import pyarrow: they run this interpreter, not the system's.
     out = spark.range(10).mapInArrow(double, "id long").agg({"id": "sum"}).first()[0]
     assert out == 90
+
+
+def test_delta_package_matches_the_installed_delta_spark_and_respects_named_jars():
+    from importlib import metadata
+
+    from shopseg.spark import delta_package, with_delta_package
+
+    package = delta_package()
+    assert package == f"io.delta:delta-spark_2.13:{metadata.version('delta-spark')}"
+    props, added = with_delta_package({"spark.jars.packages": "org.example:x:1"})
+    assert added == package
+    assert props["spark.jars.packages"] == f"org.example:x:1,{package}"
+    assert props["spark.sql.extensions"] == "io.delta.sql.DeltaSparkSessionExtension"
+    # Jars a user or cluster already names are left alone.
+    named = {"spark.jars": "/opt/jars/delta-spark_2.13-4.4.0.jar"}
+    assert with_delta_package(named) == (named, None)
+
+
+FALLBACK = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(levelname)s %(message)s")
+from shopseg.config import SparkConf
+from shopseg.delta import Lakehouse
+from shopseg.spark import get_spark
+settings = SparkConf(master="local[1]", driver_memory="1g", conf={"spark.jars.ivy": sys.argv[2]})
+print("writer", Lakehouse(get_spark("offline", settings), sys.argv[1]).writer)
+"""
+
+
+@pytest.mark.slow
+def test_without_maven_central_the_run_falls_back_to_delta_rs_with_one_warning(tmp_path):
+    """A first run with the network to Maven cut: an empty Ivy cache, an unreachable proxy."""
+    import os
+    import subprocess
+    import sys
+
+    unreachable = " ".join(
+        f"-D{scheme}.proxyHost=127.0.0.1 -D{scheme}.proxyPort=9" for scheme in ("http", "https")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK, str(tmp_path / "lh"), str(tmp_path / "empty-ivy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAVA_TOOL_OPTIONS": unreachable},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "Connection refused" in done.stderr, "the download was attempted and refused"
+    warnings = [line for line in done.stdout.splitlines() if line.startswith("WARNING could")]
+    assert len(warnings) == 1, done.stdout
+    assert "io.delta:delta-spark_2.13" in warnings[0] and "delta-rs" in warnings[0]
+    assert "writer delta-rs" in done.stdout

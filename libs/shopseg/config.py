@@ -447,6 +447,22 @@ class RecommendConf:
 
 
 @dataclass
+class MaintainConf:
+    """Stage `maintain` (not part of `shopseg run`): compaction and vacuum of Delta tables."""
+
+    # Tables to maintain; null = every table of the contract that exists.
+    tables: list[str] | None = None
+    # Compact files smaller than this into files of about this size (MB).
+    target_file_mb: int = 128
+    # Cluster the compacted files by these columns (Z-ORDER) where a table
+    # has them all; [] = plain compaction.
+    zorder_by: list[str] = field(default_factory=lambda: ["user_id"])
+    # Remove files no version younger than this references (Delta's default
+    # is 7 days: readers of older versions and concurrent writers need them).
+    retention_hours: float = 168.0
+
+
+@dataclass
 class PipelineConf:
     # Stages `shopseg run` runs without --stages (default: all).
     stages: list[str] | None = None
@@ -468,6 +484,7 @@ class Config:
     features: FeaturesConf = field(default_factory=FeaturesConf)
     segment: SegmentConf = field(default_factory=SegmentConf)
     recommend: RecommendConf = field(default_factory=RecommendConf)
+    maintain: MaintainConf = field(default_factory=MaintainConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -535,6 +552,9 @@ def _validate(config: Config) -> None:
     _validate_features(config)
     _validate_segment(config)
     _validate_recommend(config)
+    m = config.maintain
+    _check(m.target_file_mb > 0, "maintain.target_file_mb", origin, "must be positive")
+    _check(m.retention_hours >= 0, "maintain.retention_hours", origin, "must be >= 0")
     _check(config.privacy.min_group_size >= 1, "privacy.min_group_size", origin, "must be >= 1")
     root = config.lakehouse.root
     if is_uri(root) and not root.startswith("file:"):

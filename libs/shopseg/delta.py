@@ -97,6 +97,19 @@ class WriteResult:
 
 
 @dataclass(frozen=True)
+class MaintenanceResult:
+    """One table's maintenance: live data files before and after, files vacuumed."""
+
+    table: str
+    files_before: int
+    files_after: int
+    files_vacuumed: int
+    zorder_by: tuple[str, ...]
+    version: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     version: int
     timestamp: dt.datetime
@@ -446,8 +459,11 @@ class _DeltaRsWriter:
         # keep a concurrent writer's rows next to its own (rows doubled).
         # Plain appends never conflict and keep the retries.
         removes_files = table is not None and (mode != "append" or bool(replace_rows))
+        # The metadata also goes into `userMetadata` as JSON, where Spark's
+        # writer puts it: one place for any reader, whichever writer committed.
         commit = CommitProperties(
-            custom_metadata=metadata, max_commit_retries=0 if removes_files else None
+            custom_metadata={**metadata, "userMetadata": json.dumps(metadata)},
+            max_commit_retries=0 if removes_files else None,
         )
         read_version = table.version() if table is not None else -1
         try:
@@ -540,6 +556,10 @@ class _DeltaRsWriter:
 
         if not values:
             return []
+        if column in table.metadata().partition_columns:
+            # The value sits in the file's partition values, not in its rows.
+            wanted = {str(v) for v in values}
+            return self._remove_actions(table, lambda _path, parts: parts[column] in wanted)
         uris = table.file_uris()
         if not uris:
             return []
@@ -573,6 +593,12 @@ class _DeltaRsWriter:
 
         table = self._table(path, version)
         if timestamp is not None:
+            first = min(h["timestamp"] for h in table.history())
+            if timestamp.timestamp() * 1000 < first:
+                raise DeltaError(
+                    f"{path}: {timestamp} is before the first commit "
+                    f"({dt.datetime.fromtimestamp(first / 1000, dt.UTC)})"
+                )
             table.load_as_version(timestamp)
         features = set(table.protocol().reader_features or []) & _UNSUPPORTED_READER_FEATURES
         if features:
@@ -617,6 +643,43 @@ class _DeltaRsWriter:
                 )
             )
         return out
+
+    def live_files(self, path: str) -> int:
+        return len(self._table(path).file_uris())
+
+    def optimize(
+        self, path: str, zorder_by: Sequence[str], target_bytes: int, metadata: dict[str, str]
+    ) -> None:
+        from deltalake import CommitProperties
+
+        table = self._table(path)
+        commit = CommitProperties(
+            custom_metadata={**metadata, "userMetadata": json.dumps(metadata)}
+        )
+        if zorder_by:
+            table.optimize.z_order(zorder_by, target_size=target_bytes, commit_properties=commit)
+        else:
+            table.optimize.compact(target_size=target_bytes, commit_properties=commit)
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        """Files deleted. A retention below Delta's 7 days is the configuration's choice."""
+        from pyarrow import fs as pafs
+
+        table = self._table(path)
+        options = dict(retention_hours=int(retention_hours), enforce_retention_duration=False)
+        # delta-rs lists every tombstone past the retention, also files an
+        # earlier vacuum already deleted: count those still on storage.
+        doomed = table.vacuum(dry_run=True, **options)
+        if not doomed:
+            return 0
+        filesystem, base = pafs.FileSystem.from_uri(self._uri(path))
+        present = [
+            info
+            for info in filesystem.get_file_info([f"{base}/{name}" for name in doomed])
+            if info.type != pafs.FileType.NotFound
+        ]
+        table.vacuum(dry_run=False, **options)
+        return len(present)
 
 
 def json_field_names(schema_json: str) -> list[str]:
@@ -691,12 +754,26 @@ class _SparkDeltaWriter:
                 )
         raise DeltaError(f"{path}: commit {write_id} not found in the table history")
 
+    def _version_at(self, path: str, timestamp: dt.datetime) -> int:
+        """The version current at `timestamp`, the latest after the last commit.
+
+        Spark refuses a timestamp after the last commit, where delta-rs (and
+        the contract) gives the latest version.
+        """
+        at = timestamp if timestamp.tzinfo else timestamp.replace(tzinfo=dt.UTC)
+        history = self.history(path, None)
+        before = [h.version for h in history if h.timestamp <= at]
+        if not before:
+            first = min(h.timestamp for h in history)
+            raise DeltaError(f"{path}: {timestamp} is before the first commit ({first})")
+        return max(before)
+
     def read(self, path: str, version: int | None, timestamp: dt.datetime | None) -> DataFrame:
         reader = self.spark.read.format("delta")
+        if timestamp is not None:
+            version = self._version_at(path, timestamp)
         if version is not None:
             reader = reader.option("versionAsOf", version)
-        if timestamp is not None:
-            reader = reader.option("timestampAsOf", timestamp.isoformat())
         return reader.load(path)
 
     def version(self, path: str) -> int:
@@ -721,6 +798,49 @@ class _SparkDeltaWriter:
                 )
             )
         return out
+
+    def live_files(self, path: str) -> int:
+        return int(self.spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
+
+    def _with_conf(self, settings: dict[str, str], action: Callable[[], Any]) -> Any:
+        saved = {k: self.spark.conf.get(k, None) for k in settings}
+        try:
+            for key, value in settings.items():
+                self.spark.conf.set(key, value)
+            return action()
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    self.spark.conf.unset(key)
+                else:
+                    self.spark.conf.set(key, value)
+
+    def optimize(
+        self, path: str, zorder_by: Sequence[str], target_bytes: int, metadata: dict[str, str]
+    ) -> None:
+        builder = self._table(path).optimize()
+        settings = {
+            "spark.databricks.delta.optimize.maxFileSize": str(target_bytes),
+            "spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata),
+        }
+        if zorder_by:
+            self._with_conf(settings, lambda: builder.executeZOrderBy(*zorder_by).collect())
+        else:
+            self._with_conf(settings, lambda: builder.executeCompaction().collect())
+
+    def vacuum(self, path: str, retention_hours: float) -> int:
+        settings = {
+            "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+            # Vacuum lists the table's folders in this many tasks (10,000 by
+            # default): 70-180 s for a 4-file table on 2 cores.
+            "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+                max(2, self.spark.sparkContext.defaultParallelism)
+            ),
+        }
+        sql = f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS"
+        doomed = self._with_conf(settings, lambda: self.spark.sql(f"{sql} DRY RUN").count())
+        self._with_conf(settings, lambda: self.spark.sql(sql).collect())
+        return int(doomed)
 
 
 # --------------------------------------------------------------------------- the interface
@@ -754,7 +874,7 @@ class Lakehouse:
         if writer == "spark" and not has_delta:
             raise DeltaError(
                 "lakehouse.writer is 'spark' but the Delta Lake classes are not on the Spark "
-                "classpath (start Spark with --packages io.delta:delta-spark_2.13:4.4.1, or use "
+                "classpath (start Spark with --packages io.delta:delta-spark_2.13:4.4.0, or use "
                 "writer 'auto' / 'delta-rs')"
             )
         if writer == "spark" or (writer == "auto" and has_delta):
@@ -904,3 +1024,55 @@ class Lakehouse:
     def history(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
         """Commits of `table`, newest first, with the shopseg metadata each recorded."""
         return self._impl.history(self.path(table), limit)
+
+    def maintain(
+        self,
+        table: str,
+        *,
+        zorder_by: Sequence[str] = (),
+        target_file_mb: int = 128,
+        retention_hours: float = 168.0,
+        commit: CommitInfo | None = None,
+    ) -> MaintenanceResult:
+        """Compact `table`'s small files (clustered by `zorder_by`), then vacuum old files.
+
+        Compaction is one commit that rewrites data, not rows: every reader
+        sees the same rows before and after. Vacuum deletes the files that no
+        version younger than `retention_hours` references; time travel to
+        versions older than that stops working.
+        """
+        if not self.exists(table):
+            raise DeltaError(f"no Delta table at {self.path(table)}")
+        path = self.path(table)
+        start = time.perf_counter()
+        before = self._impl.live_files(path)
+        metadata = (commit or CommitInfo()).metadata(uuid.uuid4().hex, "optimize")
+        self._impl.optimize(path, list(zorder_by), target_file_mb * 1024 * 1024, metadata)
+        after = self._impl.live_files(path)
+        compacted = self.version(table) or 0
+        compact_seconds = time.perf_counter() - start
+        vacuumed = self._impl.vacuum(path, retention_hours)
+        result = MaintenanceResult(
+            table=table,
+            files_before=before,
+            files_after=after,
+            files_vacuumed=vacuumed,
+            zorder_by=tuple(zorder_by),
+            version=compacted,
+            seconds=time.perf_counter() - start,
+        )
+        log.info(
+            "maintained %s: %d -> %d live files%s in v%d (%.1f s), %d files older than %g h "
+            "vacuumed (%s, %.1f s in all)",
+            table,
+            before,
+            after,
+            f" (z-ordered by {', '.join(zorder_by)})" if zorder_by else "",
+            compacted,
+            compact_seconds,
+            vacuumed,
+            retention_hours,
+            self.writer,
+            result.seconds,
+        )
+        return result

@@ -63,13 +63,26 @@ def with_missing_columns(df: DataFrame, types: Mapping[str, T.DataType]) -> Data
 # --------------------------------------------------------------------------- silver events
 
 
+def _text_ids(bronze_events: DataFrame) -> dict[str, T.DataType]:
+    """User and item ids a source gives as text (SKUs such as `AB-0012`) stay text.
+
+    Casting them to long would turn every one into null: each interaction lost.
+    """
+    return {
+        field.name: T.StringType()
+        for field in bronze_events.schema.fields
+        if field.name in (t.USER_ID, t.ITEM_ID) and isinstance(field.dataType, T.StringType)
+    }
+
+
 def build_silver_events(bronze_events: DataFrame) -> DataFrame:
     """Clean events: typed, one row per event id, `amount` filled for purchases.
 
     A source without event ids (a transaction log) gets ids hashed from its
     bronze record ids, so identical rows stay separate purchases.
     """
-    df = with_missing_columns(bronze_events, {**SILVER_EVENT_TYPES, t.RECORD_ID: T.StringType()})
+    types = {**SILVER_EVENT_TYPES, **_text_ids(bronze_events), t.RECORD_ID: T.StringType()}
+    df = with_missing_columns(bronze_events, types)
     is_purchase = F.col(t.EVENT_TYPE) == "purchase"
     return (
         df.withColumn(t.EVENT_ID, F.coalesce(F.col(t.EVENT_ID), F.xxhash64(F.col(t.RECORD_ID))))

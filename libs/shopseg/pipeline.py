@@ -36,6 +36,8 @@ class Stage:
     name: str
     summary: str
     module: str
+    # Part of `shopseg run` without --stages (maintenance runs on its own schedule).
+    in_pipeline: bool = True
 
 
 # In data-flow order. Later stages are added here as they land.
@@ -64,6 +66,12 @@ STAGES: tuple[Stage, ...] = (
         "recommend",
         "ALS on implicit feedback vs baselines: gold/recommendations, similar_items, eval",
         "shopseg.stages.recommend",
+    ),
+    Stage(
+        "maintain",
+        "compact small files (Z-ORDER by user_id), vacuum old ones; not in `run` by default",
+        "shopseg.stages.maintain",
+        in_pipeline=False,
     ),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
@@ -175,9 +183,9 @@ class PipelineReport:
 
 
 def parse_stages(text: str | None) -> list[str]:
-    """`a,b` -> [a, b] in pipeline order; None or empty -> every stage."""
+    """`a,b` -> [a, b] in pipeline order; None or empty -> every stage of the pipeline."""
     if not text:
-        return list(STAGE_NAMES)
+        return [s.name for s in STAGES if s.in_pipeline]
     wanted = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in wanted if s not in STAGE_NAMES]
     if unknown:
@@ -189,7 +197,9 @@ def open_lakehouse(config: Config) -> tuple[SparkSession, Lakehouse]:
     """The session and lakehouse a run uses (and MLflow pointed at its store)."""
     from shopseg.spark import get_spark
 
-    spark = get_spark(config.spark.app_name, config.spark)
+    spark = get_spark(
+        config.spark.app_name, config.spark, delta=config.lakehouse.writer != "delta-rs"
+    )
     tracking.configure(config.mlflow)
     return spark, Lakehouse(spark, config.lakehouse.root, config.lakehouse.writer)
 

@@ -1,0 +1,75 @@
+"""Stage `maintain`: compact small files (Z-ORDER by user), vacuum old ones.
+
+Not part of `shopseg run`: run it on its own schedule (`shopseg maintain`,
+for example nightly after the pipeline, or weekly), because vacuum ends time
+travel to versions older than `maintain.retention_hours`.
+"""
+
+from __future__ import annotations
+
+from shopseg import tables
+from shopseg.delta import CommitInfo
+from shopseg.pipeline import StageContext
+
+
+def _tables(ctx: StageContext) -> list[str]:
+    wanted = ctx.config.maintain.tables
+    if wanted is None:
+        return [spec.name for spec in tables.TABLES if ctx.lakehouse.exists(spec.name)]
+    missing = [name for name in wanted if not ctx.lakehouse.exists(name)]
+    if missing:
+        raise FileNotFoundError(
+            f"maintain.tables names table(s) {missing} that do not exist under {ctx.lakehouse.root}"
+        )
+    return list(wanted)
+
+
+def _zorder_columns(ctx: StageContext, name: str) -> list[str]:
+    """`maintain.zorder_by` where the table has every column, none a partition column."""
+    wanted = ctx.config.maintain.zorder_by
+    try:
+        partitioned = set(tables.table(name).partition_by)
+    except KeyError:
+        partitioned = set()
+    columns = set(ctx.lakehouse.read(name).columns)
+    if wanted and set(wanted) <= columns and not set(wanted) & partitioned:
+        return list(wanted)
+    return []
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.maintain
+    commit = CommitInfo(stage=ctx.name, run_id=ctx.run.run_id, config_hash=ctx.config.fingerprint())
+    names = _tables(ctx)
+    ctx.log.info(
+        "maintaining %d tables: compaction to ~%d MB files, vacuum after %g h",
+        len(names),
+        conf.target_file_mb,
+        conf.retention_hours,
+    )
+    totals = {"files_before": 0, "files_after": 0, "files_vacuumed": 0}
+    for name in names:
+        result = ctx.lakehouse.maintain(
+            name,
+            zorder_by=_zorder_columns(ctx, name),
+            target_file_mb=conf.target_file_mb,
+            retention_hours=conf.retention_hours,
+            commit=commit,
+        )
+        for key in totals:
+            totals[key] += getattr(result, key)
+        ctx.run.log_metrics(
+            {
+                f"files_before.{name}": result.files_before,
+                f"files_after.{name}": result.files_after,
+                f"files_vacuumed.{name}": result.files_vacuumed,
+            }
+        )
+    ctx.run.log_metrics(totals)
+    ctx.log.info(
+        "maintained %d tables: %d -> %d live files, %d old files vacuumed",
+        len(names),
+        totals["files_before"],
+        totals["files_after"],
+        totals["files_vacuumed"],
+    )
