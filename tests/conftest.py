@@ -73,9 +73,16 @@ def small_config(lake_root: Path):
 
 
 # The default pipeline in CI: conf/local.yaml as `make run` runs it, at half
-# its users (10,000 users, ~500k events) and on the fast writer, to keep the
-# suite under 15 minutes; `make run` itself runs the full default.
-DEFAULT_LAKE_SETS = ("generate.users=10000", FAST_WRITER, "spark.master=local[2]")
+# its users (10,000 users, ~500k events), a k sweep up to 8 (the plant has 6
+# personas) and one ALS grid point, on the fast writer, to keep the suite
+# under 15 minutes; `make run` itself runs the full default.
+DEFAULT_LAKE_SETS = (
+    "generate.users=10000",
+    "segment.k_max=8",
+    "recommend.alphas=[5.0]",
+    FAST_WRITER,
+    "spark.master=local[2]",
+)
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from shopseg import tables as t
 from shopseg.config import load_config
 from shopseg.delta import Lakehouse
 
-from .conftest import LOCAL_CONF
+from .conftest import DEFAULT_LAKE_SETS, LOCAL_CONF
 
 # --------------------------------------------------------------------------- index
 
@@ -261,7 +261,7 @@ def test_recommend_stage_end_to_end(spark, default_lake):
 
     evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
     assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}
-    grid = load_config(LOCAL_CONF).recommend
+    grid = load_config(LOCAL_CONF, DEFAULT_LAKE_SETS).recommend
     points = len(grid.ranks) * len(grid.reg_params) * len(grid.alphas)
     assert len(evaluation[evaluation["method"] == "als"]) == points
     assert evaluation["chosen"].sum() == 1

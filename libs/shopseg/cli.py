@@ -70,7 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the conf's pipeline.stages, else all)",
     )
     for s in STAGES:
-        _common(sub.add_parser(s.name, help=f"run stage {s.name}: {s.summary}"))
+        stage_parser = sub.add_parser(s.name, help=f"run stage {s.name}: {s.summary}")
+        _common(stage_parser)
+        if s.name == "audiences":
+            stage_parser.add_argument(
+                "--dry-run",
+                action="store_true",
+                help="print each campaign's eligible, treated and control counts; write nothing",
+            )
     _common(sub.add_parser("summary", help="print the lakehouse's tables, runs and models"))
     return parser
 
@@ -79,7 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `shopseg` console script and of `jobs/<stage>.py`."""
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(args.conf, args.overrides)
+        overrides = list(args.overrides)
+        if getattr(args, "dry_run", False):
+            overrides.append("audiences.dry_run=true")
+        config = load_config(args.conf, overrides)
         if args.command == "run":
             default = ",".join(config.pipeline.stages or [])
             names = parse_stages(args.stages or default or None)

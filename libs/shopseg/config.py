@@ -447,6 +447,124 @@ class RecommendConf:
 
 
 @dataclass
+class CampaignTarget:
+    """Who a campaign is for: every condition given must hold."""
+
+    # Names of gold/user_segments (segment_name).
+    segments: list[str] = field(default_factory=list)
+    # RFM segments of silver/user_features (rfm_segment).
+    rfm_segments: list[str] = field(default_factory=list)
+    # A Spark SQL predicate over the silver/user_features columns.
+    where: str | None = None
+
+
+@dataclass
+class CampaignExclusions:
+    # Users treated by any campaign sent within this many days before the send date.
+    contacted_within_days: int | None = 30
+    # A Spark SQL predicate over silver/user_features marking opted-out users
+    # (e.g. `marketing_opt_in = false`); null = nobody has opted out.
+    opted_out: str | None = None
+
+
+@dataclass
+class CampaignConf:
+    """One campaign of conf/campaigns.yaml."""
+
+    id: str = ""
+    name: str = ""
+    target: CampaignTarget = field(default_factory=CampaignTarget)
+    offer: str = ""
+    channel: str = "email"
+    # Share of the eligible users held out as the control group.
+    holdout: float = 0.1
+    # Largest audience (treated and control); null = everyone eligible.
+    max_audience: int | None = None
+    # A user eligible for several campaigns joins the one with the highest priority.
+    priority: int = 0
+    exclude: CampaignExclusions = field(default_factory=CampaignExclusions)
+
+
+@dataclass
+class CampaignsFile:
+    campaigns: list[CampaignConf] = field(default_factory=list)
+
+
+@dataclass
+class AudiencesConf:
+    """Stage `audiences`: campaign audiences with A/B holdouts."""
+
+    # The campaigns (relative paths resolve against the conf file's folder).
+    campaigns_file: str | None = _path_field(None)
+    # Send date of this run's audiences; default the segment snapshot's as-of date.
+    send_date: dt.date | None = None
+    # Salt of the treatment/control hash: a new salt gives new splits.
+    salt: str = "shopseg"
+    # Recommended items carried on each audience row.
+    recommended_items: int = 3
+    # Count eligible, treated and control users per campaign; write nothing.
+    dry_run: bool = False
+
+
+DEFAULT_BASE_CONVERSION = {
+    "loyal_high_value": 0.35,
+    "bargain_hunter": 0.15,
+    "dormant": 0.03,
+    "new_customer": 0.10,
+    "window_shopper": 0.04,
+    "one_time_buyer": 0.06,
+}
+DEFAULT_PLANTED_LIFT = {
+    "loyal_high_value": 0.02,
+    "bargain_hunter": 0.08,
+    "dormant": 0.06,
+    "new_customer": 0.05,
+    "window_shopper": 0.02,
+    "one_time_buyer": 0.07,
+}
+DEFAULT_ORDER_VALUE = {
+    "loyal_high_value": 120.0,
+    "bargain_hunter": 35.0,
+    "dormant": 50.0,
+    "new_customer": 45.0,
+    "window_shopper": 40.0,
+    "one_time_buyer": 40.0,
+}
+
+
+@dataclass
+class SimulateOutcomesConf:
+    """Stage `simulate_outcomes` (synthetic data only): purchases after a send, known lift."""
+
+    seed: int = 7
+    # Outcomes fall within this many days after the send date.
+    window_days: int = 30
+    # Probability that a persona's user buys within the window untreated ...
+    base_conversion: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BASE_CONVERSION))
+    # ... and the absolute increase a treated user gets (the planted lift).
+    lift: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PLANTED_LIFT))
+    # Campaigns whose treatment changes nothing (their planted lift is 0).
+    no_effect_campaigns: list[str] = field(default_factory=lambda: ["vip_early_access"])
+    # Mean order value per persona (lognormal, sigma 0.5).
+    order_value: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ORDER_VALUE))
+
+
+@dataclass
+class EvaluateConf:
+    """Stage `evaluate`: measured uplift of each campaign from outcome events."""
+
+    # Purchase events after the send date: silver/events on real data; the
+    # embedded default reads the simulated outcomes.
+    outcomes_table: str = "silver/events"
+    # Outcomes counted within this many days from the send date.
+    window_days: int = 30
+    # Send date evaluated; default the latest in gold/campaign_audiences.
+    send_date: dt.date | None = None
+    # Confidence of the uplift intervals.
+    confidence: float = 0.95
+
+
+@dataclass
 class MaintainConf:
     """Stage `maintain` (not part of `shopseg run`): compaction and vacuum of Delta tables."""
 
@@ -484,6 +602,9 @@ class Config:
     features: FeaturesConf = field(default_factory=FeaturesConf)
     segment: SegmentConf = field(default_factory=SegmentConf)
     recommend: RecommendConf = field(default_factory=RecommendConf)
+    audiences: AudiencesConf = field(default_factory=AudiencesConf)
+    simulate_outcomes: SimulateOutcomesConf = field(default_factory=SimulateOutcomesConf)
+    evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -552,6 +673,17 @@ def _validate(config: Config) -> None:
     _validate_features(config)
     _validate_segment(config)
     _validate_recommend(config)
+    ev = config.evaluate
+    _check(0.5 < ev.confidence < 1, "evaluate.confidence", origin, "must be within 0.5..1")
+    _check(ev.window_days > 0, "evaluate.window_days", origin, "must be positive")
+    so = config.simulate_outcomes
+    for key, values in (("base_conversion", so.base_conversion), ("lift", so.lift)):
+        _check(
+            all(0 <= v <= 1 for v in values.values()),
+            f"simulate_outcomes.{key}",
+            origin,
+            "probabilities must be within 0..1",
+        )
     m = config.maintain
     _check(m.target_file_mb > 0, "maintain.target_file_mb", origin, "must be positive")
     _check(m.retention_hours >= 0, "maintain.retention_hours", origin, "must be >= 0")
@@ -1087,3 +1219,55 @@ def local_dir(root: str) -> str | None:
     if root.startswith("file:"):
         return root[len("file:") :]
     return None if is_uri(root) else root
+
+
+def load_campaigns(path: str | os.PathLike[str]) -> list[CampaignConf]:
+    """Read and check conf/campaigns.yaml; an error names the campaign and the key."""
+    origin = str(path)
+    try:
+        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{origin}: campaigns file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: expected a mapping with the key 'campaigns'")
+    items = raw.get("campaigns") or []
+    if not isinstance(items, list):
+        raise ConfigError(f"{origin}: campaigns: expected a list")
+    out: list[CampaignConf] = []
+    for i, item in enumerate(items):
+        label = item.get("id") if isinstance(item, dict) and item.get("id") else f"#{i + 1}"
+        where = f"{origin}: campaign {label!r}"
+        if not isinstance(item, dict):
+            raise ConfigError(f"{where}: expected a mapping")
+        campaign = _build(CampaignConf, item, "", where)
+        _check(
+            bool(re.fullmatch(r"[A-Za-z0-9_-]+", campaign.id)),
+            "id",
+            where,
+            "required: letters, digits, '_' or '-'",
+        )
+        _check(bool(campaign.name), "name", where, "required")
+        _check(0 < campaign.holdout < 1, "holdout", where, "must be within 0..1 (exclusive)")
+        _check(
+            campaign.max_audience is None or campaign.max_audience > 0,
+            "max_audience",
+            where,
+            "must be positive",
+        )
+        target = campaign.target
+        _check(
+            bool(target.segments or target.rfm_segments or target.where),
+            "target",
+            where,
+            "needs segments, rfm_segments and/or where",
+        )
+        days = campaign.exclude.contacted_within_days
+        _check(days is None or days >= 0, "exclude.contacted_within_days", where, "must be >= 0")
+        out.append(campaign)
+    ids = [c.id for c in out]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{origin}: campaign {duplicates[0]!r}: id: used twice")
+    return out

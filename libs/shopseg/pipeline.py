@@ -68,6 +68,21 @@ STAGES: tuple[Stage, ...] = (
         "shopseg.stages.recommend",
     ),
     Stage(
+        "audiences",
+        "campaign audiences with A/B holdouts: gold/campaign_audiences, exports per campaign",
+        "shopseg.stages.audiences",
+    ),
+    Stage(
+        "simulate_outcomes",
+        "synthetic data only: purchases after the latest send with a planted lift per persona",
+        "shopseg.stages.simulate_outcomes",
+    ),
+    Stage(
+        "evaluate",
+        "measured uplift per campaign and segment with intervals: gold/campaign_results",
+        "shopseg.stages.evaluate",
+    ),
+    Stage(
         "maintain",
         "compact small files (Z-ORDER by user_id), vacuum old ones; not in `run` by default",
         "shopseg.stages.maintain",

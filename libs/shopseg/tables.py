@@ -330,6 +330,71 @@ RECOMMENDATION_EVAL = TableSpec(
     partition_by=(AS_OF_DATE,),
 )
 
+CAMPAIGN_AUDIENCES = TableSpec(
+    "gold/campaign_audiences",
+    (
+        "send_date",
+        "campaign_id",
+        "campaign_name",
+        USER_ID,
+        "variant",
+        SEGMENT_NAME,
+        "offer",
+        "channel",
+        "priority",
+        "recommended_items",
+        AS_OF_DATE,
+    ),
+    "audiences",
+    "Who each campaign sends to (`treatment`) and holds out (`control`), one campaign per "
+    "user and send date, with the offer and the user's first recommended items; the history "
+    "of sends (the `contacted_within_days` exclusion reads it).",
+    partition_by=("send_date",),
+)
+
+SIMULATED_OUTCOMES = TableSpec(
+    "raw/simulated/outcome_events",
+    (EVENT_ID, USER_ID, EVENT_TYPE, EVENT_TS, AMOUNT, "simulated_for"),
+    "simulate_outcomes",
+    "Synthetic purchases after a send date (`simulated_for`), with a planted lift for treated "
+    "users; what `evaluate` reads on the embedded default.",
+    partition_by=("simulated_for",),
+)
+CAMPAIGN_LIFT = TableSpec(
+    "raw/ground_truth/campaign_lift",
+    ("send_date", "campaign_id", "treated_users", "planted_lift"),
+    "simulate_outcomes",
+    "The planted conversion uplift of each campaign: the mean lift of its treated users "
+    "(evaluation only).",
+)
+CAMPAIGN_RESULTS = TableSpec(
+    "gold/campaign_results",
+    (
+        "send_date",
+        "campaign_id",
+        SEGMENT_NAME,
+        "treated_users",
+        "control_users",
+        "treated_conversion",
+        "control_conversion",
+        "uplift",
+        "uplift_low",
+        "uplift_high",
+        "treated_revenue_per_user",
+        "control_revenue_per_user",
+        "revenue_uplift",
+        "revenue_uplift_low",
+        "revenue_uplift_high",
+        "window_days",
+        "confidence",
+    ),
+    "evaluate",
+    "Measured effect of each campaign, per segment and over all its users (segment_name "
+    "`(all)`): conversion and revenue per user of treated and control users within "
+    "`window_days` of the send, and their difference with a confidence interval.",
+    partition_by=("send_date",),
+)
+
 TABLES: tuple[TableSpec, ...] = (
     USER_PERSONAS,
     ITEM_GROUPS,
@@ -350,6 +415,10 @@ TABLES: tuple[TableSpec, ...] = (
     RECOMMENDATIONS,
     SIMILAR_ITEMS,
     RECOMMENDATION_EVAL,
+    CAMPAIGN_AUDIENCES,
+    SIMULATED_OUTCOMES,
+    CAMPAIGN_LIFT,
+    CAMPAIGN_RESULTS,
 )
 
 

@@ -1,0 +1,156 @@
+"""Stage `audiences`: campaigns (conf/campaigns.yaml) -> gold/campaign_audiences, exports.
+
+1. The users of the latest segment snapshot, with their features (for the
+   targets' RFM segments and predicates) and first recommended items.
+2. Per campaign, the targeted users minus the exclusions (treated by any
+   campaign within `contacted_within_days`; opted out); each user joins the
+   eligible campaign with the highest priority; `max_audience` caps it.
+3. Treatment or control by a salted hash (`shopseg.campaigns`).
+4. `gold/campaign_audiences` gets the send date's rows (a rerun replaces
+   them); each campaign's treated users go to `exports/<send_date>/<id>/`
+   as CSV and Parquet, unless fewer than `privacy.min_group_size`.
+
+`--dry-run` (`audiences.dry_run`) prints the counts and writes nothing.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from shopseg import campaigns as cp
+from shopseg import tables as t
+from shopseg.config import CampaignConf, ConfigError, load_campaigns, local_dir
+from shopseg.pipeline import StageContext
+
+
+def _latest(df: DataFrame, column: str) -> object:
+    return df.agg(F.max(column)).first()[0]
+
+
+def _users(ctx: StageContext) -> tuple[DataFrame, object]:
+    segments = ctx.read(t.USER_SEGMENTS.name)
+    as_of = _latest(segments, t.AS_OF_DATE)
+    if as_of is None:
+        raise ValueError(f"{t.USER_SEGMENTS.name} is empty; run `segment` first")
+    segments = segments.filter(F.col(t.AS_OF_DATE) == F.lit(as_of)).select(
+        t.USER_ID, t.SEGMENT_NAME, t.AS_OF_DATE
+    )
+    features = ctx.read(t.USER_FEATURES.name).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+    users = segments.join(features.drop(t.AS_OF_DATE), on=t.USER_ID, how="left")
+    return users, as_of
+
+
+def _recommendations(ctx: StageContext, as_of: object) -> DataFrame | None:
+    if not ctx.lakehouse.exists(t.RECOMMENDATIONS.name):
+        ctx.log.warning("no %s: audience rows carry no recommended items", t.RECOMMENDATIONS.name)
+        return None
+    recs = ctx.read(t.RECOMMENDATIONS.name)
+    latest = _latest(recs.filter(F.col(t.AS_OF_DATE) <= F.lit(as_of)), t.AS_OF_DATE)
+    if latest is None:
+        return None
+    return recs.filter(F.col(t.AS_OF_DATE) == F.lit(latest))
+
+
+def _export(
+    ctx: StageContext,
+    campaigns: list[CampaignConf],
+    audience: DataFrame,
+    send_date: object,
+    counts: dict[tuple[str, str], int],
+) -> None:
+    """Each campaign's treated users, without direct identifiers, as CSV and Parquet."""
+    conf = ctx.config
+    base = f"{ctx.lakehouse.root}/exports/{send_date}"
+    columns = [t.USER_ID, "campaign_id", "offer", "channel", "recommended_items"]
+    for campaign in campaigns:
+        treated = counts.get((campaign.id, cp.TREATMENT), 0)
+        if treated < conf.privacy.min_group_size:
+            ctx.log.warning(
+                "campaign %s: %d treated users, fewer than privacy.min_group_size %d: not exported",
+                campaign.id,
+                treated,
+                conf.privacy.min_group_size,
+            )
+            continue
+        rows = audience.filter(
+            (F.col("campaign_id") == campaign.id) & (F.col("variant") == cp.TREATMENT)
+        ).select(*columns)
+        target = f"{base}/{campaign.id}"
+        rows.coalesce(1).write.mode("overwrite").parquet(f"{target}/parquet")
+        flat = rows.withColumn("recommended_items", F.array_join("recommended_items", "|"))
+        flat.coalesce(1).write.mode("overwrite").option("header", "true").csv(f"{target}/csv")
+        where = local_dir(target) or target
+        ctx.record_files(f"exports/{send_date}/{campaign.id}", "CSV + Parquet", treated)
+        ctx.log.info("campaign %s: %d treated users exported to %s", campaign.id, treated, where)
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.audiences
+    if conf.campaigns_file is None:
+        raise ConfigError("audiences.campaigns_file is not set (for example campaigns.yaml)")
+    campaigns = load_campaigns(conf.campaigns_file)
+    ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
+    users, as_of = _users(ctx)
+    users = users.cache()
+    send_date = conf.send_date or as_of
+    history = (
+        ctx.read(t.CAMPAIGN_AUDIENCES.name)
+        if ctx.lakehouse.exists(t.CAMPAIGN_AUDIENCES.name)
+        else None
+    )
+    assigned = cp.assign(users, campaigns, history, send_date, conf.salt).cache()
+    counts = {
+        (r.campaign_id, r.variant): r["count"]
+        for r in assigned.groupBy("campaign_id", "variant").count().collect()
+    }
+    lines = [f"audiences for {send_date} (segments of {as_of}):"]
+    for campaign in campaigns:
+        targeted = cp.eligible(users, campaign).count()
+        treated = counts.get((campaign.id, cp.TREATMENT), 0)
+        control = counts.get((campaign.id, cp.CONTROL), 0)
+        share = control / (treated + control) if treated + control else 0.0
+        lines.append(
+            f"  {campaign.id:<20} targeted {targeted:>8,}  audience {treated + control:>8,}  "
+            f"treated {treated:>8,}  control {control:>7,} ({share:.1%}, holdout "
+            f"{campaign.holdout:.0%})"
+        )
+        ctx.run.log_metrics(
+            {
+                f"targeted.{campaign.id}": targeted,
+                f"treated.{campaign.id}": treated,
+                f"control.{campaign.id}": control,
+                f"control_share.{campaign.id}": share,
+            }
+        )
+    for line in lines:
+        ctx.log.info(line)
+    if conf.dry_run:
+        print("\n".join(["dry run: nothing written", *lines]))
+        return
+
+    by_id = {c.id: c for c in campaigns}
+    details = ctx.spark.createDataFrame(
+        [(c.id, c.name, c.offer, c.channel) for c in by_id.values()],
+        "campaign_id string, campaign_name string, offer string, channel string",
+    )
+    items = cp.top_items(_recommendations(ctx, as_of), conf.recommended_items)
+    audience = assigned.join(F.broadcast(details), on="campaign_id").join(
+        users.select(t.USER_ID, t.SEGMENT_NAME, t.AS_OF_DATE), on=t.USER_ID
+    )
+    if items is not None:
+        audience = audience.join(items, on=t.USER_ID, how="left")
+    else:
+        audience = audience.withColumn("recommended_items", F.lit(None))
+    audience = audience.withColumn(
+        "recommended_items",
+        F.coalesce(F.col("recommended_items"), F.array().cast("array<string>")),
+    ).withColumn("send_date", F.lit(send_date))
+    result = ctx.write(
+        audience.select(*t.CAMPAIGN_AUDIENCES.columns),
+        t.CAMPAIGN_AUDIENCES.name,
+        "overwrite_partitions",
+        partition_by=t.CAMPAIGN_AUDIENCES.partition_by,
+    )
+    written = ctx.read_back(result).filter(F.col("send_date") == F.lit(send_date))
+    _export(ctx, campaigns, written, send_date, counts)

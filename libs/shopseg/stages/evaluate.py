@@ -1,0 +1,97 @@
+"""Stage `evaluate`: the measured uplift of each campaign, per segment, with intervals.
+
+For one send date (default the latest), outcome purchases within
+`evaluate.window_days` of the send are counted for the treated and the
+control users of each campaign: conversion (share of users with a
+purchase) and revenue per user, their difference (treatment minus control)
+and a normal-approximation interval at `evaluate.confidence` (for revenue
+with Welch's unequal variances). Per segment and over all of a campaign's
+users (`(all)`), into `gold/campaign_results` and MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import functions as F
+from scipy.stats import norm
+
+from shopseg import campaigns as cp
+from shopseg import tables as t
+from shopseg.pipeline import StageContext
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.evaluate
+    audiences = ctx.read(t.CAMPAIGN_AUDIENCES.name)
+    send_date = conf.send_date or audiences.agg(F.max("send_date")).first()[0]
+    if send_date is None:
+        raise ValueError(f"{t.CAMPAIGN_AUDIENCES.name} is empty; run `audiences` first")
+    audience = audiences.filter(F.col("send_date") == F.lit(send_date))
+    outcomes = ctx.read(conf.outcomes_table)
+    last = outcomes.agg(F.max(t.EVENT_TS)).first()[0]
+    end = send_date + dt.timedelta(days=conf.window_days)
+    if last is None or last.date() < end - dt.timedelta(days=1):
+        ctx.log.warning(
+            "%s ends on %s, before the %d-day window after the %s send closes (%s): "
+            "the uplift counts only the outcomes so far",
+            conf.outcomes_table,
+            last,
+            conf.window_days,
+            send_date,
+            end,
+        )
+    sums = cp.outcome_sums(audience, outcomes, send_date, conf.window_days).collect()
+    z = float(norm.ppf(0.5 + conf.confidence / 2))
+    cells: dict[tuple[str, str], dict[str, object]] = {}
+    for r in sums:
+        cells.setdefault((r.campaign_id, r.segment_name), {})[r.variant] = r
+    rows = []
+    for (campaign_id, segment), variants in sorted(cells.items()):
+        treated, control = variants.get(cp.TREATMENT), variants.get(cp.CONTROL)
+        if treated is None or control is None:
+            ctx.log.info("%s / %s: no %s users, no uplift", campaign_id, segment,
+                         "control" if control is None else "treated")  # fmt: skip
+            continue
+        p_t, p_c, diff, low, high = cp.uplift(
+            treated.users, treated.converters, control.users, control.converters, z
+        )
+        r_t, r_c, rdiff, rlow, rhigh = cp.mean_difference(
+            treated.users, treated.revenue, treated.revenue_sq,
+            control.users, control.revenue, control.revenue_sq, z,
+        )  # fmt: skip
+        rows.append(
+            (send_date, campaign_id, segment, treated.users, control.users, p_t, p_c, diff,
+             low, high, r_t, r_c, rdiff, rlow, rhigh, conf.window_days, conf.confidence)
+        )  # fmt: skip
+        if segment == cp.ALL_SEGMENTS:
+            ctx.log.info(
+                "%s: conversion %.2f%% treated vs %.2f%% control, uplift %+.2f points "
+                "[%+.2f, %+.2f]; revenue per user %+.2f [%+.2f, %+.2f]",
+                campaign_id, 100 * p_t, 100 * p_c, 100 * diff, 100 * low, 100 * high,
+                rdiff, rlow, rhigh,
+            )  # fmt: skip
+            ctx.run.log_metrics(
+                {
+                    f"uplift.{campaign_id}": diff,
+                    f"uplift_low.{campaign_id}": low,
+                    f"uplift_high.{campaign_id}": high,
+                    f"revenue_uplift.{campaign_id}": rdiff,
+                    f"treated_conversion.{campaign_id}": p_t,
+                    f"control_conversion.{campaign_id}": p_c,
+                }
+            )
+    schema = ", ".join(
+        f"{name} {kind}"
+        for name, kind in zip(
+            t.CAMPAIGN_RESULTS.columns,
+            ["date", "string", "string", "long", "long"] + ["double"] * 10 + ["int", "double"],
+            strict=True,
+        )
+    )
+    ctx.write(
+        ctx.spark.createDataFrame(rows, schema),
+        t.CAMPAIGN_RESULTS.name,
+        "overwrite_partitions",
+        partition_by=t.CAMPAIGN_RESULTS.partition_by,
+    )
