@@ -407,3 +407,14 @@ def test_maintain_keeps_files_younger_than_the_retention(lake, spark):
     # The replaced files stay for readers of the older versions.
     assert len(list(Path(lake.path("t")).glob("*.parquet"))) == 4
     assert lake.read("t", version=1).count() == 2
+
+
+def test_equality_filters_on_strings_find_their_rows_through_arrow_datasets(lake, spark):
+    """DuckDB over delta-rs's Arrow dataset prunes files by their statistics: a
+    string column without min/max once made `= '(all)'` match nothing."""
+    rows = spark.createDataFrame([("(all)", 1), ("b", 2), (None, 3)], "seg string, n int")
+    lake.write(rows.coalesce(1), "t", "overwrite")
+    con = duckdb.connect()
+    con.register("t", DeltaTable(lake.path("t")).to_pyarrow_dataset())
+    assert con.sql("SELECT n FROM t WHERE seg = '(all)'").fetchall() == [(1,)]
+    assert con.sql("SELECT n FROM t WHERE seg > 'a'").fetchall() == [(2,)]

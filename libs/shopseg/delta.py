@@ -233,9 +233,12 @@ class _FileSink:
 
         for name, column in zip(batch.schema.names, batch.columns, strict=True):
             self.nulls[name] += column.null_count
-            # Exact min/max only for integers and dates; floats (NaN) and
-            # strings (truncation rules) are left without, which is valid.
-            if pt.is_integer(column.type) or pt.is_date(column.type):
+            # Exact min/max for integers, dates and strings; floats (NaN) are
+            # left without, which is valid. Strings need theirs: delta-rs's
+            # Arrow dataset prunes a file whose string column has a null count
+            # but no min/max for any equality filter (DuckDB's `= '(all)'`
+            # over gold/campaign_results read no rows).
+            if pt.is_integer(column.type) or pt.is_date(column.type) or pt.is_string(column.type):
                 mm = pc.min_max(column).as_py()
                 if mm["min"] is not None:
                     lo, hi = mm["min"], mm["max"]
