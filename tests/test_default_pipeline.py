@@ -65,3 +65,20 @@ def test_profiles_and_explanations_on_the_default_data(default_lake):
     assert (profiles["rules"].map(len) > 0).all()
     outliers = segments["is_outlier"].mean()
     assert 0 < outliers <= 0.05
+
+
+@pytest.mark.slow
+def test_customer_value_sees_the_dormant_customers(default_lake):
+    values = read(default_lake, tables.CUSTOMER_VALUE).to_pandas()
+    events = read(default_lake, tables.SILVER_EVENTS).to_pandas(columns=["user_id", "event_type"])
+    buyers = set(events.loc[events.event_type == "purchase", "user_id"])
+    assert set(values.user_id) == buyers, "every customer with a purchase has a value"
+    assert values.p_alive.between(0, 1).all() and (values.clv >= 0).all()
+
+    personas = read(default_lake, tables.USER_PERSONAS).to_pandas()
+    alive = values.merge(personas, on="user_id").groupby("persona").p_alive.mean()
+    assert alive.idxmin() == "dormant", alive.to_dict()
+
+    profiles = read(default_lake, tables.SEGMENT_PROFILES).to_pandas().set_index("segment_name")
+    assert profiles.mean_clv.notna().all() and profiles.median_clv.notna().all()
+    assert profiles.at_risk_share.idxmax() == "Dormant", profiles.at_risk_share.to_dict()

@@ -9,11 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from shopseg import features as fx
-from shopseg.cli import main
 from shopseg.config import DEFAULT_RFM_RULES, RfmRule
-from shopseg.delta import Lakehouse
-
-from .conftest import FAST_WRITER, LOCAL_CONF
 
 AS_OF = dt.date(2025, 2, 1)
 BRONZE = (
@@ -272,31 +268,5 @@ def test_interactions_weighted_and_decayed(spark):
     assert got[(1, 10)] == pytest.approx(want)
 
 
-@pytest.mark.slow
-def test_snapshots_replace_their_date_and_keep_others(spark, lake_root):
-    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={lake_root}"]
-    for item in (
-        FAST_WRITER,
-        "generate.users=300",
-        "generate.items=200",
-        "generate.events_per_user=20",
-    ):
-        args += ["--set", item]
-    assert main(["run", "--stages", "generate,ingest,features", *args]) == 0
-    assert main(["features", *args, "--set", "features.as_of_date=2025-07-01"]) == 0
-    lake = Lakehouse(spark, str(lake_root))
-    counts = {
-        r.as_of_date: r["count"]
-        for r in lake.read("silver/user_features").groupBy("as_of_date").count().collect()
-    }
-    assert set(counts) == {dt.date(2026, 1, 1), dt.date(2025, 7, 1)}
-    before = lake.version("silver/user_features")
-    assert main(["features", *args]) == 0
-    assert lake.version("silver/user_features") == before + 1
-    again = {
-        r.as_of_date: r["count"]
-        for r in lake.read("silver/user_features").groupBy("as_of_date").count().collect()
-    }
-    assert again == counts
-    mid_year = lake.read("silver/user_features").filter("as_of_date = DATE'2025-07-01'")
-    assert mid_year.agg(F.max("last_purchase_date")).first()[0] < dt.date(2025, 7, 1)
+# Snapshots at two dates, and a rerun replacing only its own: tests/test_segment.py
+# (test_transitions_recover_the_drift_the_generator_planted).

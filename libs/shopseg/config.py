@@ -107,6 +107,24 @@ DEFAULT_PERSONA_WEIGHTS = {
 
 
 @dataclass
+class DriftConf:
+    """Planted drift: a share of one persona's users become another persona on a date.
+
+    Until `date` a drifted user behaves as `from_persona`, from `date` on as
+    `to_persona` (for `dormant`, whose activity ends 180 days before the
+    window's end: no activity at all). Feature snapshots before and after
+    `date` then show the move; `raw/ground_truth/persona_drift` lists who moved.
+    """
+
+    from_persona: str = "loyal_high_value"
+    to_persona: str = "dormant"
+    # Share of from_persona's users who drift; 0 = no drift.
+    share: float = 0.0
+    # Required when share > 0; within (start_date, end_date).
+    date: dt.date | None = None
+
+
+@dataclass
 class GenerateConf:
     """Synthetic shop data (stage `generate`)."""
 
@@ -124,6 +142,7 @@ class GenerateConf:
     personas: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PERSONA_WEIGHTS))
     # Files per raw output; default lets Spark decide.
     output_partitions: int | None = None
+    drift: DriftConf = field(default_factory=DriftConf)
 
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
@@ -565,6 +584,29 @@ class EvaluateConf:
 
 
 @dataclass
+class ClvConf:
+    """Stage `clv`: BG/NBD and Gamma-Gamma lifetime value and churn probability."""
+
+    # Last day of the calibration period (inclusive); default the last day with an event.
+    calibration_end: dt.date | None = None
+    # Last day of a holdout period to check the forecast against; null = none.
+    holdout_end: dt.date | None = None
+    # Unit of x, t_x and T (and of the fitted alpha).
+    time_unit: Literal["days", "weeks"] = "weeks"
+    # Lifetime value over this many days after calibration_end.
+    horizon_days: int = 365
+    # Discount rate per year, applied month by month.
+    annual_discount_rate: float = 0.10
+    # Share of spend that is profit (1.0: CLV in revenue).
+    margin: float = 1.0
+    # churn_risk from the probability alive: `high` below the first, `medium`
+    # below the second, `low` otherwise.
+    risk_thresholds: list[float] = field(default_factory=lambda: [0.3, 0.7])
+    model_name: str = "shopseg_clv"
+    alias: str = "champion"
+
+
+@dataclass
 class MaintainConf:
     """Stage `maintain` (not part of `shopseg run`): compaction and vacuum of Delta tables."""
 
@@ -605,6 +647,7 @@ class Config:
     audiences: AudiencesConf = field(default_factory=AudiencesConf)
     simulate_outcomes: SimulateOutcomesConf = field(default_factory=SimulateOutcomesConf)
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
+    clv: ClvConf = field(default_factory=ClvConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -661,6 +704,28 @@ def _validate(config: Config) -> None:
     )
     if g.output_partitions is not None:
         _check(g.output_partitions > 0, "generate.output_partitions", origin, "must be positive")
+    d = g.drift
+    _check(0 <= d.share <= 1, "generate.drift.share", origin, "must be within 0..1")
+    for key in ("from_persona", "to_persona"):
+        _check(
+            getattr(d, key) in DEFAULT_PERSONA_WEIGHTS,
+            f"generate.drift.{key}",
+            origin,
+            f"unknown persona {getattr(d, key)!r}; known: {sorted(DEFAULT_PERSONA_WEIGHTS)}",
+        )
+    _check(
+        d.from_persona != d.to_persona,
+        "generate.drift.to_persona",
+        origin,
+        "must differ from from_persona",
+    )
+    if d.share > 0:
+        _check(
+            d.date is not None and g.start_date < d.date <= g.end_date,
+            "generate.drift.date",
+            origin,
+            f"must be a date after start_date {g.start_date} and not after end_date {g.end_date}",
+        )
     sp = config.spark.shuffle_partitions
     _check(sp is None or sp > 0, "spark.shuffle_partitions", origin, "must be positive")
     _check(
@@ -683,6 +748,25 @@ def _validate(config: Config) -> None:
             f"simulate_outcomes.{key}",
             origin,
             "probabilities must be within 0..1",
+        )
+    c = config.clv
+    _check(c.horizon_days > 0, "clv.horizon_days", origin, "must be positive")
+    _check(
+        0 <= c.annual_discount_rate < 1, "clv.annual_discount_rate", origin, "must be within 0..1"
+    )
+    _check(c.margin > 0, "clv.margin", origin, "must be positive")
+    _check(
+        len(c.risk_thresholds) == 2 and 0 < c.risk_thresholds[0] < c.risk_thresholds[1] < 1,
+        "clv.risk_thresholds",
+        origin,
+        "must be two probabilities, increasing, within 0..1 (high-risk below the first)",
+    )
+    if c.calibration_end and c.holdout_end:
+        _check(
+            c.calibration_end < c.holdout_end,
+            "clv.holdout_end",
+            origin,
+            f"must be after clv.calibration_end {c.calibration_end}",
         )
     m = config.maintain
     _check(m.target_file_mb > 0, "maintain.target_file_mb", origin, "must be positive")

@@ -63,6 +63,8 @@ LAST_NAMES = (
 SESSION_GAP_SECONDS = 40
 MAX_SESSIONS = 9_999
 MAX_EVENTS_PER_SESSION = 999
+# Hidden user column: the user drifts to another persona (GenerateConf.drift).
+DRIFTED = "drifted"
 DIRTY_EVENT_KINDS = (
     "unknown_event_type",
     "negative_quantity",
@@ -321,6 +323,21 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
         + per_persona(p, tuple(pe.age_sd for pe in PERSONAS)) * normal(seed, "age", uid)
     )
     channel_cum = tuple(_cumulative(pe.channel_weights) for pe in PERSONAS)
+    drift = conf.drift
+    if drift.share > 0:
+        drifted = (p == PERSONA_NAMES.index(drift.from_persona)) & (
+            uniform(seed, "drift", uid) < drift.share
+        )
+        to = PERSONAS[PERSONA_NAMES.index(drift.to_persona)]
+        drift_s = _seconds(drift.date)
+        to_end = end_s - to.quiet_days * 86_400
+    else:
+        drifted, to, drift_s, to_end = F.lit(False), PERSONAS[0], end_s, end_s
+    # After the drift date a drifted user follows the target persona's rate
+    # until that persona's activity ends (none at all for dormant).
+    drift_span_days = F.greatest(
+        F.lit(to_end) - F.greatest(F.col("active_start_s"), F.lit(drift_s)), F.lit(0)
+    ) / F.lit(86_400)
     first = at(FIRST_NAMES, F.floor(uniform(seed, "first", uid) * len(FIRST_NAMES)))
     last = at(LAST_NAMES, F.floor(uniform(seed, "last", uid) * len(LAST_NAMES)))
     users = (
@@ -332,8 +349,22 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
         .withColumn("persona_idx", pick(uniform(seed, "persona", uid), _persona_weights(conf)))
         .withColumn("signup_s", signup)
         .withColumn("active_start_s", active_start)
-        .withColumn("active_end_s", active_end)
+        .withColumn(DRIFTED, drifted)
+        .withColumn(
+            "active_end_s",
+            F.when(F.col(DRIFTED), F.least(active_end, F.lit(drift_s))).otherwise(active_end),
+        )
         .withColumn("expected_sessions", rate * span_days / 30.0)
+        .withColumn(
+            "drift_start_s", F.greatest(F.col("active_start_s"), F.lit(drift_s)).cast("long")
+        )
+        .withColumn("drift_end_s", F.lit(to_end).cast("long"))
+        .withColumn(
+            "drift_expected_sessions",
+            F.when(
+                F.col(DRIFTED), F.lit(to.sessions_per_30_days) * drift_span_days / 30.0
+            ).otherwise(0.0),
+        )
         .withColumn("activity", activity)
         .withColumn(
             "no_sessions",
@@ -341,7 +372,10 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
             < per_persona(p, tuple(pe.p_no_sessions for pe in PERSONAS)),
         )
         .withColumn(t.TASTE_GROUP, taste_group)
-        .withColumn(t.PERSONA, at(PERSONA_NAMES, p))
+        .withColumn(
+            t.PERSONA,
+            F.when(F.col(DRIFTED), F.lit(to.name)).otherwise(at(PERSONA_NAMES, p)),
+        )
         .withColumn(t.SIGNUP_TS, F.timestamp_seconds(F.col("signup_s")))
         .withColumn(t.AGE, F.greatest(F.lit(18), F.least(F.lit(85), age)).cast("int"))
         .withColumn(t.GENDER, at(GENDERS, pick(uniform(seed, "gender", uid), GENDER_WEIGHTS)))
@@ -371,7 +405,13 @@ def with_session_counts(users: DataFrame, conf: GenerateConf, scale: float) -> D
     min_sessions = per_persona(p, tuple(pe.min_sessions for pe in PERSONAS))
     n = F.round(F.col("expected_sessions") * F.col("activity") * F.lit(scale)).cast("int")
     n = F.least(F.greatest(n, min_sessions), F.lit(MAX_SESSIONS))
-    return users.withColumn("n_sessions", F.when(F.col("no_sessions"), 0).otherwise(n))
+    drift_n = F.round(F.col("drift_expected_sessions") * F.col("activity") * F.lit(scale)).cast(
+        "int"
+    )
+    return users.withColumn("n_sessions", F.when(F.col("no_sessions"), 0).otherwise(n)).withColumn(
+        "n_drift_sessions",
+        F.when(F.col("no_sessions"), 0).otherwise(F.least(drift_n, F.lit(MAX_SESSIONS) - n)),
+    )
 
 
 def session_scale(users: DataFrame, conf: GenerateConf) -> float:
@@ -382,14 +422,43 @@ def session_scale(users: DataFrame, conf: GenerateConf) -> float:
     """
     p = F.col("persona_idx")
     per_session = per_persona(p, tuple(pe.events_per_session() for pe in PERSONAS))
+    to = PERSONAS[PERSONA_NAMES.index(conf.drift.to_persona)]
+    sessions = (
+        F.col("expected_sessions") * per_session
+        + F.col("drift_expected_sessions") * to.events_per_session()
+    )
     expected = users.agg(
-        F.avg(
-            F.when(F.col("no_sessions"), 0.0).otherwise(
-                F.col("expected_sessions") * F.col("activity") * per_session
-            )
-        )
+        F.avg(F.when(F.col("no_sessions"), 0.0).otherwise(sessions * F.col("activity")))
     ).first()[0]
     return conf.events_per_user / expected if expected else 1.0
+
+
+def activity_phases(users: DataFrame, conf: GenerateConf) -> DataFrame:
+    """One row per user and stretch of behaviour: the persona, its window and its sessions.
+
+    Every user has one phase; a drifted user has a second, as the target
+    persona from the drift date, whose sessions are numbered after the first's.
+    """
+    cols = (t.USER_ID, t.TASTE_GROUP)
+    phases = users.select(
+        *cols,
+        "persona_idx",
+        "active_start_s",
+        "active_end_s",
+        F.lit(1).alias("first_session"),
+        "n_sessions",
+    )
+    if conf.drift.share <= 0:
+        return phases
+    drifted = users.filter(F.col(DRIFTED)).select(
+        *cols,
+        F.lit(PERSONA_NAMES.index(conf.drift.to_persona)).alias("persona_idx"),
+        F.col("drift_start_s").alias("active_start_s"),
+        F.col("drift_end_s").alias("active_end_s"),
+        (F.col("n_sessions") + 1).alias("first_session"),
+        F.col("n_drift_sessions").alias("n_sessions"),
+    )
+    return phases.unionByName(drifted)
 
 
 def build_events(users: DataFrame, conf: GenerateConf) -> DataFrame:
@@ -434,14 +503,17 @@ def build_events(users: DataFrame, conf: GenerateConf) -> DataFrame:
     ).cast("long")
 
     sessions = (
-        users.filter(F.col("n_sessions") > 0)
+        activity_phases(users, conf)
+        .filter(F.col("n_sessions") > 0)
         .select(
             t.USER_ID,
             "persona_idx",
             t.TASTE_GROUP,
             "active_start_s",
             "active_end_s",
-            F.explode(F.sequence(F.lit(1), F.col("n_sessions"))).alias("session_idx"),
+            F.explode(
+                F.sequence(F.col("first_session"), F.col("first_session") + F.col("n_sessions") - 1)
+            ).alias("session_idx"),
         )
         .withColumn("n_views", n_views)
         .withColumn("has_cart", has_cart)
@@ -636,6 +708,16 @@ def items_for_export(items: DataFrame, conf: GenerateConf) -> DataFrame:
 
 def build_user_personas(users: DataFrame) -> DataFrame:
     return users.select(*t.USER_PERSONAS.columns)
+
+
+def build_persona_drift(users: DataFrame, conf: GenerateConf) -> DataFrame:
+    """Users planted to drift: from which persona, to which, on which date."""
+    return users.filter(F.col(DRIFTED)).select(
+        t.USER_ID,
+        F.lit(conf.drift.from_persona).alias("from_persona"),
+        F.lit(conf.drift.to_persona).alias("to_persona"),
+        F.lit(conf.drift.date).cast("date").alias("drift_date"),
+    )
 
 
 def build_item_groups(items: DataFrame) -> DataFrame:

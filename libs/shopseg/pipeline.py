@@ -58,6 +58,11 @@ STAGES: tuple[Stage, ...] = (
         "shopseg.stages.features",
     ),
     Stage(
+        "clv",
+        "BG/NBD + Gamma-Gamma: gold/customer_value (p_alive, expected purchases, CLV, risk)",
+        "shopseg.stages.clv",
+    ),
+    Stage(
         "segment",
         "K-means / bisecting K-means segments: gold/user_segments, profiles, transitions, tree",
         "shopseg.stages.segment",
@@ -197,6 +202,15 @@ class PipelineReport:
     seconds: float
 
 
+def latest(df: DataFrame, column: str, at_most: Any = None) -> Any:
+    """The largest value of `column` (at most `at_most`), or None for no rows."""
+    from pyspark.sql import functions as F
+
+    if at_most is not None:
+        df = df.filter(F.col(column) <= F.lit(at_most))
+    return df.agg(F.max(column)).first()[0]
+
+
 def parse_stages(text: str | None) -> list[str]:
     """`a,b` -> [a, b] in pipeline order; None or empty -> every stage of the pipeline."""
     if not text:
@@ -293,6 +307,31 @@ def table_rows(lakehouse: Lakehouse) -> list[dict[str, Any]]:
     return out
 
 
+def customer_value_summary(lakehouse: Lakehouse) -> str | None:
+    """One line on the latest gold/customer_value snapshot, if there is one."""
+    from pyspark.sql import functions as F
+
+    if not lakehouse.exists(tables.CUSTOMER_VALUE.name):
+        return None
+    values = lakehouse.read(tables.CUSTOMER_VALUE.name)
+    as_of = latest(values, tables.AS_OF_DATE)
+    if as_of is None:
+        return None
+    row = (
+        values.filter(F.col(tables.AS_OF_DATE) == F.lit(as_of))
+        .agg(
+            F.count(F.lit(1)).alias("customers"),
+            F.sum("clv").alias("clv"),
+            F.avg((F.col("churn_risk") == "high").cast("double")).alias("at_risk"),
+        )
+        .first()
+    )
+    return (
+        f"Customer value ({as_of}): {row.customers:,} customers, total expected value "
+        f"{row.clv:,.2f}, {100 * row.at_risk:.1f}% at high churn risk"
+    )
+
+
 def mlflow_ui_command(config: Config) -> str:
     uri = config.mlflow.tracking_uri or ""
     return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
@@ -326,6 +365,9 @@ def format_summary(
             emit(f"  {r['table'].ljust(width)}  {r['version']:>7}  {r['rows']:>12,}  {r['owner']}")
     else:
         emit("  no Delta tables yet")
+    value = customer_value_summary(lakehouse)
+    if value:
+        emit(value)
     files = [f for s in (report.stages if report else []) for f in s.files]
     if files:
         emit("Raw files written by this run:")

@@ -682,15 +682,32 @@ def build_profiles(
     tree_fidelity: float,
     algorithm: str,
     k: int,
+    values: DataFrame | None = None,
 ) -> DataFrame:
     """gold/segment_profiles: size, share, medians and lift per segment, plus the explanations.
 
     Lift is the segment mean over the population mean (1.0 = like everyone;
     null where the population mean is 0 or null). Medians, lifts and
     z-scores are maps keyed by feature name, so the table's schema does not
-    depend on which features are configured.
+    depend on which features are configured. With `values` (one snapshot of
+    gold/customer_value), the mean and median CLV and the share at high
+    churn risk of the segment's customers who have a value; else null.
     """
     joined = segments.join(features.select(t.USER_ID, *profile_features), on=t.USER_ID, how="inner")
+    if values is not None:
+        joined = joined.join(
+            values.select(
+                t.USER_ID,
+                F.col("clv").alias("_clv"),
+                (F.col("churn_risk") == "high").cast("double").alias("_at_risk"),
+            ),
+            on=t.USER_ID,
+            how="left",
+        )
+    else:
+        joined = joined.withColumn("_clv", F.lit(None).cast("double")).withColumn(
+            "_at_risk", F.lit(None).cast("double")
+        )
     population = joined.agg(*[F.avg(c).alias(c) for c in profile_features]).first().asDict()
     total = F.sum("size").over(Window.partitionBy())
     per_segment = joined.groupBy(t.AS_OF_DATE, PREDICTION, t.SEGMENT_NAME, t.MODEL_VERSION).agg(
@@ -698,6 +715,9 @@ def build_profiles(
         F.count(F.when(F.col("is_outlier"), 1)).alias("outliers"),
         *[F.percentile_approx(c, 0.5, 10_000).alias(f"_median_{c}") for c in profile_features],
         *[F.avg(c).alias(f"_mean_{c}") for c in profile_features],
+        F.avg("_clv").alias("mean_clv"),
+        F.percentile_approx("_clv", 0.5, 10_000).cast("double").alias("median_clv"),
+        F.avg("_at_risk").alias("at_risk_share"),
     )
     z_names = sorted(next(iter(zscores.values())).keys()) if zscores else []
     extra = segments.sparkSession.createDataFrame(

@@ -94,7 +94,15 @@ USER_PERSONAS = TableSpec(
     "raw/ground_truth/user_personas",
     (USER_ID, PERSONA, TASTE_GROUP),
     "generate",
-    "Planted persona and taste group of each synthetic user (evaluation only).",
+    "Planted persona (at the window's end, after any drift) and taste group of each "
+    "synthetic user (evaluation only).",
+)
+PERSONA_DRIFT = TableSpec(
+    "raw/ground_truth/persona_drift",
+    (USER_ID, "from_persona", "to_persona", "drift_date"),
+    "generate",
+    "Users planted to drift from one persona to another on a date (`generate.drift`; "
+    "written only when drift.share > 0).",
 )
 ITEM_GROUPS = TableSpec(
     "raw/ground_truth/item_groups",
@@ -249,9 +257,14 @@ SEGMENT_PROFILES = TableSpec(
         "medians",
         "lifts",
         "z_scores",
+        "mean_clv",
+        "median_clv",
+        "at_risk_share",
     ),
     "segment",
     "One row per segment and as-of date: size, share, surrogate tree rules, strategy; "
+    "mean and median CLV and share at high churn risk of its customers with a value in "
+    "gold/customer_value (the latest snapshot up to the segments' date; null without one); "
     "medians and lift against the population (segment mean / population mean) of each "
     "profile feature, and the centroid's z-score of each model feature, as "
     "map<feature, double> columns (the schema stays the same when the features change; "
@@ -367,6 +380,29 @@ CAMPAIGN_LIFT = TableSpec(
     "The planted conversion uplift of each campaign: the mean lift of its treated users "
     "(evaluation only).",
 )
+CUSTOMER_VALUE = TableSpec(
+    "gold/customer_value",
+    (
+        USER_ID,
+        AS_OF_DATE,
+        "x",
+        "t_x",
+        "T",
+        "mean_value",
+        "p_alive",
+        "expected_transactions",
+        "expected_mean_value",
+        "clv",
+        "churn_risk",
+        "model_version",
+    ),
+    "clv",
+    "Per customer with a purchase up to the calibration end (as_of_date): repeat "
+    "transactions x, time of the last t_x and since the first T (in clv.time_unit), mean "
+    "repeat spend; BG/NBD probability alive and expected transactions over the horizon, "
+    "Gamma-Gamma expected spend, discounted lifetime value and churn risk (high/medium/low).",
+    partition_by=(AS_OF_DATE,),
+)
 CAMPAIGN_RESULTS = TableSpec(
     "gold/campaign_results",
     (
@@ -397,6 +433,7 @@ CAMPAIGN_RESULTS = TableSpec(
 
 TABLES: tuple[TableSpec, ...] = (
     USER_PERSONAS,
+    PERSONA_DRIFT,
     ITEM_GROUPS,
     PERSONA_CATEGORIES,
     BRONZE_USERS,
@@ -407,6 +444,7 @@ TABLES: tuple[TableSpec, ...] = (
     SILVER_EVENTS,
     USER_FEATURES,
     INTERACTIONS,
+    CUSTOMER_VALUE,
     USER_SEGMENTS,
     SEGMENT_PROFILES,
     SEGMENT_TRANSITIONS,

@@ -21,16 +21,12 @@ from pyspark.sql import functions as F
 from shopseg import campaigns as cp
 from shopseg import tables as t
 from shopseg.config import CampaignConf, ConfigError, load_campaigns, local_dir
-from shopseg.pipeline import StageContext
-
-
-def _latest(df: DataFrame, column: str) -> object:
-    return df.agg(F.max(column)).first()[0]
+from shopseg.pipeline import StageContext, latest
 
 
 def _users(ctx: StageContext) -> tuple[DataFrame, object]:
     segments = ctx.read(t.USER_SEGMENTS.name)
-    as_of = _latest(segments, t.AS_OF_DATE)
+    as_of = latest(segments, t.AS_OF_DATE)
     if as_of is None:
         raise ValueError(f"{t.USER_SEGMENTS.name} is empty; run `segment` first")
     segments = segments.filter(F.col(t.AS_OF_DATE) == F.lit(as_of)).select(
@@ -46,10 +42,10 @@ def _recommendations(ctx: StageContext, as_of: object) -> DataFrame | None:
         ctx.log.warning("no %s: audience rows carry no recommended items", t.RECOMMENDATIONS.name)
         return None
     recs = ctx.read(t.RECOMMENDATIONS.name)
-    latest = _latest(recs.filter(F.col(t.AS_OF_DATE) <= F.lit(as_of)), t.AS_OF_DATE)
-    if latest is None:
+    recs_as_of = latest(recs, t.AS_OF_DATE, as_of)
+    if recs_as_of is None:
         return None
-    return recs.filter(F.col(t.AS_OF_DATE) == F.lit(latest))
+    return recs.filter(F.col(t.AS_OF_DATE) == F.lit(recs_as_of))
 
 
 def _export(

@@ -18,18 +18,18 @@ from scipy.stats import norm
 
 from shopseg import campaigns as cp
 from shopseg import tables as t
-from shopseg.pipeline import StageContext
+from shopseg.pipeline import StageContext, latest
 
 
 def run(ctx: StageContext) -> None:
     conf = ctx.config.evaluate
     audiences = ctx.read(t.CAMPAIGN_AUDIENCES.name)
-    send_date = conf.send_date or audiences.agg(F.max("send_date")).first()[0]
+    send_date = conf.send_date or latest(audiences, "send_date")
     if send_date is None:
         raise ValueError(f"{t.CAMPAIGN_AUDIENCES.name} is empty; run `audiences` first")
     audience = audiences.filter(F.col("send_date") == F.lit(send_date))
     outcomes = ctx.read(conf.outcomes_table)
-    last = outcomes.agg(F.max(t.EVENT_TS)).first()[0]
+    last = latest(outcomes, t.EVENT_TS)
     end = send_date + dt.timedelta(days=conf.window_days)
     if last is None or last.date() < end - dt.timedelta(days=1):
         ctx.log.warning(

@@ -56,6 +56,17 @@ def run(ctx: StageContext) -> None:
     ctx.record_files(tables.RAW_EVENTS, "JSON lines, by day", events_obs.get["rows"])
 
     ctx.write(generator.build_user_personas(users), tables.USER_PERSONAS.name)
+    if conf.drift.share > 0:
+        ctx.write(generator.build_persona_drift(users, conf), tables.PERSONA_DRIFT.name)
+        drifted = users.filter(F.col(generator.DRIFTED)).count()
+        ctx.log.info(
+            "planted drift: %d %s users become %s on %s",
+            drifted,
+            conf.drift.from_persona,
+            conf.drift.to_persona,
+            conf.drift.date,
+        )
+        ctx.run.log_metrics({"drifted_users": drifted})
     ctx.write(generator.build_item_groups(items), tables.ITEM_GROUPS.name)
     ctx.write(generator.build_persona_categories(ctx.spark), tables.PERSONA_CATEGORIES.name)
 

@@ -23,13 +23,7 @@ from shopseg import recommend as rc
 from shopseg import tables as t
 from shopseg import tracking
 from shopseg.features import build_interactions
-from shopseg.pipeline import StageContext
-
-
-def _latest(df: DataFrame, column: str, at_most: dt.date | None = None) -> dt.date | None:
-    if at_most is not None:
-        df = df.filter(F.col(column) <= F.lit(at_most))
-    return df.agg(F.max(column)).first()[0]
+from shopseg.pipeline import StageContext, latest
 
 
 def _segments(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
@@ -41,7 +35,7 @@ def _segments(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
         )
         return None
     segments = ctx.read(t.USER_SEGMENTS.name)
-    seg_as_of = _latest(segments, t.AS_OF_DATE, as_of)
+    seg_as_of = latest(segments, t.AS_OF_DATE, as_of)
     if seg_as_of is None:
         ctx.log.warning("no segment snapshot on or before %s; global popularity only", as_of)
         return None
@@ -196,7 +190,7 @@ def _evaluate(
 def run(ctx: StageContext) -> None:
     conf = ctx.config.recommend
     interactions_all = ctx.read(t.INTERACTIONS.name)
-    as_of = conf.as_of_date or _latest(interactions_all, t.AS_OF_DATE)
+    as_of = conf.as_of_date or latest(interactions_all, t.AS_OF_DATE)
     if as_of is None:
         raise ValueError(f"{t.INTERACTIONS.name} is empty; run `features` first")
     interactions = interactions_all.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))

@@ -22,7 +22,7 @@ from pyspark.sql import functions as F
 from shopseg import segment as sg
 from shopseg import tables as t
 from shopseg import tracking
-from shopseg.pipeline import StageContext
+from shopseg.pipeline import StageContext, latest
 
 NAMES_TAG = "segment_names"
 
@@ -32,7 +32,7 @@ def _snapshot(ctx: StageContext) -> tuple[DataFrame, dt.date, int]:
     version = ctx.run.inputs[-1]["version"]
     as_of = ctx.config.segment.as_of_date
     if as_of is None:
-        as_of = features.agg(F.max(t.AS_OF_DATE)).first()[0]
+        as_of = latest(features, t.AS_OF_DATE)
         if as_of is None:
             raise ValueError(f"{t.USER_FEATURES.name} is empty; run `features` first")
     snapshot = features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
@@ -221,6 +221,18 @@ def _tree(ctx: StageContext, clusterer: Any, centers: list, sizes: dict[int, int
     )
 
 
+def _customer_values(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
+    """The latest gold/customer_value snapshot up to `as_of`, if the clv stage has run."""
+    if not ctx.lakehouse.exists(t.CUSTOMER_VALUE.name):
+        return None
+    values = ctx.read(t.CUSTOMER_VALUE.name)
+    values_as_of = latest(values, t.AS_OF_DATE, as_of)
+    if values_as_of is None:
+        return None
+    ctx.log.info("segment profiles take CLV from the %s customer_value snapshot", values_as_of)
+    return values.filter(F.col(t.AS_OF_DATE) == F.lit(values_as_of))
+
+
 def run(ctx: StageContext) -> None:
     conf = ctx.config.segment
     snapshot, as_of, features_version = _snapshot(ctx)
@@ -245,9 +257,7 @@ def run(ctx: StageContext) -> None:
     previous_as_of = None
     if ctx.lakehouse.exists(t.USER_SEGMENTS.name):
         history = ctx.read(t.USER_SEGMENTS.name)
-        previous_as_of = (
-            history.filter(F.col(t.AS_OF_DATE) < F.lit(as_of)).agg(F.max(t.AS_OF_DATE)).first()[0]
-        )
+        previous_as_of = latest(history, t.AS_OF_DATE, as_of - dt.timedelta(days=1))
         if previous_as_of is not None:
             previous = history.filter(F.col(t.AS_OF_DATE) == F.lit(previous_as_of))
 
@@ -284,6 +294,7 @@ def run(ctx: StageContext) -> None:
             f"segment.profile_features {missing} are not columns of {t.USER_FEATURES.name}"
         )
     strategies = {n.name: n.strategy for n in conf.names}
+    values = _customer_values(ctx, as_of)
     profiles = sg.build_profiles(
         written,
         snapshot,
@@ -294,6 +305,7 @@ def run(ctx: StageContext) -> None:
         fidelity,
         algorithm,
         k,
+        values,
     )
     result = ctx.write(
         profiles,

@@ -15,7 +15,7 @@ from pyspark.sql import functions as F
 
 from shopseg import campaigns as cp
 from shopseg import tables as t
-from shopseg.pipeline import StageContext
+from shopseg.pipeline import StageContext, latest
 
 
 def run(ctx: StageContext) -> None:
@@ -26,7 +26,7 @@ def run(ctx: StageContext) -> None:
             "(`generate`); on real data outcomes come from silver/events"
         )
     audiences = ctx.read(t.CAMPAIGN_AUDIENCES.name)
-    send_date = audiences.agg(F.max("send_date")).first()[0]
+    send_date = latest(audiences, "send_date")
     if send_date is None:
         raise ValueError(f"{t.CAMPAIGN_AUDIENCES.name} is empty; run `audiences` first")
     personas = ctx.read(t.USER_PERSONAS.name).select(t.USER_ID, t.PERSONA)

@@ -1,0 +1,228 @@
+"""CLV: BG/NBD and Gamma-Gamma against hand computations and the published CDNOW fits."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from shopseg import clv
+from shopseg import tables as t
+from shopseg.cli import main
+
+from .conftest import FAST_WRITER, REPO
+
+SAMPLE = REPO.parent / "shared" / "datasets" / "cdnow" / "CDNOW_sample.txt"
+# Fader, Hardie & Lee (2005) on the CDNOW sample, and Fader & Hardie's Gamma-Gamma note.
+PAPER = clv.BgNbd(0.243, 4.414, 0.793, 2.426, -9582.4, 0, 0, 0.0)
+PAPER_GG = {"p": 6.25, "q": 3.74, "gamma": 15.44}
+CALIBRATION_END = pd.Timestamp("1997-09-30")
+
+
+def likelihood_by_hand(r, alpha, a, b, x, t_x, T) -> float:
+    """FHL (2005) eq. 6 as printed: products of powers, no logarithms."""
+    first = math.gamma(r + x) * alpha**r / math.gamma(r)
+    beta = math.gamma(a + b) * math.gamma(b + x) / (math.gamma(b) * math.gamma(a + b + x))
+    tail = (alpha + T) ** -(r + x)
+    if x > 0:
+        tail += a / (b + x - 1) * (alpha + t_x) ** -(r + x)
+    return first * beta * tail
+
+
+@pytest.mark.parametrize(
+    ("x", "t_x", "T"),
+    [(0, 0.0, 38.86), (0, 0.0, 5.0), (1, 4.0, 30.0), (2, 30.43, 38.86), (9, 35.1, 36.0)],
+)
+def test_bgnbd_likelihood_matches_the_formula_by_hand(x, t_x, T):
+    got = clv.bgnbd_log_likelihood(PAPER.r, PAPER.alpha, PAPER.a, PAPER.b, x, t_x, T)
+    assert float(got) == pytest.approx(
+        math.log(likelihood_by_hand(0.243, 4.414, 0.793, 2.426, x, t_x, T)), rel=1e-10
+    )
+
+
+def test_bgnbd_stays_finite_for_a_very_frequent_buyer():
+    """The published check: x = 200, t_x = 38, T = 40 overflows the product form."""
+    with pytest.raises(OverflowError):
+        likelihood_by_hand(0.243, 4.414, 0.793, 2.426, 200, 38, 40)
+    ll = clv.bgnbd_log_likelihood(PAPER.r, PAPER.alpha, PAPER.a, PAPER.b, 200, 38, 40)
+    assert np.isfinite(ll)
+    alive = clv.probability_alive(PAPER, 200, 38, 40)
+    assert 0 < alive < 1
+    assert np.isfinite(clv.expected_transactions(PAPER, 39, 200, 38, 40))
+
+
+def test_conditional_expectation_of_the_worked_example():
+    """x = 2, t_x = 30.43, T = 38.86: 1.226 transactions in the next 39 weeks."""
+    assert float(clv.expected_transactions(PAPER, 39, 2, 30.43, 38.86)) == pytest.approx(
+        1.226, abs=5e-4
+    )
+
+
+def test_probability_alive_of_a_customer_without_repeat_purchases_is_one():
+    assert clv.probability_alive(
+        PAPER, np.array([0, 0]), np.array([0, 0]), np.array([3, 40])
+    ) == pytest.approx([1, 1])
+    # Someone who bought often and then stopped long ago is probably gone.
+    assert clv.probability_alive(PAPER, 10, 5, 40) < clv.probability_alive(PAPER, 10, 39, 40)
+
+
+def cdnow_calibration() -> pd.DataFrame:
+    """Per customer x, t_x, T (weeks) and mean repeat spend, with pandas from the raw file."""
+    raw = pd.read_csv(
+        SAMPLE,
+        sep=r"\s+",
+        header=None,
+        names=["mid", "cid", "date", "cds", "usd"],
+        dtype={"date": str},
+    )
+    raw["day"] = pd.to_datetime(raw["date"], format="%Y%m%d")
+    days = raw[raw.day <= CALIBRATION_END].groupby(["cid", "day"], as_index=False).usd.sum()
+    first = days.groupby("cid").day.transform("min")
+    per = days.assign(repeat=np.where(days.day > first, days.usd, np.nan)).groupby("cid")
+    out = pd.DataFrame(
+        {
+            "x": per.size() - 1,
+            "t_x": (per.day.max() - per.day.min()).dt.days / 7,
+            "T": (CALIBRATION_END - per.day.min()).dt.days / 7,
+            "m": per.repeat.mean(),
+        }
+    )
+    return out
+
+
+def test_weighted_tuples_fit_as_every_customer_does_and_dropping_the_counts_biases():
+    customers = cdnow_calibration()
+    tuples = customers.groupby(["x", "t_x", "T"]).size().reset_index(name="n")
+    assert len(tuples) < len(customers)
+    weighted = clv.fit_bgnbd(tuples.x, tuples.t_x, tuples["T"], tuples.n)
+    each = clv.fit_bgnbd(customers.x, customers.t_x, customers["T"])
+    for name in ("r", "alpha", "a", "b", "log_likelihood"):
+        assert getattr(weighted, name) == pytest.approx(getattr(each, name), rel=1e-4)
+    assert weighted.customers == len(customers) and weighted.rows == len(tuples)
+    unweighted = clv.fit_bgnbd(tuples.x, tuples.t_x, tuples["T"])
+    assert abs(unweighted.r / weighted.r - 1) > 0.1
+
+
+def test_bgnbd_and_gamma_gamma_reproduce_the_published_cdnow_fits_in_pandas():
+    customers = cdnow_calibration()
+    assert len(customers) == 2357
+    bg = clv.fit_bgnbd(customers.x, customers.t_x, customers["T"])
+    for name in ("r", "alpha", "a", "b", "log_likelihood"):
+        assert getattr(bg, name) == pytest.approx(getattr(PAPER, name), rel=0.01), name
+    repeat = customers[customers.x > 0]
+    assert len(repeat) == 946
+    gg = clv.fit_gamma_gamma(repeat.x, repeat.m)
+    for name, value in PAPER_GG.items():
+        assert getattr(gg, name) == pytest.approx(value, rel=0.01), name
+
+
+def test_gamma_gamma_likelihood_and_expectation_by_hand():
+    p, q, gamma, x, m = 6.25, 3.74, 15.44, 3, 40.0
+    # Fader & Hardie (2013) eq. 5 with Gamma functions and powers.
+    by_hand = (
+        math.gamma(p * x + q) / (math.gamma(p * x) * math.gamma(q))
+        * gamma**q * m ** (p * x - 1) * x ** (p * x) / (gamma + m * x) ** (p * x + q)
+    )  # fmt: skip
+    assert float(clv.gamma_gamma_log_likelihood(p, q, gamma, x, m)) == pytest.approx(
+        math.log(by_hand), rel=1e-10
+    )
+    g = clv.GammaGamma(p, q, gamma, 0.0, 0, 0, 0.0)
+    # Weighted between the population mean p*gamma/(q-1) and the customer's own mean.
+    population = p * gamma / (q - 1)
+    weight = p * x / (p * x + q - 1)
+    expected = (1 - weight) * population + weight * m
+    got = clv.expected_mean_value(g, np.array([x, 0]), np.array([m, 0.0]))
+    assert got == pytest.approx([expected, population])
+
+
+def test_value_of_a_batch_discounts_and_tiers():
+    s = clv.ValueSettings(7.0, 364, 0.0, 1.0, (0.3, 0.7))
+    g = clv.GammaGamma(6.25, 3.74, 15.44, 0.0, 0, 0, 0.0)
+    batch = pd.DataFrame(
+        {
+            "x": [0, 10, 10],
+            "t_x": [0.0, 5.0, 39.0],
+            "T": [40.0, 40.0, 40.0],
+            "mean_value": [None, 30.0, 30.0],
+        }
+    )
+    out = clv.score_batch(batch, PAPER, g, s)
+    assert list(out.churn_risk) == ["low", "high", "low"]
+    # Undiscounted, CLV is expected spend times expected transactions (12 monthly steps).
+    months = 12 * 365.25 / 12 / 7
+    undiscounted = (
+        clv.expected_transactions(PAPER, months, batch.x, batch.t_x, batch["T"])
+        * out.expected_mean_value
+    )
+    assert out.clv.to_numpy() == pytest.approx(np.asarray(undiscounted), rel=1e-9)
+    discounted = clv.score_batch(batch, PAPER, g, clv.ValueSettings(7.0, 364, 0.2, 1.0, (0.3, 0.7)))
+    assert (discounted.clv < out.clv).all()
+
+
+@pytest.mark.slow
+def test_clv_stage_on_the_cdnow_sample_matches_the_paper(spark, tmp_path):
+    if not SAMPLE.exists():
+        pytest.fail(f"{SAMPLE} is missing: the CDNOW data set must sit in ../shared/datasets")
+    root = tmp_path / "cdnow_clv"
+    args = [
+        "run",
+        "--conf",
+        str(REPO / "conf" / "cdnow_clv.yaml"),
+        "--set",
+        f"lakehouse.root={root}",
+        "--set",
+        FAST_WRITER,
+        "--set",
+        "spark.master=local[2]",
+    ]
+    assert main(args) == 0
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{root}/mlflow.db")
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("shopseg_clv", "champion")
+    metrics = client.get_run(version.run_id).data.metrics
+    for name, value in (("r", 0.243), ("alpha", 4.414), ("a", 0.793), ("b", 2.426)):
+        assert metrics[f"bgnbd_{name}"] == pytest.approx(value, rel=0.01), name
+    assert metrics["bgnbd_log_likelihood"] == pytest.approx(-9582.4, rel=0.01)
+    for name, value in PAPER_GG.items():
+        assert metrics[f"gg_{name}"] == pytest.approx(value, rel=0.01), name
+    assert metrics["customers"] == 2357 and metrics["gg_customers"] == 946
+
+    # The holdout: the cohort's real repeat purchases in the next 39 weeks, from the file.
+    raw = pd.read_csv(
+        SAMPLE,
+        sep=r"\s+",
+        header=None,
+        names=["mid", "cid", "date", "cds", "usd"],
+        dtype={"date": str},
+    )
+    raw["day"] = pd.to_datetime(raw["date"], format="%Y%m%d")
+    holdout = raw[(raw.day > CALIBRATION_END) & (raw.day <= pd.Timestamp("1998-06-30"))]
+    assert (
+        metrics["holdout_actual_repeat_transactions"]
+        == holdout[["cid", "day"]].drop_duplicates().shape[0]
+    )
+    # The forecast is the fitted model's expectation summed over the cohort, from pandas.
+    fitted = clv.BgNbd(*(metrics[f"bgnbd_{n}"] for n in ("r", "alpha", "a", "b")), 0.0, 0, 0, 0.0)
+    cohort = cdnow_calibration()
+    forecast = clv.expected_transactions(fitted, 39, cohort.x, cohort.t_x, cohort["T"]).sum()
+    assert metrics["holdout_predicted_repeat_transactions"] == pytest.approx(forecast, rel=1e-9)
+
+    values = DeltaTable(str(root / t.CUSTOMER_VALUE.name)).to_pandas()
+    assert len(values) == 2357 and set(values.as_of_date) == {dt.date(1997, 9, 30)}
+    assert set(values.model_version) == {str(version.version)}
+    got = values.set_index("user_id").sort_index()
+    want = cdnow_calibration().sort_index()
+    assert list(got.index) == list(want.index)
+    assert np.array_equal(got.x.to_numpy(), want.x.to_numpy())
+    for ours, theirs in (("t_x", "t_x"), ("T", "T"), ("mean_value", "m")):
+        assert np.allclose(got[ours].to_numpy(float), want[theirs].to_numpy(float), equal_nan=True)
+    assert values.p_alive.between(0, 1).all() and (values.clv >= 0).all()
+    assert set(values.churn_risk) <= {"high", "medium", "low"}
