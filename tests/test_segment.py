@@ -272,6 +272,7 @@ def segment_args(root, *extra: str) -> list[str]:
         f"segment.features={json.dumps(FEATURES)}",
         f"segment.names={json.dumps(NAMES)}",
         "segment.profile_features=[frequency, avg_order_value, monetary, inactive_days]",
+        "segment.k_min=2",
         "segment.k_max=6",
         "segment.restarts=2",
         *extra,
