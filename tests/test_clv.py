@@ -70,8 +70,8 @@ def test_probability_alive_of_a_customer_without_repeat_purchases_is_one():
     assert clv.probability_alive(PAPER, 10, 5, 40) < clv.probability_alive(PAPER, 10, 39, 40)
 
 
-def cdnow_calibration() -> pd.DataFrame:
-    """Per customer x, t_x, T (weeks) and mean repeat spend, with pandas from the raw file."""
+def read_sample() -> pd.DataFrame:
+    """The CDNOW sample's transactions with pandas, each with its purchase day."""
     raw = pd.read_csv(
         SAMPLE,
         sep=r"\s+",
@@ -80,6 +80,12 @@ def cdnow_calibration() -> pd.DataFrame:
         dtype={"date": str},
     )
     raw["day"] = pd.to_datetime(raw["date"], format="%Y%m%d")
+    return raw
+
+
+def cdnow_calibration() -> pd.DataFrame:
+    """Per customer x, t_x, T (weeks) and mean repeat spend, with pandas from the raw file."""
+    raw = read_sample()
     days = raw[raw.day <= CALIBRATION_END].groupby(["cid", "day"], as_index=False).usd.sum()
     first = days.groupby("cid").day.transform("min")
     per = days.assign(repeat=np.where(days.day > first, days.usd, np.nan)).groupby("cid")
@@ -196,14 +202,7 @@ def test_clv_stage_on_the_cdnow_sample_matches_the_paper(spark, tmp_path):
     assert metrics["customers"] == 2357 and metrics["gg_customers"] == 946
 
     # The holdout: the cohort's real repeat purchases in the next 39 weeks, from the file.
-    raw = pd.read_csv(
-        SAMPLE,
-        sep=r"\s+",
-        header=None,
-        names=["mid", "cid", "date", "cds", "usd"],
-        dtype={"date": str},
-    )
-    raw["day"] = pd.to_datetime(raw["date"], format="%Y%m%d")
+    raw = read_sample()
     holdout = raw[(raw.day > CALIBRATION_END) & (raw.day <= pd.Timestamp("1998-06-30"))]
     assert (
         metrics["holdout_actual_repeat_transactions"]
