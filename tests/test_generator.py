@@ -11,7 +11,7 @@ from pyspark.sql import functions as F
 
 from shopseg import generator as g
 from shopseg import tables as t
-from shopseg.config import GenerateConf
+from shopseg.config import DriftConf, GenerateConf
 
 CONF = GenerateConf(seed=7, users=3000, items=400, events_per_user=30, dirty_fraction=0.0)
 
@@ -74,6 +74,38 @@ def test_another_seed_other_data(spark, shop):
     _, _, events = shop
     _, _, other = build(spark, dataclasses.replace(CONF, seed=8))
     assert events.exceptAll(other).count() > 0.9 * events.count()
+
+
+def test_the_same_shop_a_quarter_later_with_drift(spark, shop):
+    """Window moved on by 13 weeks, 40% of loyal users drifted: nobody else changes.
+
+    Every event of a user who did not drift comes back 91 days later and
+    otherwise identical; drifted users have no event after the drift date.
+    """
+    users, _, events = shop
+    shift = dt.timedelta(days=91)
+    drift = DriftConf(share=0.4, date=CONF.end_date + dt.timedelta(days=1))
+    later = dataclasses.replace(
+        CONF, start_date=CONF.start_date + shift, end_date=CONF.end_date + shift, drift=drift
+    )
+    moved_users, _, moved = build(spark, later)
+    drifted = moved_users.filter(g.DRIFTED).select(t.USER_ID)
+    assert drifted.count() > 0.3 * users.filter(f"{t.PERSONA} = 'loyal_high_value'").count()
+
+    def stay(df: DataFrame) -> DataFrame:
+        return df.join(drifted, t.USER_ID, "left_anti")
+
+    shifted_back = (
+        stay(moved)
+        .withColumn(t.EVENT_TS, F.col(t.EVENT_TS) - F.expr("INTERVAL 91 DAYS"))
+        .withColumn("event_date", F.to_date(t.EVENT_TS))
+    )
+    columns = [c for c in events.columns if c != "event_date"]
+    assert stay(events).count() > 0
+    assert stay(events).select(columns).exceptAll(shifted_back.select(columns)).count() == 0
+    assert shifted_back.select(columns).exceptAll(stay(events).select(columns)).count() == 0
+    after = moved.join(drifted, t.USER_ID).filter(F.col(t.EVENT_TS) >= F.lit(drift.date))
+    assert after.count() == 0
 
 
 def test_sizes_follow_the_conf(shop):

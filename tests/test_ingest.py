@@ -691,3 +691,33 @@ def test_an_ingest_in_another_process_blocks_this_one_until_it_ends(tmp_path, ca
         holder.kill()  # kill -9: the kernel releases the lock
         holder.wait()
     assert main(["ingest", "--conf", conf]) == 0
+
+
+def test_local_listing_is_what_spark_lists(spark, tmp_path):
+    """Arrow lists local folders as Spark's reader does (paths, sizes, times; hidden skipped)."""
+    from shopseg import files
+
+    root = tmp_path / "in dir [x] {a}"
+    for name in (
+        "a.txt",
+        "été 100% [1]+#.txt",
+        "event_date=2025-01-01/part-0.txt",
+        "_SUCCESS",
+        ".part-0.txt.crc",
+        "_temporary/0/part-1.txt",
+        "sub/.hidden/part-2.txt",
+    ):
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name * 3)
+    listed = files.list_files(spark, str(root))
+    assert [f.path.rsplit("/", 1)[1] for f in listed] == [
+        "a.txt",
+        "part-0.txt",
+        "été 100% [1]+#.txt",
+    ]
+    assert listed == sorted(files._list_with_spark(spark, str(root)), key=lambda f: f.path)
+    one = files.list_files(spark, str(root / "a.txt"))
+    assert one == [listed[0]] and one[0].size == len("a.txt" * 3)
+    with pytest.raises(files.SourceFilesError, match="does not exist"):
+        files.list_files(spark, str(tmp_path / "nothing"))

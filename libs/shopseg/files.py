@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import os
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,9 +60,60 @@ def canonical_file_path(file_path: Column) -> Column:
 def list_files(spark: SparkSession, path: str) -> list[SourceFile]:
     """Every file under `path` (a file or a folder, recursively), sorted by path.
 
+    Hidden files and folders (names starting with `_` or `.`) are left out, as
+    Spark's readers leave them out. Local paths are listed by Arrow (a
+    folder of 365 daily files: ~0.05 s); other file systems through Spark,
+    which holds their credentials (~4 s for the same folder, a Spark job).
+
     Raises:
         SourceFilesError: the path does not exist or cannot be listed.
     """
+    listed = _list_local(path) if _is_local(path) else _list_with_spark(spark, path)
+    return sorted(listed, key=lambda f: f.path)
+
+
+def _is_local(path: str) -> bool:
+    return path.startswith("file:") or "://" not in path and not path.startswith("dbfs:")
+
+
+def _hidden(name: str) -> bool:
+    """Spark's rule for names its file readers skip."""
+    return (name.startswith("_") and "=" not in name) or name.startswith(".")
+
+
+def _list_local(path: str) -> list[SourceFile]:
+    from pyarrow import fs
+
+    filesystem, inner = _arrow_fs(path)
+    root = os.path.abspath(inner)
+    info = filesystem.get_file_info(root)
+    if info.type == fs.FileType.NotFound:
+        raise SourceFilesError(f"path {path} does not exist")
+    try:
+        infos = (
+            [info]
+            if info.type == fs.FileType.File
+            else filesystem.get_file_info(fs.FileSelector(root, recursive=True))
+        )
+    except OSError as exc:
+        raise SourceFilesError(f"cannot list {path}: {exc}") from None
+    found = []
+    for item in infos:
+        if item.type != fs.FileType.File:
+            continue
+        below = os.path.relpath(item.path, root).split(os.sep) if item.path != root else []
+        if any(_hidden(part) for part in below):
+            continue
+        # Milliseconds, as Hadoop's listing gives them (identities stay comparable).
+        millis = item.mtime_ns // 1_000_000
+        modified = dt.datetime.fromtimestamp(millis // 1000, dt.UTC).replace(
+            tzinfo=None, microsecond=millis % 1000 * 1000
+        )
+        found.append(SourceFile(f"file:{item.path}", item.size, modified))
+    return found
+
+
+def _list_with_spark(spark: SparkSession, path: str) -> list[SourceFile]:
     try:
         listing = (
             spark.read.format("binaryFile")
@@ -75,10 +127,7 @@ def list_files(spark: SparkSession, path: str) -> list[SourceFile]:
         if "PATH_NOT_FOUND" in str(exc) or "does not exist" in str(exc):
             raise SourceFilesError(f"path {path} does not exist") from None
         raise SourceFilesError(f"cannot list {path}: {exc}") from None
-    return sorted(
-        (SourceFile(r.path, r.length, r.modificationTime.replace(tzinfo=None)) for r in listing),
-        key=lambda f: f.path,
-    )
+    return [SourceFile(r.path, r.length, r.modificationTime.replace(tzinfo=None)) for r in listing]
 
 
 def _arrow_fs(path: str):
@@ -104,7 +153,7 @@ def _sha256_of(path: str) -> str:
 
 
 def content_hashes(spark: SparkSession, paths: Sequence[str]) -> dict[str, str]:
-    """SHA-256 of each file's bytes, streamed in chunks, one Spark task per file.
+    """SHA-256 of each file's bytes, streamed in chunks, in parallel Spark tasks.
 
     No file is ever held whole in memory (Spark's binaryFile would load each
     one into a single row).
@@ -116,7 +165,10 @@ def content_hashes(spark: SparkSession, paths: Sequence[str]) -> dict[str, str]:
         for p in part:
             yield p, _sha256_of(p)
 
-    rdd = spark.sparkContext.parallelize(list(paths), len(paths))
+    # A few files per task: one task per file cost ~21 s for 366 small files
+    # on 2 cores, against 0.5 s in 4 tasks.
+    slices = min(len(paths), 4 * spark.sparkContext.defaultParallelism)
+    rdd = spark.sparkContext.parallelize(list(paths), slices)
     return dict(rdd.mapPartitions(hash_all).collect())
 
 

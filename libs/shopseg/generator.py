@@ -309,6 +309,7 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
     quiet = per_persona(p, tuple(pe.quiet_days for pe in PERSONAS))
     active_end = F.lit(end_s) - quiet * 86_400
     span_days = F.greatest((F.col("active_end_s") - F.col("active_start_s")) / 86_400, F.lit(1.0))
+    planned_span_days = F.greatest((active_end - F.col("active_start_s")) / 86_400, F.lit(1.0))
     rate = per_persona(p, tuple(pe.sessions_per_30_days for pe in PERSONAS))
     # Activity differs from user to user: log-normal factor with mean 1.
     activity = F.exp(F.lit(0.35) * normal(seed, "activity", uid) - F.lit(0.06125))
@@ -355,6 +356,9 @@ def build_users(spark: SparkSession, conf: GenerateConf) -> DataFrame:
             F.when(F.col(DRIFTED), F.least(active_end, F.lit(drift_s))).otherwise(active_end),
         )
         .withColumn("expected_sessions", rate * span_days / 30.0)
+        # Sessions as if nobody drifted: the scale comes from these alone, so
+        # users who do not drift are generated identically whatever the drift.
+        .withColumn("planned_sessions", rate * planned_span_days / 30.0)
         .withColumn(
             "drift_start_s", F.greatest(F.col("active_start_s"), F.lit(drift_s)).cast("long")
         )
@@ -417,16 +421,14 @@ def with_session_counts(users: DataFrame, conf: GenerateConf, scale: float) -> D
 def session_scale(users: DataFrame, conf: GenerateConf) -> float:
     """Factor on session rates that makes the mean events per user `events_per_user`.
 
-    One aggregation over users (not events): expected sessions times the
-    persona's expected events per session.
+    One aggregation over users (not events): planned sessions times the
+    persona's expected events per session. The plan ignores drift (a drifted
+    user's sessions are what the drift leaves of it), so the factor, and with
+    it every user who does not drift, is the same with and without drift.
     """
     p = F.col("persona_idx")
     per_session = per_persona(p, tuple(pe.events_per_session() for pe in PERSONAS))
-    to = PERSONAS[PERSONA_NAMES.index(conf.drift.to_persona)]
-    sessions = (
-        F.col("expected_sessions") * per_session
-        + F.col("drift_expected_sessions") * to.events_per_session()
-    )
+    sessions = F.col("planned_sessions") * per_session
     expected = users.agg(
         F.avg(F.when(F.col("no_sessions"), 0.0).otherwise(sessions * F.col("activity")))
     ).first()[0]
