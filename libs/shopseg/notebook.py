@@ -48,3 +48,26 @@ def show(df: Any, rows: int = 20) -> None:
         display(df)
     else:
         df.show(rows, truncate=False)
+
+
+def run_requested(params: Mapping[str, str]) -> bool:
+    """The `run` parameter: `yes` (default) runs the notebook's stages, `no` only reads."""
+    value = params.get("run", "yes").strip().lower()
+    if value not in ("yes", "no"):
+        raise ValueError(f"notebook parameter run must be yes or no, not {value!r}")
+    return value == "yes"
+
+
+def show_figure(fig: Any, name: str, folder: str | Path) -> Path | None:
+    """Databricks' `display` where it exists, else the figure saved as `<folder>/<name>.png`."""
+    import builtins
+
+    display = getattr(builtins, "display", None)
+    if display is not None:
+        display(fig)
+        return None
+    path = Path(folder) / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    print(f"chart {name}: {path}")
+    return path

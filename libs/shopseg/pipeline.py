@@ -88,6 +88,11 @@ STAGES: tuple[Stage, ...] = (
         "shopseg.stages.evaluate",
     ),
     Stage(
+        "report",
+        "one self-contained HTML report with the charts of the gold tables (reports/)",
+        "shopseg.stages.report",
+    ),
+    Stage(
         "maintain",
         "compact small files (Z-ORDER by user_id), vacuum old ones; not in `run` by default",
         "shopseg.stages.maintain",
@@ -396,3 +401,17 @@ def format_summary(
     else:
         emit("Registered models: none yet")
     emit(f"Open the MLflow UI:  {mlflow_ui_command(config)}")
+    report_file = latest_report(lakehouse)
+    if report_file:
+        emit(f"Report: {report_file}")
+
+
+def latest_report(lakehouse: Lakehouse) -> str | None:
+    """The newest `reports/report_<as_of>.html` of a local lakehouse, if any."""
+    from pathlib import Path
+
+    root = local_dir(lakehouse.root)
+    if root is None:
+        return None
+    found = sorted(Path(root, "reports").glob("report_*.html"))
+    return str(found[-1]) if found else None

@@ -139,6 +139,12 @@ class StageRun:
 
         mlflow.log_dict(dict(data), name)
 
+    def log_text(self, text: str, name: str) -> None:
+        """Log a text artifact (the HTML report)."""
+        import mlflow
+
+        mlflow.log_text(text, name)
+
 
 def metric_name(name: str) -> str:
     """A name MLflow accepts: other characters become '_' ("Can't lose" -> "Can_t lose")."""

@@ -1,0 +1,177 @@
+"""Stage `report`: one self-contained HTML file with the charts of the gold tables.
+
+Written to `<lakehouse>/reports/report_<as_of>.html` (charts embedded as PNG
+data URIs: the file opens anywhere, offline) and logged to the stage's MLflow
+run. Each chart reads the table its stage writes; a table that does not exist
+yet becomes a line saying which stage to run, not a failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from matplotlib.figure import Figure
+
+from shopseg import charts
+from shopseg import tables as t
+from shopseg.files import _arrow_fs
+from shopseg.pipeline import StageContext, latest
+
+
+@dataclass
+class Section:
+    title: str
+    caption: str
+    tables: tuple[str, ...]
+    draw: Callable[[], Figure]
+
+
+def sections(ctx: StageContext) -> list[Section]:
+    lake = ctx.lakehouse
+    features, seed = ctx.config.segment.features, ctx.config.segment.seed
+    return [
+        Section(
+            "Segment shares over snapshots",
+            "Share of users in each named segment, one bar per feature snapshot.",
+            (t.USER_SEGMENTS.name,),
+            lambda: charts.segment_sizes_figure(charts.segment_sizes_data(lake)),
+        ),
+        Section(
+            "Segment profiles",
+            "Each segment's median of a feature divided by the population's (lift); "
+            "log2 colour scale, red above the population, blue below.",
+            (t.SEGMENT_PROFILES.name,),
+            lambda: charts.profile_heatmap_figure(charts.profile_lifts_data(lake)),
+        ),
+        Section(
+            "Segments in two dimensions",
+            "A sample of users on the first two principal axes of the segmentation "
+            "features (prepared as the segment stage prepares them).",
+            (t.USER_SEGMENTS.name, t.USER_FEATURES.name),
+            lambda: charts.pca_figure(charts.pca_data(lake, features, seed=seed)),
+        ),
+        Section(
+            "Choosing the number of segments",
+            "Silhouette and stability (adjusted Rand index between restarts) for each "
+            "algorithm and k; the chosen fit is circled.",
+            (t.SEGMENT_SWEEP.name,),
+            lambda: charts.sweep_figure(charts.sweep_data(lake)),
+        ),
+        Section(
+            "RFM grid",
+            "Buyers by recency score and frequency score (quintiles among buyers).",
+            (t.USER_FEATURES.name,),
+            lambda: charts.rfm_grid_figure(charts.rfm_grid_data(lake)),
+        ),
+        Section(
+            "Recommendations against baselines",
+            "Ranking metrics on each user's held-out last days: the chosen ALS fit, "
+            "global popularity and popularity within the user's segment.",
+            (t.RECOMMENDATION_EVAL.name,),
+            lambda: charts.recommendation_metrics_figure(charts.recommendation_metrics_data(lake)),
+        ),
+        Section(
+            "Campaign uplift",
+            "Conversion of treated minus holdout users per campaign and segment, with "
+            "its confidence interval (an interval above zero is a measured effect).",
+            (t.CAMPAIGN_RESULTS.name,),
+            lambda: charts.uplift_figure(charts.uplift_data(lake)),
+        ),
+        Section(
+            "Customer value by segment",
+            "Expected lifetime value (BG/NBD x Gamma-Gamma) per segment, and the "
+            "distribution of the probability that a customer is still active.",
+            (t.CUSTOMER_VALUE.name, t.USER_SEGMENTS.name),
+            lambda: charts.clv_figure(
+                charts.clv_by_segment_data(lake), charts.p_alive_histogram_data(lake)
+            ),
+        ),
+    ]
+
+
+def png_data_uri(fig: Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
+h1 { margin-bottom: 0.2em; } .meta { color: #666; margin-top: 0; }
+section { margin: 2.5em 0; } img { max-width: 100%; border: 1px solid #eee; }
+.missing { color: #a33; }
+"""
+
+
+# Once the page has loaded, the number of charts the browser decoded (a test reads it).
+SCRIPT = (
+    "<script>window.addEventListener('load', () => {"
+    " const shown = [...document.querySelectorAll('img.chart')]"
+    ".filter(i => i.complete && i.naturalWidth > 0).length;"
+    " document.documentElement.dataset.chartsRendered = String(shown); });</script>"
+)
+
+
+def render(title: str, meta: str, parts: list[tuple[Section, str | None, str | None]]) -> str:
+    """The page: one section per chart, the chart as a data URI or a line saying why not."""
+    body = []
+    for section, uri, missing in parts:
+        body.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        body.append(f"<p>{html.escape(section.caption)}</p>")
+        if uri:
+            alt = html.escape(section.title)
+            body.append(f'<img class="chart" alt="{alt}" src="{uri}">')
+        else:
+            body.append(f'<p class="missing">{html.escape(missing or "not available")}</p>')
+        body.append("</section>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>"
+        f'<h1>{html.escape(title)}</h1><p class="meta">{html.escape(meta)}</p>'
+        + "".join(body)
+        + SCRIPT
+        + "</body></html>\n"
+    )
+
+
+def write_text(path: str, text: str) -> None:
+    filesystem, inner = _arrow_fs(path)
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as out:
+        out.write(text.encode("utf-8"))
+
+
+def run(ctx: StageContext) -> None:
+    lake = ctx.lakehouse
+    as_of = None
+    if lake.exists(t.USER_FEATURES.name):
+        as_of = latest(ctx.read(t.USER_FEATURES.name), t.AS_OF_DATE)
+    as_of = as_of or dt.date.today()
+    parts: list[tuple[Section, str | None, str | None]] = []
+    for section in sections(ctx):
+        absent = [name for name in section.tables if not lake.exists(name)]
+        if absent:
+            owners = sorted({t.table(name).owner for name in absent})
+            missing = f"{', '.join(absent)} not written yet: run stage {', '.join(owners)}"
+            ctx.log.info("report: %s skipped (%s)", section.title, missing)
+            parts.append((section, None, missing))
+            continue
+        fig = section.draw()
+        parts.append((section, png_data_uri(fig), None))
+    drawn = sum(1 for _, uri, _ in parts if uri)
+    page = render(
+        f"shopseg report, snapshot {as_of}",
+        f"Lakehouse {lake.root}; pipeline {ctx.pipeline_id}; generated "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {drawn} of {len(parts)} charts.",
+        parts,
+    )
+    path = f"{lake.root.rstrip('/')}/reports/report_{as_of}.html"
+    write_text(path, page)
+    ctx.run.log_text(page, "report.html")
+    ctx.run.log_metrics({"charts": drawn})
+    ctx.log.info("wrote %s: %d of %d charts", path, drawn, len(parts))

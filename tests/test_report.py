@@ -1,0 +1,100 @@
+"""Stage `report`: one self-contained HTML file whose charts a real browser renders."""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+from PIL import Image
+
+from shopseg.stages import report
+
+CHART = re.compile(r'<img class="chart" alt="([^"]+)" src="data:image/png;base64,([^"]+)">')
+
+
+def browser() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+@pytest.fixture(scope="module")
+def report_file(default_lake):
+    """The report `shopseg run` ends with, on the default pipeline's lakehouse."""
+    (path,) = (default_lake / "reports").glob("report_*.html")
+    return path
+
+
+@pytest.mark.slow
+def test_report_embeds_every_chart_and_is_logged(default_lake, report_file):
+    page = report_file.read_text()
+    charts = CHART.findall(page)
+    assert [title for title, _ in charts] == [
+        "Segment shares over snapshots",
+        "Segment profiles",
+        "Segments in two dimensions",
+        "Choosing the number of segments",
+        "RFM grid",
+        "Recommendations against baselines",
+        "Campaign uplift",
+        "Customer value by segment",
+    ]
+    for title, data in charts:
+        image = Image.open(io.BytesIO(base64.b64decode(data)))
+        assert image.format == "PNG" and min(image.size) >= 300, title
+        # A drawn chart, not an empty canvas: many distinct colours.
+        assert len(image.convert("RGB").getcolors(maxcolors=1 << 20)) > 50, title
+    assert 'class="missing"' not in page
+    assert "http://" not in page and "https://" not in page, "self-contained: nothing fetched"
+
+    store = f"sqlite:///{default_lake / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("shopseg/report").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    assert runs[0].data.metrics["charts"] == 8
+    logged = client.download_artifacts(runs[0].info.run_id, "report.html")
+    assert Path(logged).read_text() == page
+
+
+def test_a_missing_table_names_the_stage_to_run():
+    section = report.Section("Campaign uplift", "caption", ("gold/campaign_results",), None)
+    page = report.render("t", "m", [(section, None, "gold/campaign_results not written yet")])
+    assert '<p class="missing">gold/campaign_results not written yet</p>' in page
+    assert "<img" not in page
+
+
+@pytest.mark.slow
+def test_report_renders_in_a_headless_browser(report_file, tmp_path):
+    chromium = browser()
+    if chromium is None:
+        pytest.skip("no Chromium on this machine (.ci/run installs Debian's chromium)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
+    url = report_file.as_uri()
+    dom = subprocess.run(
+        [chromium, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    # The page's own script counts the charts the browser decoded after load.
+    assert 'data-charts-rendered="8"' in dom.stdout, dom.stdout[:300]
+
+    shot = tmp_path / "report.png"
+    done = subprocess.run(
+        [chromium, *flags, "--window-size=1200,2400", f"--screenshot={shot}", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    screenshot = Image.open(shot).convert("RGB")
+    assert screenshot.size == (1200, 2400)
+    assert len(screenshot.getcolors(maxcolors=1 << 20)) > 200, "the charts are painted"
