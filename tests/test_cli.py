@@ -174,3 +174,21 @@ def test_maintain_is_not_in_the_default_run_and_compacts_every_table(spark, lake
 
     missing = [*args, "--set", "maintain.tables=[gold/nothing]"]
     assert main(["maintain", *missing]) == 1
+
+
+def test_databricks_bundle_runs_every_pipeline_stage_in_order():
+    """databricks.yml: one task per stage of `shopseg run`, each after the one before."""
+    import yaml
+
+    from shopseg.pipeline import parse_stages
+
+    bundle = yaml.safe_load((REPO / "databricks.yml").read_text())
+    tasks = bundle["resources"]["jobs"]["shopseg_pipeline"]["tasks"]
+    assert [task["task_key"] for task in tasks] == parse_stages(None)
+    for before, task in zip([None, *tasks], tasks, strict=False):
+        script = task["spark_python_task"]["python_file"]
+        assert script == f"jobs/{task['task_key']}.py" and (REPO / script).is_file()
+        wanted = [{"task_key": before["task_key"]}] if before else None
+        assert task.get("depends_on") == wanted
+    maintain = bundle["resources"]["jobs"]["shopseg_maintain"]["tasks"]
+    assert [task["task_key"] for task in maintain] == ["maintain"]
