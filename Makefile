@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JAVA_HINT := sudo apt-get install -y openjdk-17-jre-headless
 
-.PHONY: run test test-fast lint install check-java package clean
+.PHONY: run test test-fast lint install check-java package clean bench
 
 run: check-java install
 	@start=$$(date +%s); \
@@ -37,6 +37,15 @@ $(STAMP): setup.py
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[spark,dev]' && \
 	touch $(STAMP) && \
 	echo "installation time: $$(( $$(date +%s) - start )) s (into $(VENV))"
+
+# Each stage against its single-machine peer at 1M and 10M events (50M:
+# BENCH_SIZES=1m,10m,50m). Builds bench/data/<size> once (10M: ~9 min here),
+# then runs both sides; results in bench/results/latest.json and the table of
+# docs/benchmarks.md.
+BENCH_SIZES ?= 1m,10m
+bench: check-java install
+	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[spark,dev,bench]'
+	$(BIN)/python bench/run.py --sizes $(BENCH_SIZES)
 
 check-java:
 	@command -v java >/dev/null 2>&1 || \

@@ -34,6 +34,8 @@ setup(
         # on Maven Central; 4.4.1's is not.
         "spark": ["pyspark==4.2.0", "delta-spark==4.4.0"],
         "dev": ["pytest>=8", "ruff>=0.6", "duckdb>=1.1", "polars>=1.0"],
+        # `make bench`'s peers (DuckDB comes with dev).
+        "bench": ["scikit-learn>=1.4", "implicit>=0.7", "scipy>=1.11"],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},
 )

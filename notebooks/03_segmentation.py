@@ -10,20 +10,25 @@
 # COMMAND ----------
 
 from shopseg import charts
-from shopseg.notebook import notebook_config, notebook_params, run_requested, show, show_figure
-from shopseg.pipeline import open_lakehouse, run_stages
+from shopseg.notebook import (
+    figures_folder,
+    notebook_config,
+    notebook_params,
+    run_notebook_stages,
+    show,
+    show_figure,
+)
+from shopseg.pipeline import open_lakehouse
 
 params = notebook_params(
     globals().get("dbutils"), {"conf": "conf/local.yaml", "set": "", "run": "yes"}
 )
 config = notebook_config(params)
-figures = f"{config.lakehouse.root}/reports/notebooks"
+figures = figures_folder(config)
 
 # COMMAND ----------
 
-if run_requested(params):
-    for stage in run_stages(config, ["segment"]).stages:
-        print(f"{stage.name}: {stage.seconds:.1f} s, MLflow run {stage.run_id}")
+run_notebook_stages(params, config, ["segment"])
 
 # COMMAND ----------
 

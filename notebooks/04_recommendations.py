@@ -12,8 +12,15 @@
 from pyspark.sql import functions as F
 
 from shopseg import charts
-from shopseg.notebook import notebook_config, notebook_params, run_requested, show, show_figure
-from shopseg.pipeline import open_lakehouse, run_stages
+from shopseg.notebook import (
+    figures_folder,
+    notebook_config,
+    notebook_params,
+    run_notebook_stages,
+    show,
+    show_figure,
+)
+from shopseg.pipeline import open_lakehouse
 from shopseg.tables import BRONZE_ITEMS, RECOMMENDATIONS, SILVER_EVENTS
 
 params = notebook_params(
@@ -21,13 +28,11 @@ params = notebook_params(
     {"conf": "conf/local.yaml", "set": "", "run": "yes", "user_id": ""},
 )
 config = notebook_config(params)
-figures = f"{config.lakehouse.root}/reports/notebooks"
+figures = figures_folder(config)
 
 # COMMAND ----------
 
-if run_requested(params):
-    for stage in run_stages(config, ["recommend"]).stages:
-        print(f"{stage.name}: {stage.seconds:.1f} s, MLflow run {stage.run_id}")
+run_notebook_stages(params, config, ["recommend"])
 
 # COMMAND ----------
 

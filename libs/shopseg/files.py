@@ -185,6 +185,15 @@ def first_line(path: str, max_bytes: int = 1 << 20) -> str | None:
     return None
 
 
+def write_text(path: str, text: str) -> None:
+    """Write `text` (UTF-8) to a local, `file:`, `dbfs:/` or Arrow-supported remote path,
+    creating its folder."""
+    filesystem, inner = _arrow_fs(path)
+    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
+    with filesystem.open_output_stream(inner) as out:
+        out.write(text.encode("utf-8"))
+
+
 class LockHeld(ShopsegError):
     """Another process holds the lock."""
 

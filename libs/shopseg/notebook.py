@@ -58,6 +58,23 @@ def run_requested(params: Mapping[str, str]) -> bool:
     return value == "yes"
 
 
+def run_notebook_stages(params: Mapping[str, str], config: Config, stages: list[str]) -> None:
+    """A notebook's stage cell: runs `stages` (unless the `run` parameter is `no`) and
+    prints each one's time and MLflow run."""
+    if not run_requested(params):
+        print(f"run=no: reading what {', '.join(stages)} last wrote")
+        return
+    from shopseg.pipeline import run_stages
+
+    for stage in run_stages(config, stages).stages:
+        print(f"{stage.name}: {stage.seconds:.1f} s, MLflow run {stage.run_id}")
+
+
+def figures_folder(config: Config) -> str:
+    """Where notebooks save their charts outside Databricks: `<lakehouse>/reports/notebooks`."""
+    return f"{config.lakehouse.root}/reports/notebooks"
+
+
 def show_figure(fig: Any, name: str, folder: str | Path) -> Path | None:
     """Databricks' `display` where it exists, else the figure saved as `<folder>/<name>.png`."""
     import builtins

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from shopseg import charts
 from shopseg import tables as t
-from shopseg.files import _arrow_fs
+from shopseg.files import write_text
 from shopseg.pipeline import StageContext, latest
 
 
@@ -137,13 +137,6 @@ def render(title: str, meta: str, parts: list[tuple[Section, str | None, str | N
         + SCRIPT
         + "</body></html>\n"
     )
-
-
-def write_text(path: str, text: str) -> None:
-    filesystem, inner = _arrow_fs(path)
-    filesystem.create_dir(inner.rsplit("/", 1)[0], recursive=True)
-    with filesystem.open_output_stream(inner) as out:
-        out.write(text.encode("utf-8"))
 
 
 def run(ctx: StageContext) -> None:
