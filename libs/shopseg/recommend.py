@@ -434,20 +434,27 @@ def _top_n_rows(
         inside = items[by_id[pos]] == seen_items
         scores[rows[inside], by_id[pos[inside]]] = -np.inf
     take = min(n, len(items))
-    part = np.argpartition(-scores, take - 1, axis=1)[:, :take]
-    top_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-top_scores, axis=1, kind="stable")
-    part = np.take_along_axis(part, order, axis=1)
-    top_scores = np.take_along_axis(top_scores, order, axis=1)
-    keep = np.isfinite(top_scores)
-    ranks = np.broadcast_to(np.arange(1, take + 1, dtype=np.int32), top_scores.shape)
-    user_col = np.broadcast_to(users[:, None], top_scores.shape)
+    # The n-th best score of each row by a partition of the values (about half
+    # the cost of an argpartition), then every entry at or above it; ties at
+    # the threshold are settled by the item index below.
+    if take < len(items):
+        kth = np.partition(scores, len(items) - take, axis=1)[:, len(items) - take]
+        rows, cols = np.nonzero(scores >= kth[:, None])
+    else:
+        rows, cols = np.divmod(np.arange(scores.size), len(items))
+    top_scores = scores[rows, cols]
+    item_ids = items[cols]
+    order = np.lexsort((item_ids, -top_scores, rows))
+    rows, item_ids, top_scores = rows[order], item_ids[order], top_scores[order]
+    counts = np.bincount(rows, minlength=len(users))
+    ranks = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
+    keep = (ranks <= take) & np.isfinite(top_scores)
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(user_col[keep].astype(np.int32)),
-            pa.array(items[part][keep].astype(np.int32)),
+            pa.array(users[rows[keep]].astype(np.int32)),
+            pa.array(item_ids[keep].astype(np.int32)),
             pa.array(top_scores[keep].astype(np.float32)),
-            pa.array(ranks[keep]),
+            pa.array(ranks[keep].astype(np.int32)),
         ],
         names=[USER_IDX, ITEM_IDX, SCORE, RANK],
     )
