@@ -187,7 +187,7 @@ def startup_seconds(repeats: int) -> list[float]:
 
 def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
     from features_peer import duckdb_user_metrics, snapshot_files
-    from measure_features import compare
+    from measure_features import compare, spark_metrics
 
     from shopseg import features as fx
     from shopseg import tables as t
@@ -201,14 +201,7 @@ def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | 
     )
 
     def metrics():
-        return fx.build_user_metrics(
-            window,
-            lake.read(t.BRONZE_USERS.name),
-            lake.read(t.BRONZE_ITEMS.name),
-            as_of,
-            categories,
-            conf.demographics,
-        )
+        return spark_metrics(lake, conf, as_of, categories)
 
     with Peaks(jvm) as spark_mem:
         seconds, _ = timed(lambda: metrics().write.format("noop").mode("overwrite").save(), repeats)
