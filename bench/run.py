@@ -16,11 +16,14 @@ times on the same data; medians are reported:
 - kmeans: MLlib K-means (k = 6, the segment stage's prepared vectors,
   k-means|| seeding, at most 20 iterations) against scikit-learn's Lloyd
   K-means on the same vectors; quality = inertia (WSSSE). Seconds are per
-  iteration (each library reports its own count).
+  iteration (each library reports its own count). The detail adds the
+  marginal cost of an iteration: (fit - the same fit stopped after one
+  iteration) / (iterations - 1), which leaves out what every fit pays once.
 - als: MLlib ALS (implicit, rank 32, reg 0.05, alpha 5, 10 iterations, the
   recommend stage's time split) against `implicit`'s ALS with the same
   settings; quality = NDCG@10 of both on the same held-out items, scored by
-  `recommend.ranking_scores`. Seconds are per iteration.
+  `recommend.ranking_scores`. Seconds are per iteration; the detail adds the
+  marginal cost of an iteration, as for kmeans.
 - recommend_all: top-20 for every user from the ALS factors,
   `recommend.score_top_n` against a NumPy matrix product + argpartition in
   blocks; quality = share of 1,000 sampled users with the same top-20 set.
@@ -268,36 +271,46 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
     users = data.count()
     fits = []
 
-    def spark_fit():
+    def spark_fit(max_iter: int = KMEANS_MAX_ITER, keep: bool = True):
         model = sg.new_clusterer(
-            "kmeans", K, config.segment.seed, KMEANS_MAX_ITER, col, config.segment.init_steps
+            "kmeans", K, config.segment.seed, max_iter, col, config.segment.init_steps
         ).fit(data)
-        fits.append(model)
+        if keep:
+            fits.append(model)
         return model
 
     with Peaks(jvm) as spark_mem:
         seconds, _ = timed(spark_fit, repeats)
+    # The same fit stopped after one iteration: what a fit costs besides its
+    # iterations (reading the data, k-means|| seeding, the summary).
+    one_iter, _ = timed(lambda: spark_fit(1, keep=False), repeats)
     per_iter = [s / m.summary.numIter for s, m in zip(seconds, fits, strict=True)]
     arrow = data.select(vector_to_array(col).alias("v")).toArrow().column("v").combine_chunks()
     x = arrow.values.to_numpy(zero_copy_only=False).reshape(len(arrow), -1)
     peer_fits = []
 
-    def peer_fit():
+    def peer_fit(max_iter: int = KMEANS_MAX_ITER, keep: bool = True):
         model = KMeans(
             n_clusters=K,
             n_init=1,
-            max_iter=KMEANS_MAX_ITER,
+            max_iter=max_iter,
             random_state=config.segment.seed,
             algorithm="lloyd",
         ).fit(x)
-        peer_fits.append(model)
+        if keep:
+            peer_fits.append(model)
         return model
 
     with Peaks(None) as peer_mem:
         peer_seconds, _ = timed(peer_fit, repeats)
+    peer_one_iter, _ = timed(lambda: peer_fit(1, keep=False), repeats)
     peer_per_iter = [s / m.n_iter_ for s, m in zip(peer_seconds, peer_fits, strict=True)]
     cost = min(m.summary.trainingCost for m in fits)
     peer_cost = min(float(m.inertia_) for m in peer_fits)
+    marginal = marginal_per_iteration(seconds, one_iter, [m.summary.numIter for m in fits])
+    peer_marginal = marginal_per_iteration(
+        peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]
+    )
     return row(
         "kmeans",
         n_events,
@@ -316,9 +329,25 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
             "k": K,
             "fit_seconds": [round(s, 3) for s in seconds],
             "peer_fit_seconds": [round(s, 3) for s in peer_seconds],
-            "seconds_are": "per iteration",
+            "one_iteration_fit_seconds": [round(s, 3) for s in one_iter],
+            "peer_one_iteration_fit_seconds": [round(s, 4) for s in peer_one_iter],
+            "marginal_seconds_per_iteration": marginal,
+            "peer_marginal_seconds_per_iteration": peer_marginal,
+            "marginal_ratio": round(marginal / peer_marginal, 2) if peer_marginal else None,
+            "seconds_are": "per iteration (whole fit / iterations)",
         },
     )
+
+
+def marginal_per_iteration(full: list[float], one: list[float], iterations: list[int]) -> float:
+    """(median full fit - median one-iteration fit) / (median iterations - 1).
+
+    What one more iteration costs, without what every fit pays once.
+    """
+    extra = median(iterations) - 1
+    if extra <= 0:
+        return median(one)
+    return round(max(median(full) - median(one), 0.0) / extra, 5)
 
 
 class AlsData:
@@ -388,17 +417,16 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
     data = AlsData(spark, lake, config)
     blocks = spark.sparkContext.defaultParallelism
     params = rc.AlsParams(ALS_RANK, ALS_REG, ALS_ALPHA)
-    models = []
 
-    def spark_fit():
+    def spark_fit(max_iter: int = ALS_ITER):
         model = rc.als_of(
-            rc.fit_als(data.train_idx, params, max_iter=ALS_ITER, seed=42, blocks=blocks)
+            rc.fit_als(data.train_idx, params, max_iter=max_iter, seed=42, blocks=blocks)
         )
-        models.append(model)
         return model
 
     with Peaks(jvm) as spark_mem:
         seconds, model = timed(spark_fit, repeats)
+    one_iter, _ = timed(lambda: spark_fit(1), repeats)
     seen = data.train_idx.select(rc.USER_IDX, rc.ITEM_IDX)
     eval_users = model.userFactors.join(
         data.eval_idx.withColumnRenamed(rc.USER_IDX, "id"), "id", "left_semi"
@@ -415,22 +443,23 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         ),
         shape=(data.n_users, data.catalog),
     )
-    peers = []
 
-    def peer_fit():
+    def peer_fit(iterations: int = ALS_ITER):
         peer = AlternatingLeastSquares(
             factors=ALS_RANK,
             regularization=ALS_REG,
             alpha=PEER_ALS_ALPHA,
-            iterations=ALS_ITER,
+            iterations=iterations,
             random_state=42,
         )
         peer.fit(matrix, show_progress=False)
-        peers.append(peer)
         return peer
 
     with Peaks(None) as peer_mem:
         peer_seconds, peer = timed(peer_fit, repeats)
+    peer_one_iter, _ = timed(lambda: peer_fit(1), repeats)
+    marginal = marginal_per_iteration(seconds, one_iter, [ALS_ITER])
+    peer_marginal = marginal_per_iteration(peer_seconds, peer_one_iter, [ALS_ITER])
     eval_ids = data.eval_idx.toArrow().column(rc.USER_IDX).to_numpy()
     ids, _ = peer.recommend(eval_ids, matrix[eval_ids], N=10, filter_already_liked_items=True)
     peer_recs = spark.createDataFrame(_pandas(eval_ids, ids, rc)).where(F.col(rc.ITEM_IDX) >= 0)
@@ -459,7 +488,12 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
             "iterations": ALS_ITER,
             "fit_seconds": [round(s, 2) for s in seconds],
             "peer_fit_seconds": [round(s, 2) for s in peer_seconds],
-            "seconds_are": "per iteration",
+            "one_iteration_fit_seconds": [round(s, 2) for s in one_iter],
+            "peer_one_iteration_fit_seconds": [round(s, 3) for s in peer_one_iter],
+            "marginal_seconds_per_iteration": marginal,
+            "peer_marginal_seconds_per_iteration": peer_marginal,
+            "marginal_ratio": round(marginal / peer_marginal, 2) if peer_marginal else None,
+            "seconds_are": "per iteration (whole fit / iterations)",
         },
     )
     top_row = bench_recommend_all(spark, model, n_events, repeats, jvm)

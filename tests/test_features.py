@@ -42,6 +42,10 @@ EVENTS = [
     (10, 2, 20, "view", ts("2025-01-12", "10:05"), "s5", None, 5.0, None, None, 20.0, "r11"),
     # user 3: a single event, no profile, no session, amount from price x (no) quantity
     (11, 3, 10, "purchase", ts("2025-01-31"), None, None, 7.5, None, None, None, "r12"),
+    # user 8: session s8 runs past midnight (one session over two days), then s9
+    (15, 8, 10, "view", ts("2025-01-20", "23:50"), "s8", None, 10.0, None, None, None, "r14"),
+    (16, 8, 20, "view", ts("2025-01-21", "00:10"), "s8", None, 5.0, None, None, None, "r15"),
+    (17, 8, 20, "view", ts("2025-01-21", "18:00"), "s9", None, 5.0, None, None, None, "r16"),
     # user 5: only old events
     (12, 5, 10, "view", ts("2024-12-10"), "s6", None, 10.0, None, None, 5.0, "r13"),
 ]
@@ -79,7 +83,7 @@ def test_recency_tenure_and_buyer_status_come_from_the_whole_history(spark):
         fx.filter_window(silver, AS_OF, 30), None, None, AS_OF, [], {}, lifetime
     )
     got = {r.user_id: r for r in metrics.collect()}
-    assert sorted(got) == [1, 2, 3, 5, 7], "users known only from older history get a row"
+    assert sorted(got) == [1, 2, 3, 5, 7, 8], "users known only from older history get a row"
     u7 = got[7]
     assert (u7.frequency, u7.recency_days, u7.tenure_days) == (
         0,
@@ -127,7 +131,7 @@ def test_text_ids_stay_text_and_numbers_become_long(spark):
 
 def test_population(metrics):
     # Users with a profile (signed up before as-of) or events in the window.
-    assert sorted(metrics) == [1, 2, 3, 4]
+    assert sorted(metrics) == [1, 2, 3, 4, 8]
 
 
 def test_buyer_with_zero_amount_and_review(metrics):
@@ -155,6 +159,11 @@ def test_buyer_with_zero_amount_and_review(metrics):
     assert u["last_purchase_date"] == dt.date(2025, 1, 25)
     # The review and view on the 26th are later than the last purchase.
     assert (u["last_event_date"], u["inactive_days"]) == (dt.date(2025, 1, 26), 6)
+
+
+def test_a_session_over_midnight_counts_once(metrics):
+    u = metrics[8]
+    assert (u["views"], u["active_days"], u["sessions"]) == (3, 2, 2)
 
 
 def test_viewer_who_never_bought(metrics):

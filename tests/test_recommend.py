@@ -182,6 +182,40 @@ def test_block_scoring_matches_a_full_matrix_product(spark, user_block, item_blo
     assert len(by_user[0]) == 2
 
 
+def test_block_top_n_breaks_ties_by_item_id_whatever_the_item_order():
+    # Small integer factors give many exactly equal scores; the block's items
+    # arrive in shuffled id order, as collect_list may deliver them.
+    rng = np.random.default_rng(5)
+    u = rng.integers(-2, 3, size=(40, 3)).astype(np.float32)
+    v = rng.integers(-2, 3, size=(300, 3)).astype(np.float32)
+    item_ids = rng.permutation(np.arange(1000, 1300))
+    user_ids = np.arange(40) * 3
+    seen = {
+        (int(a), int(b))
+        for a, b in zip(rng.integers(0, 40, 200), rng.integers(0, 300, 200), strict=True)
+    }
+    seen_sorted = sorted(seen)
+    counts = np.bincount([a for a, _ in seen_sorted], minlength=40)
+    seen_items = item_ids[[b for _, b in seen_sorted]]
+    got = rc._top_n_rows(user_ids, u, item_ids, v, counts, seen_items, 7).to_pydict()
+    scores = u.astype(np.float64) @ v.T.astype(np.float64)
+    for a, b in seen:
+        scores[a, b] = -np.inf
+    for row in range(40):
+        # Best score first; among equal scores the lower item id.
+        ranked = sorted(
+            (k for k in range(300) if np.isfinite(scores[row, k])),
+            key=lambda k: (-scores[row, k], item_ids[k]),
+        )[:7]
+        mine = [
+            (i, r)
+            for uid, i, r in zip(got["user_idx"], got["item_idx"], got["rank"], strict=True)
+            if uid == user_ids[row]
+        ]
+        assert [i for i, _ in mine] == [int(item_ids[k]) for k in ranked]
+        assert [r for _, r in mine] == list(range(1, 8))
+
+
 def test_similar_items_are_cosine_neighbours_without_the_item_itself(spark):
     vectors = [[1.0, 0.0], [10.0, 1.0], [0.0, 1.0], [-1.0, 0.1]]
     items = spark.createDataFrame(list(enumerate(vectors)), "id int, features array<float>")

@@ -416,6 +416,15 @@ def _list_values(column: pa.ListArray, i: int) -> np.ndarray:
     return column.values[offsets[i].as_py() : offsets[i + 1].as_py()].to_numpy(zero_copy_only=False)
 
 
+def _padded(rows: np.ndarray, values: np.ndarray, n_rows: int, fill) -> np.ndarray:
+    """`values` laid out one row per `rows` entry (sorted), left-aligned, padded with `fill`."""
+    counts = np.bincount(rows, minlength=n_rows)
+    pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
+    out = np.full((n_rows, max(int(counts.max(initial=0)), 1)), fill, dtype=values.dtype)
+    out[rows, pos] = values
+    return out
+
+
 def _top_n_rows(
     users: np.ndarray,
     u: np.ndarray,
@@ -425,36 +434,53 @@ def _top_n_rows(
     seen_items: np.ndarray,
     n: int,
 ) -> pa.RecordBatch:
-    """Top `n` items per user of one user block x item block, best first."""
+    """Top `n` items per user of one user block x item block, best first; ties by item id.
+
+    The items are cut into `5 n` slices; the n-th largest of a row's slice
+    maxima is at most its n-th best score (n different items reach it), so
+    only the few scores at or above it (about 80 per row of 2,000 on the 10M
+    benchmark's factors) are kept and sorted, in a small padded matrix. No
+    full-row partition or sort: 163k users x 2,000 items in one process,
+    9.7-13 ns per score with `np.partition` and a sort of the survivors,
+    5.0 ns this way (same output).
+    """
+    if len(users) == 0 or len(items) == 0:
+        none = np.zeros(0, np.int64)
+        return _batch(none, none, none, none)
+    # Items in id order, so that among equal scores the lower item id comes first.
+    by_id = np.argsort(items, kind="stable")
+    items, v = items[by_id], v[by_id]
     scores = u @ v.T
     if len(seen_items):
         rows = np.repeat(np.arange(len(users)), seen_counts)
-        by_id = np.argsort(items)
-        pos = np.clip(np.searchsorted(items, seen_items, sorter=by_id), 0, len(items) - 1)
-        inside = items[by_id[pos]] == seen_items
-        scores[rows[inside], by_id[pos[inside]]] = -np.inf
-    take = min(n, len(items))
-    # The n-th best score of each row by a partition of the values (about half
-    # the cost of an argpartition), then every entry at or above it; ties at
-    # the threshold are settled by the item index below.
-    if take < len(items):
-        kth = np.partition(scores, len(items) - take, axis=1)[:, len(items) - take]
-        rows, cols = np.nonzero(scores >= kth[:, None])
-    else:
-        rows, cols = np.divmod(np.arange(scores.size), len(items))
-    top_scores = scores[rows, cols]
-    item_ids = items[cols]
-    order = np.lexsort((item_ids, -top_scores, rows))
-    rows, item_ids, top_scores = rows[order], item_ids[order], top_scores[order]
-    counts = np.bincount(rows, minlength=len(users))
-    ranks = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts) + 1
-    keep = (ranks <= take) & np.isfinite(top_scores)
+        pos = np.clip(np.searchsorted(items, seen_items), 0, len(items) - 1)
+        inside = items[pos] == seen_items
+        scores[rows[inside], pos[inside]] = -np.inf
+    width = len(items)
+    take = min(n, width)
+    slices = min(width, 5 * take)
+    starts = np.linspace(0, width, slices + 1).astype(np.intp)[:-1]
+    maxima = np.maximum.reduceat(scores, starts, axis=1)
+    floor = np.partition(maxima, slices - take, axis=1)[:, slices - take]
+    flat = np.flatnonzero(scores >= floor[:, None])
+    rows, cols = np.divmod(flat, width)
+    candidates = _padded(rows, scores.ravel()[flat], len(users), -np.inf)
+    candidate_cols = _padded(rows, cols, len(users), 0)
+    order = np.argsort(-candidates, axis=1, kind="stable")[:, :take]
+    best = np.take_along_axis(candidates, order, axis=1)
+    best_cols = np.take_along_axis(candidate_cols, order, axis=1)
+    keep = np.isfinite(best)
+    user_pos, rank = np.nonzero(keep)
+    return _batch(users[user_pos], items[best_cols[keep]], best[keep], rank + 1)
+
+
+def _batch(users: np.ndarray, items: np.ndarray, scores: np.ndarray, ranks: np.ndarray):
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(users[rows[keep]].astype(np.int32)),
-            pa.array(item_ids[keep].astype(np.int32)),
-            pa.array(top_scores[keep].astype(np.float32)),
-            pa.array(ranks[keep].astype(np.int32)),
+            pa.array(users.astype(np.int32)),
+            pa.array(items.astype(np.int32)),
+            pa.array(scores.astype(np.float32)),
+            pa.array(ranks.astype(np.int32)),
         ],
         names=[USER_IDX, ITEM_IDX, SCORE, RANK],
     )
@@ -473,7 +499,7 @@ def score_top_n(
 
     Users and items are packed into blocks of consecutive ids; every (user
     block, item block) pair is one float32 matrix product and one
-    `argpartition` top-n in `mapInArrow`; with several item blocks the
+    top-n selection (`_top_n_rows`) in `mapInArrow`; with several item blocks the
     per-block lists are merged by a window. Nothing reaches the driver, and
     no row-at-a-time Python runs.
 

@@ -159,6 +159,11 @@ def new_clusterer(
     `init_steps` is k-means||'s number of seeding rounds. Spark's default (2)
     left one seed in four at the best cost on the default data (k = 6, seeds
     42-45: costs 35,917 to 45,036); with 5 all four reached 35,917.
+
+    K-means runs the "row" solver: with "auto" Spark first summarizes every
+    column in a separate pass to choose between "row" and "block" (200k users
+    x 8 features, k = 6, 2 cores: 2.57 s per fit with "auto", 2.22 s with
+    "row", same cost).
     """
     if algorithm == "kmeans":
         return KMeans(
@@ -166,6 +171,7 @@ def new_clusterer(
             seed=seed,
             maxIter=max_iter,
             initSteps=init_steps,
+            solver="row",
             featuresCol=features_col,
             predictionCol=PREDICTION,
         )
