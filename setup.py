@@ -35,7 +35,7 @@ setup(
         "spark": ["pyspark==4.2.0", "delta-spark==4.4.0"],
         "dev": ["pytest>=8", "ruff>=0.6", "duckdb>=1.1", "polars>=1.0"],
         # `make bench`'s peers (DuckDB comes with dev).
-        "bench": ["scikit-learn>=1.4", "implicit>=0.7", "scipy>=1.11"],
+        "bench": ["scikit-learn>=1.4", "implicit>=0.7", "scipy>=1.11", "threadpoolctl>=3"],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},
 )

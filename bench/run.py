@@ -410,6 +410,7 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
     import scipy.sparse as sp
     from implicit.cpu.als import AlternatingLeastSquares
     from pyspark.sql import functions as F
+    from threadpoolctl import threadpool_limits
 
     from shopseg import recommend as rc
     from shopseg import tables as t
@@ -455,9 +456,10 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         peer.fit(matrix, show_progress=False)
         return peer
 
-    with Peaks(None) as peer_mem:
+    # implicit asks for a single-threaded BLAS (its own threads do the work).
+    with Peaks(None) as peer_mem, threadpool_limits(1, "blas"):
         peer_seconds, peer = timed(peer_fit, repeats)
-    peer_one_iter, _ = timed(lambda: peer_fit(1), repeats)
+        peer_one_iter, _ = timed(lambda: peer_fit(1), repeats)
     marginal = marginal_per_iteration(seconds, one_iter, [ALS_ITER])
     peer_marginal = marginal_per_iteration(peer_seconds, peer_one_iter, [ALS_ITER])
     eval_ids = data.eval_idx.toArrow().column(rc.USER_IDX).to_numpy()
