@@ -307,10 +307,6 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
     peer_per_iter = [s / m.n_iter_ for s, m in zip(peer_seconds, peer_fits, strict=True)]
     cost = min(m.summary.trainingCost for m in fits)
     peer_cost = min(float(m.inertia_) for m in peer_fits)
-    marginal = marginal_per_iteration(seconds, one_iter, [m.summary.numIter for m in fits])
-    peer_marginal = marginal_per_iteration(
-        peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]
-    )
     return row(
         "kmeans",
         n_events,
@@ -327,14 +323,10 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
             "users": users,
             "dimensions": int(x.shape[1]),
             "k": K,
-            "fit_seconds": [round(s, 3) for s in seconds],
-            "peer_fit_seconds": [round(s, 3) for s in peer_seconds],
-            "one_iteration_fit_seconds": [round(s, 3) for s in one_iter],
-            "peer_one_iteration_fit_seconds": [round(s, 4) for s in peer_one_iter],
-            "marginal_seconds_per_iteration": marginal,
-            "peer_marginal_seconds_per_iteration": peer_marginal,
-            "marginal_ratio": round(marginal / peer_marginal, 2) if peer_marginal else None,
-            "seconds_are": "per iteration (whole fit / iterations)",
+            **iteration_detail(
+                (seconds, one_iter, [m.summary.numIter for m in fits]),
+                (peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]),
+            ),
         },
     )
 
@@ -348,6 +340,28 @@ def marginal_per_iteration(full: list[float], one: list[float], iterations: list
     if extra <= 0:
         return median(one)
     return round(max(median(full) - median(one), 0.0) / extra, 5)
+
+
+def iteration_detail(
+    mine: tuple[list[float], list[float], list[int]],
+    peer: tuple[list[float], list[float], list[int]],
+) -> dict:
+    """Fit times of both sides, whole and stopped after one iteration, and the marginal iteration.
+
+    Each side is (whole-fit seconds, one-iteration-fit seconds, iterations run).
+    """
+    marginal = marginal_per_iteration(*mine)
+    peer_marginal = marginal_per_iteration(*peer)
+    return {
+        "fit_seconds": [round(s, 3) for s in mine[0]],
+        "peer_fit_seconds": [round(s, 4) for s in peer[0]],
+        "one_iteration_fit_seconds": [round(s, 3) for s in mine[1]],
+        "peer_one_iteration_fit_seconds": [round(s, 4) for s in peer[1]],
+        "marginal_seconds_per_iteration": marginal,
+        "peer_marginal_seconds_per_iteration": peer_marginal,
+        "marginal_ratio": round(marginal / peer_marginal, 2) if peer_marginal else None,
+        "seconds_are": "per iteration (whole fit / iterations)",
+    }
 
 
 class AlsData:
@@ -460,8 +474,6 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
     with Peaks(None) as peer_mem, threadpool_limits(1, "blas"):
         peer_seconds, peer = timed(peer_fit, repeats)
         peer_one_iter, _ = timed(lambda: peer_fit(1), repeats)
-    marginal = marginal_per_iteration(seconds, one_iter, [ALS_ITER])
-    peer_marginal = marginal_per_iteration(peer_seconds, peer_one_iter, [ALS_ITER])
     eval_ids = data.eval_idx.toArrow().column(rc.USER_IDX).to_numpy()
     ids, _ = peer.recommend(eval_ids, matrix[eval_ids], N=10, filter_already_liked_items=True)
     peer_recs = spark.createDataFrame(_pandas(eval_ids, ids, rc)).where(F.col(rc.ITEM_IDX) >= 0)
@@ -488,14 +500,9 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
             "alpha": ALS_ALPHA,
             "peer_alpha": PEER_ALS_ALPHA,
             "iterations": ALS_ITER,
-            "fit_seconds": [round(s, 2) for s in seconds],
-            "peer_fit_seconds": [round(s, 2) for s in peer_seconds],
-            "one_iteration_fit_seconds": [round(s, 2) for s in one_iter],
-            "peer_one_iteration_fit_seconds": [round(s, 3) for s in peer_one_iter],
-            "marginal_seconds_per_iteration": marginal,
-            "peer_marginal_seconds_per_iteration": peer_marginal,
-            "marginal_ratio": round(marginal / peer_marginal, 2) if peer_marginal else None,
-            "seconds_are": "per iteration (whole fit / iterations)",
+            **iteration_detail(
+                (seconds, one_iter, [ALS_ITER]), (peer_seconds, peer_one_iter, [ALS_ITER])
+            ),
         },
     )
     top_row = bench_recommend_all(spark, model, n_events, repeats, jvm)

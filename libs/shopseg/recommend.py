@@ -416,13 +416,11 @@ def _list_values(column: pa.ListArray, i: int) -> np.ndarray:
     return column.values[offsets[i].as_py() : offsets[i + 1].as_py()].to_numpy(zero_copy_only=False)
 
 
-def _padded(rows: np.ndarray, values: np.ndarray, n_rows: int, fill) -> np.ndarray:
-    """`values` laid out one row per `rows` entry (sorted), left-aligned, padded with `fill`."""
+def _row_slots(rows: np.ndarray, n_rows: int) -> tuple[np.ndarray, int]:
+    """For entries sorted by row: each one's position within its row, and the longest row."""
     counts = np.bincount(rows, minlength=n_rows)
     pos = np.arange(len(rows)) - np.repeat(np.cumsum(counts) - counts, counts)
-    out = np.full((n_rows, max(int(counts.max(initial=0)), 1)), fill, dtype=values.dtype)
-    out[rows, pos] = values
-    return out
+    return pos, max(int(counts.max(initial=0)), 1)
 
 
 def _top_n_rows(
@@ -464,8 +462,12 @@ def _top_n_rows(
     floor = np.partition(maxima, slices - take, axis=1)[:, slices - take]
     flat = np.flatnonzero(scores >= floor[:, None])
     rows, cols = np.divmod(flat, width)
-    candidates = _padded(rows, scores.ravel()[flat], len(users), -np.inf)
-    candidate_cols = _padded(rows, cols, len(users), 0)
+    # The survivors left-aligned in one row per user, padded with -inf.
+    pos, longest = _row_slots(rows, len(users))
+    candidates = np.full((len(users), longest), -np.inf, dtype=scores.dtype)
+    candidates[rows, pos] = scores.ravel()[flat]
+    candidate_cols = np.zeros((len(users), longest), dtype=cols.dtype)
+    candidate_cols[rows, pos] = cols
     order = np.argsort(-candidates, axis=1, kind="stable")[:, :take]
     best = np.take_along_axis(candidates, order, axis=1)
     best_cols = np.take_along_axis(candidate_cols, order, axis=1)
