@@ -7,8 +7,10 @@ For each size (events: 1m = 20,000 users, 10m = 200,000 users, 50m =
 1,000,000 users, ~50 events each) a lakehouse is built once under
 `bench/data/<size>` by `shopseg run --stages generate,ingest,features` and
 reused by later runs. Then, in one process per size (one SparkSession,
-`conf/local.yaml`'s Spark settings), each stage and its peer run `repeats`
-times on the same data; medians are reported:
+`conf/local.yaml`'s Spark settings), each stage and its peer run once
+untimed (`WARMUP`: the JVM compiles its hot code, Delta reads its log, the
+peers load theirs) and then `repeats` times on the same data; medians of the
+timed runs are reported, the warm-up runs' seconds kept beside them:
 
 - features: the stage's user metrics (`features.build_user_metrics`, to
   Spark's noop sink) against DuckDB SQL over the same Parquet files
@@ -63,6 +65,8 @@ sys.path.insert(0, str(BENCH))
 SIZES = {"1m": 20_000, "10m": 200_000, "50m": 1_000_000}  # users, ~50 events each
 K = 6
 KMEANS_MAX_ITER = 20
+# Untimed runs before the timed repeats of every measurement, Spark and peer alike.
+WARMUP = 1
 ALS_RANK, ALS_REG, ALS_ALPHA, ALS_ITER = 32, 0.05, 5.0, 10
 # `implicit` weighs its input differently: at Spark's alpha 5 its NDCG@10 on
 # the 1M data was 0.196 against Spark's 0.208 (regularization 0.05 to 8 made
@@ -116,13 +120,23 @@ class Peaks:
         self.jvm = peak_mb(self.jvm_pid) if self.jvm_pid else None
 
 
-def timed(action: Callable[[], object], repeats: int) -> tuple[list[float], object]:
+def timed(
+    action: Callable[[], object], repeats: int, warmup: int = WARMUP
+) -> tuple[list[float], object, list[float]]:
+    """`action` run `warmup` times, then `repeats` timed times: (timed seconds, last result,
+    warm-up seconds). The warm-up runs pay the JVM's compilation, Delta's log
+    replay and file listings; both sides of a comparison get the same number."""
+    warm = []
+    for _ in range(warmup):
+        started = time.perf_counter()
+        action()
+        warm.append(time.perf_counter() - started)
     seconds, result = [], None
     for _ in range(repeats):
         started = time.perf_counter()
         result = action()
         seconds.append(time.perf_counter() - started)
-    return seconds, result
+    return seconds, result, warm
 
 
 def median(values: list[float]) -> float:
@@ -207,13 +221,15 @@ def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | 
         return spark_metrics(lake, conf, as_of, categories)
 
     with Peaks(jvm) as spark_mem:
-        seconds, _ = timed(lambda: metrics().write.format("noop").mode("overwrite").save(), repeats)
+        seconds, _, warm = timed(
+            lambda: metrics().write.format("noop").mode("overwrite").save(), repeats
+        )
     files = {
         name: snapshot_files(lake.path(name))
         for name in (t.SILVER_EVENTS.name, t.BRONZE_USERS.name, t.BRONZE_ITEMS.name)
     }
     with Peaks(None) as peer_mem:
-        peer_seconds, duck = timed(
+        peer_seconds, duck, peer_warm = timed(
             lambda: duckdb_user_metrics(
                 files[t.SILVER_EVENTS.name],
                 files[t.BRONZE_USERS.name],
@@ -240,6 +256,7 @@ def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | 
         throughput=n_events / median(seconds),
         throughput_unit="events/s",
         mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
         detail={"differences": diffs},
     )
 
@@ -280,10 +297,11 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         return model
 
     with Peaks(jvm) as spark_mem:
-        seconds, _ = timed(spark_fit, repeats)
+        seconds, _, warm = timed(spark_fit, repeats)
     # The same fit stopped after one iteration: what a fit costs besides its
     # iterations (reading the data, k-means|| seeding, the summary).
-    one_iter, _ = timed(lambda: spark_fit(1, keep=False), repeats)
+    one_iter, _, _ = timed(lambda: spark_fit(1, keep=False), repeats)
+    warm_fits, fits = fits[: len(warm)], fits[len(warm) :]
     per_iter = [s / m.summary.numIter for s, m in zip(seconds, fits, strict=True)]
     arrow = data.select(vector_to_array(col).alias("v")).toArrow().column("v").combine_chunks()
     x = arrow.values.to_numpy(zero_copy_only=False).reshape(len(arrow), -1)
@@ -302,8 +320,9 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         return model
 
     with Peaks(None) as peer_mem:
-        peer_seconds, _ = timed(peer_fit, repeats)
-    peer_one_iter, _ = timed(lambda: peer_fit(1, keep=False), repeats)
+        peer_seconds, _, peer_warm = timed(peer_fit, repeats)
+    peer_one_iter, _, _ = timed(lambda: peer_fit(1, keep=False), repeats)
+    peer_warm_fits, peer_fits = peer_fits[: len(peer_warm)], peer_fits[len(peer_warm) :]
     peer_per_iter = [s / m.n_iter_ for s, m in zip(peer_seconds, peer_fits, strict=True)]
     cost = min(m.summary.trainingCost for m in fits)
     peer_cost = min(float(m.inertia_) for m in peer_fits)
@@ -319,6 +338,10 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         throughput=users * median([m.summary.numIter for m in fits]) / median(seconds),
         throughput_unit="user-iterations/s",
         mem=(spark_mem, peer_mem),
+        warmup=(
+            [s / m.summary.numIter for s, m in zip(warm, warm_fits, strict=True)],
+            [s / m.n_iter_ for s, m in zip(peer_warm, peer_warm_fits, strict=True)],
+        ),
         detail={
             "users": users,
             "dimensions": int(x.shape[1]),
@@ -440,8 +463,8 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         return model
 
     with Peaks(jvm) as spark_mem:
-        seconds, model = timed(spark_fit, repeats)
-    one_iter, _ = timed(lambda: spark_fit(1), repeats)
+        seconds, model, warm = timed(spark_fit, repeats)
+    one_iter, _, _ = timed(lambda: spark_fit(1), repeats)
     seen = data.train_idx.select(rc.USER_IDX, rc.ITEM_IDX)
     eval_users = model.userFactors.join(
         data.eval_idx.withColumnRenamed(rc.USER_IDX, "id"), "id", "left_semi"
@@ -472,8 +495,8 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
 
     # implicit asks for a single-threaded BLAS (its own threads do the work).
     with Peaks(None) as peer_mem, threadpool_limits(1, "blas"):
-        peer_seconds, peer = timed(peer_fit, repeats)
-        peer_one_iter, _ = timed(lambda: peer_fit(1), repeats)
+        peer_seconds, peer, peer_warm = timed(peer_fit, repeats)
+        peer_one_iter, _, _ = timed(lambda: peer_fit(1), repeats)
     eval_ids = data.eval_idx.toArrow().column(rc.USER_IDX).to_numpy()
     ids, _ = peer.recommend(eval_ids, matrix[eval_ids], N=10, filter_already_liked_items=True)
     peer_recs = spark.createDataFrame(_pandas(eval_ids, ids, rc)).where(F.col(rc.ITEM_IDX) >= 0)
@@ -490,6 +513,7 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         throughput=data.pairs * ALS_ITER / median(seconds),
         throughput_unit="pair-iterations/s",
         mem=(spark_mem, peer_mem),
+        warmup=([s / ALS_ITER for s in warm], [s / ALS_ITER for s in peer_warm]),
         detail={
             "training_pairs": data.pairs,
             "users": data.n_users,
@@ -555,11 +579,15 @@ def bench_recommend_all(spark, model, n_events: int, repeats: int, jvm: int | No
         return rc.score_top_n(users_df, items_df, TOP_N)
 
     with Peaks(jvm) as spark_mem:
-        seconds, _ = timed(lambda: blocked().write.format("noop").mode("overwrite").save(), repeats)
+        seconds, _, warm = timed(
+            lambda: blocked().write.format("noop").mode("overwrite").save(), repeats
+        )
     user_ids, user_vectors = factors(users_df)
     item_ids, item_vectors = factors(items_df)
     with Peaks(None) as peer_mem:
-        peer_seconds, top = timed(lambda: numpy_top_n(user_vectors, item_vectors, TOP_N), repeats)
+        peer_seconds, top, peer_warm = timed(
+            lambda: numpy_top_n(user_vectors, item_vectors, TOP_N), repeats
+        )
     rng = np.random.default_rng(0)
     sample = rng.choice(len(user_ids), size=min(SAMPLE_USERS, len(user_ids)), replace=False)
     mine = (
@@ -587,6 +615,7 @@ def bench_recommend_all(spark, model, n_events: int, repeats: int, jvm: int | No
         throughput=scores / median(seconds),
         throughput_unit="scores/s",
         mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
         detail={"users": n_users, "items": n_items, "n": TOP_N, "rank": ALS_RANK},
     )
     out["ns_per_score"] = round(median(seconds) / scores * 1e9, 3)
@@ -609,9 +638,11 @@ def row(
     throughput: float,
     throughput_unit: str,
     mem: tuple[Peaks, Peaks | None],
+    warmup: tuple[list[float], list[float] | None],
     detail: dict,
 ) -> dict:
     spark_mem, peer_mem = mem
+    warm, peer_warm = warmup
     m = median(seconds)
     pm = median(peer_seconds) if peer_seconds else None
     return {
@@ -622,6 +653,8 @@ def row(
         "peer": peer,
         "peer_seconds": round(pm, 4) if pm is not None else None,
         "peer_repeats": [round(s, 4) for s in peer_seconds] if peer_seconds else None,
+        "warmup_seconds": [round(s, 4) for s in warm],
+        "peer_warmup_seconds": [round(s, 4) for s in peer_warm] if peer_warm else None,
         "ratio": round(m / pm, 2) if pm else None,
         "quality": quality,
         "peer_quality": peer_quality,
