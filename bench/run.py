@@ -123,9 +123,12 @@ class Peaks:
 def timed(
     action: Callable[[], object], repeats: int, warmup: int = WARMUP
 ) -> tuple[list[float], object, list[float]]:
-    """`action` run `warmup` times, then `repeats` timed times: (timed seconds, last result,
-    warm-up seconds). The warm-up runs pay the JVM's compilation, Delta's log
-    replay and file listings; both sides of a comparison get the same number."""
+    """`action` run `warmup` times untimed, then `repeats` times timed.
+
+    Returns the timed seconds, the last result and the warm-up seconds. The
+    warm-up runs pay the JVM's compilation, Delta's log replay and file
+    listings; both sides of a comparison get the same number.
+    """
     warm = []
     for _ in range(warmup):
         started = time.perf_counter()
