@@ -16,6 +16,7 @@ one (for example `privacy.hash_key_env`), and the value is read at run time.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import datetime as dt
 import hashlib
@@ -146,6 +147,8 @@ class GenerateConf:
 
 
 ColumnType = Literal["string", "int", "long", "double", "boolean", "date", "timestamp"]
+# Numeric timestamps: seconds, milliseconds or microseconds since the Unix epoch.
+EPOCH_FORMATS = {"epoch_s": 1_000_000, "epoch_ms": 1_000, "epoch_us": 1}
 SourceFormat = Literal["csv", "json", "parquet", "whitespace", "fixed_width"]
 LAKEHOUSE_ROOT = "${lakehouse.root}"
 
@@ -154,10 +157,17 @@ LAKEHOUSE_ROOT = "${lakehouse.root}"
 class ColumnConf:
     """One target column of a source: where it comes from, its type and its rules."""
 
-    # Source column name (default: the target name). Ignored for fixed_width.
-    source: str | None = None
+    # Source column name (default: the target name), or its 0-based position in
+    # a csv or whitespace line. Ignored for fixed_width.
+    source: str | int | None = None
+    # Or a Spark SQL expression over the source's columns (read as text), e.g.
+    # "Quantity * UnitPrice"; evaluated leniently: a value that does not convert
+    # gives null (a quarantined record), never a failed job.
+    expr: str | None = None
     type: ColumnType = "string"
-    # Date/timestamp pattern (Spark datetime pattern), e.g. yyyyMMdd.
+    # Date/timestamp pattern (Spark datetime pattern), e.g. yyyyMMdd, or
+    # epoch_s / epoch_ms / epoch_us for seconds, milliseconds or microseconds
+    # since 1970-01-01 UTC.
     format: str | None = None
     required: bool = False
     min: float | None = None
@@ -177,6 +187,12 @@ class SourceConf:
     format: SourceFormat = "csv"
     # Reader options, e.g. header, sep (csv); header (whitespace).
     options: dict[str, str] = field(default_factory=dict)
+    # Field names of a csv or whitespace file without a header, in order.
+    names: list[str] | None = None
+    # Character set of a text source (csv, json, whitespace, fixed_width), e.g.
+    # ISO-8859-1 or windows-1252; default UTF-8. gzip and bz2 files (by their
+    # extension) are read as they are, whatever the encoding.
+    encoding: str | None = None
     columns: dict[str, ColumnConf] = field(default_factory=dict)
     # Target columns set to a value for every record, e.g. event_type: purchase.
     constants: dict[str, str] = field(default_factory=dict)
@@ -804,9 +820,11 @@ def _validate_sources(config: Config) -> None:
         targets = set(src.columns) | set(src.constants)
         missing_key = sorted(set(src.key) - targets)
         _check(not missing_key, f"{key}.key", origin, f"{missing_key} are not target columns")
+        _validate_source_reading(name, src, origin)
         for col, spec in src.columns.items():
             ckey = f"{key}.columns.{col}"
             _check(bool(_PLAIN_NAME.match(col)), ckey, origin, "name must be lower_snake_case")
+            _validate_column_source(name, src, col, spec, origin)
             if src.format == "fixed_width":
                 _check(
                     spec.start is not None and spec.start >= 1 and (spec.length or 0) >= 1,
@@ -834,6 +852,109 @@ def _validate_sources(config: Config) -> None:
     if wanted is not None:
         unknown = sorted(set(wanted) - set(config.sources))
         _check(not unknown, "ingest.sources", origin, f"unknown source(s) {unknown}")
+
+
+TEXT_FORMATS = ("csv", "json", "whitespace", "fixed_width")
+
+
+def _validate_source_reading(name: str, src: SourceConf, origin: str) -> None:
+    """How a source's files are read: field names, encoding."""
+    key = f"sources.{name}"
+    headed = src.options.get("header", "false").lower() == "true"
+    if src.names is not None:
+        _check(
+            src.format in ("csv", "whitespace"),
+            f"{key}.names",
+            origin,
+            "only csv and whitespace sources without a header take names",
+        )
+        _check(
+            not headed,
+            f"{key}.names",
+            origin,
+            "the files have a header (options.header: true): their own names are used",
+        )
+        _check(
+            bool(src.names) and all(isinstance(n, str) and n for n in src.names),
+            f"{key}.names",
+            origin,
+            "must be a non-empty list of field names",
+        )
+        dupes = sorted({n for n in src.names if src.names.count(n) > 1})
+        _check(not dupes, f"{key}.names", origin, f"{dupes} appear more than once")
+    if src.encoding is not None:
+        _check(
+            src.format in TEXT_FORMATS,
+            f"{key}.encoding",
+            origin,
+            f"only text sources ({', '.join(TEXT_FORMATS)}) take an encoding",
+        )
+        try:
+            codec = codecs.lookup(src.encoding)
+        except LookupError:
+            raise ConfigError(
+                f"{origin}: {key}.encoding: unknown character set {src.encoding!r} "
+                "(e.g. UTF-8, ISO-8859-1, windows-1252)"
+            ) from None
+        # Lines are split on the bytes of \n before decoding.
+        _check(
+            "a\n".encode(codec.name) == b"a\n",
+            f"{key}.encoding",
+            origin,
+            f"{src.encoding!r} is not ASCII-compatible; lines cannot be split in it "
+            "(convert the files to UTF-8)",
+        )
+
+
+def _validate_column_source(
+    name: str, src: SourceConf, col: str, spec: ColumnConf, origin: str
+) -> None:
+    """Where a target column's value comes from: a field, a position or an expression."""
+    ckey = f"sources.{name}.columns.{col}"
+    headed = src.options.get("header", "false").lower() == "true"
+    if spec.expr is not None:
+        _check(
+            spec.source is None,
+            f"{ckey}.expr",
+            origin,
+            "a column takes either `source` or `expr`, not both",
+        )
+        _check(bool(spec.expr.strip()), f"{ckey}.expr", origin, "must not be empty")
+        _check(
+            src.format != "fixed_width",
+            f"{ckey}.expr",
+            origin,
+            "fixed_width fields have no names for an expression to use",
+        )
+        _check(
+            src.format not in ("csv", "whitespace") or headed or src.names is not None,
+            f"{ckey}.expr",
+            origin,
+            "a file without a header needs `names` for an expression to refer to its fields",
+        )
+    if isinstance(spec.source, int):
+        _check(
+            src.format in ("csv", "whitespace"),
+            f"{ckey}.source",
+            origin,
+            "a position (0, 1, ...) names a field of csv or whitespace lines only",
+        )
+        _check(spec.source >= 0, f"{ckey}.source", origin, "a position must be >= 0")
+        if src.names is not None:
+            _check(
+                spec.source < len(src.names),
+                f"{ckey}.source",
+                origin,
+                f"position {spec.source} is past the {len(src.names)} names",
+            )
+    elif src.names is not None and spec.expr is None:
+        field_name = spec.source or col
+        _check(
+            field_name in src.names or re.fullmatch(r"_c\d+", field_name) is not None,
+            f"{ckey}.source",
+            origin,
+            f"{field_name!r} is not one of the names {src.names}",
+        )
 
 
 def _validate_features(config: Config) -> None:

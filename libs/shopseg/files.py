@@ -172,17 +172,38 @@ def content_hashes(spark: SparkSession, paths: Sequence[str]) -> dict[str, str]:
     return dict(rdd.mapPartitions(hash_all).collect())
 
 
-def first_line(path: str, max_bytes: int = 1 << 20) -> str | None:
-    """The first non-blank line of a text file (gzip and other codecs detected by
-    extension), without its line break; None for a file with no such line."""
+def first_lines(
+    path: str, n: int = 1, encoding: str | None = None, max_bytes: int = 1 << 20
+) -> list[str]:
+    """The first `n` non-blank lines of a text file (gzip, bz2 and other codecs
+    detected by extension, as Spark does), without their line breaks, decoded
+    from `encoding` (default UTF-8; invalid bytes as U+FFFD)."""
     filesystem, inner = _arrow_fs(path)
     with filesystem.open_input_stream(inner) as stream:
         head = stream.read(max_bytes)
+    found = []
     for line in re.split(rb"\r\n|\r|\n", head):
-        text = line.decode("utf-8", errors="replace")
+        text = line.decode(encoding or "utf-8", errors="replace")
         if text.strip():
-            return text
-    return None
+            found.append(text)
+            if len(found) == n:
+                break
+    return found
+
+
+def first_line(path: str, encoding: str | None = None) -> str | None:
+    """The first non-blank line of a text file (see `first_lines`); None for a file
+    with no such line."""
+    lines = first_lines(path, 1, encoding)
+    return lines[0] if lines else None
+
+
+# Extensions Spark's text reader decompresses (Hadoop's codecs), as Arrow detects them.
+COMPRESSED_EXTENSIONS = (".gz", ".bz2", ".zst", ".lz4")
+
+
+def is_compressed(path: str) -> bool:
+    return path.lower().endswith(COMPRESSED_EXTENSIONS)
 
 
 def write_text(path: str, text: str) -> None:

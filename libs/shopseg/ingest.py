@@ -19,20 +19,21 @@ one already loaded is `unchanged`: counted, neither stored nor quarantined.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import hmac
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pandas as pd
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.functions import pandas_udf
 
 from shopseg import tables as t
-from shopseg.config import ColumnConf, ShopsegError, SourceConf
+from shopseg.config import EPOCH_FORMATS, ColumnConf, ShopsegError, SourceConf
 
 RAW = "_raw_"
 MALFORMED = "_malformed"
@@ -64,9 +65,54 @@ class IngestError(ShopsegError):
     """A source cannot be ingested at all (missing path or column, unreadable format)."""
 
 
-def source_field(target: str, spec: ColumnConf) -> str:
-    """The source field a target column reads."""
+def source_field(target: str, spec: ColumnConf) -> str | None:
+    """The source field a target column reads (`_cN` for a position); None for an
+    expression."""
+    if spec.expr is not None:
+        return None
+    if isinstance(spec.source, int):
+        return f"_c{spec.source}"
     return spec.source or target
+
+
+def derived_columns(source: SourceConf) -> dict[str, str]:
+    """Target columns given by an expression, with the expression."""
+    return {c: s.expr for c, s in source.columns.items() if s.expr is not None}
+
+
+def source_fields(source: SourceConf, available: Sequence[str] | None = None) -> list[str]:
+    """The fields a source's records are parsed into: those the columns name, and,
+    when some column is an expression, every field the files have (`available`)."""
+    named = {f for c, s in source.columns.items() if (f := source_field(c, s)) is not None}
+    if derived_columns(source):
+        if available is None:
+            raise IngestError("the fields of a source with expressions must be known")
+        named |= set(available)
+    return sorted(named)
+
+
+@contextlib.contextmanager
+def lenient_analysis(spark: SparkSession) -> Iterator[None]:
+    """Build plans with Spark's non-ANSI rules and every Java character set.
+
+    Both settings are taken when a plan is analysed, not when it runs, so
+    the plans built inside keep them: an expression over text fields gives
+    null for a value that does not convert (the record is quarantined) where
+    ANSI mode would fail the whole job, and `decode` accepts charsets such as
+    windows-1252. The session's settings are restored on exit.
+    """
+    settings = {"spark.sql.ansi.enabled": "false", "spark.sql.legacy.javaCharsets": "true"}
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                spark.conf.unset(k)
+            else:
+                spark.conf.set(k, v)
 
 
 def header_fields(line: str, fmt: str, options: Mapping[str, str]) -> list[str]:
@@ -88,38 +134,54 @@ def has_header(source: SourceConf) -> bool:
 # --------------------------------------------------------------------------- parsing
 
 
-def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | None) -> DataFrame:
+def parse_text_records(
+    lines: DataFrame,
+    source: SourceConf,
+    header_line: str | None,
+    available: Sequence[str] | None = None,
+) -> DataFrame:
     """One row per record of a line-based source (csv, json, whitespace, fixed_width).
 
     Args:
-        lines: `value` (a line) and `source_file`.
+        lines: `value` (a line, as bytes read) and `source_file`.
         source: the source's configuration.
         header_line: the header line of a csv or whitespace source with a
             header (every file's copy of it is skipped), else None. Without
-            a header, fields are named _c0, _c1, ...
+            a header, fields are named by `source.names`, else _c0, _c1, ...
+        available: the fields a json source's records have (needed only when
+            a column is an expression).
 
     Returns:
-        `record` (the line), `source_file`, `_malformed`, and `_raw_<field>`
-        for every field the columns read (blank fields as null).
+        `record` (the line, decoded from `source.encoding`), `source_file`,
+        `_malformed`, and `_raw_<field>` for every field the columns read
+        (blank fields as null).
     """
-    # Spark's text reader already splits on \n, \r\n and \r.
-    base = lines.select(
-        F.make_valid_utf8(F.col("value")).alias(RECORD),
-        F.col("value").cast("binary").alias(RECORD_BYTES),
-        F.col(SOURCE_FILE),
-        *_carried(lines),
-    ).filter(F.trim(F.col(RECORD)) != "")
+    # Spark's text reader already splits on \n, \r\n and \r, and decompresses
+    # gzip and bz2 files by their extension.
+    value = F.col("value")
+    text = F.decode(value.cast("binary"), source.encoding) if source.encoding else None
+    with lenient_analysis(lines.sparkSession) if text is not None else contextlib.nullcontext():
+        base = lines.select(
+            (text if text is not None else F.make_valid_utf8(value)).alias(RECORD),
+            value.cast("binary").alias(RECORD_BYTES),
+            F.col(SOURCE_FILE),
+            *_carried(lines),
+        )
+    base = base.filter(F.trim(F.col(RECORD)) != "")
     fmt = source.format
-    fields = sorted({source_field(c, s) for c, s in source.columns.items()})
-    names = header_fields(header_line, fmt, source.options) if header_line else None
     if header_line is not None:
+        names: list[str] | None = header_fields(header_line, fmt, source.options)
         if fmt == "whitespace":
             spaced = F.regexp_replace(F.trim(F.col(RECORD)), r"\s+", " ")
             base = base.filter(spaced != " ".join(header_line.split()))
         else:
             base = base.filter(F.col(RECORD) != header_line.rstrip("\r\n"))
+    else:
+        names = list(source.names) if source.names else None
+    named = [f for c, s in source.columns.items() if (f := source_field(c, s)) is not None]
     if names is None and fmt in ("csv", "whitespace"):
-        names = [f"_c{i}" for i in range(1 + max(_position(f) for f in fields))]
+        names = [f"_c{i}" for i in range(1 + max((_position(f) for f in named), default=0))]
+    fields = source_fields(source, names if fmt in ("csv", "whitespace") else available)
 
     raws: dict[str, Column] = {}
     if fmt == "json":
@@ -129,7 +191,7 @@ def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | 
         )
         options = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt"}
         base = base.withColumn("_p", F.from_json(F.col(RECORD), schema, options))
-        raws = {f: F.col(f"_p.{f}") for f in fields}
+        raws = {f: F.col("_p").getField(f) for f in fields}
         malformed = F.col("_p").isNull() | F.col("_p._corrupt").isNotNull()
     elif fmt == "csv":
         assert names is not None
@@ -143,12 +205,12 @@ def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | 
             "columnNameOfCorruptRecord": "_corrupt",
         }
         base = base.withColumn("_p", F.from_csv(F.col(RECORD), schema.simpleString(), options))
-        raws = {f: F.col(f"_p._f{names.index(f)}") for f in fields}
+        raws = {f: F.col(f"_p._f{_field_index(f, names)}") for f in fields}
         malformed = F.col("_p._corrupt").isNotNull()
     elif fmt == "whitespace":
         assert names is not None
         base = base.withColumn("_p", F.split(F.trim(F.col(RECORD)), r"\s+"))
-        raws = {f: F.get(F.col("_p"), names.index(f)) for f in fields}
+        raws = {f: F.get(F.col("_p"), _field_index(f, names)) for f in fields}
         malformed = F.size(F.col("_p")) != len(names)
     elif fmt == "fixed_width":
         for target, spec in source.columns.items():
@@ -173,6 +235,19 @@ def parse_text_records(lines: DataFrame, source: SourceConf, header_line: str | 
     )
 
 
+def _field_index(field: str, names: Sequence[str]) -> int:
+    """Where a field is on a line: its place among the names, or the N of `_cN`."""
+    if field in names:
+        return list(names).index(field)
+    position = _position(field)
+    if position >= len(names):
+        raise IngestError(
+            f"field position {position} is past the {len(names)} fields of the lines "
+            f"({list(names)})"
+        )
+    return position
+
+
 def _carried(df: DataFrame) -> list[str]:
     """Columns passed through parsing and validation unchanged (position, raw bytes)."""
     return [c for c in (POSITION, RECORD_BYTES) if c in df.columns]
@@ -182,25 +257,80 @@ def _position(field: str) -> int:
     """Index of a `_cN` field name (sources without a header)."""
     if not (field.startswith("_c") and field[2:].isdigit()):
         raise IngestError(
-            f"field {field!r}: a source without a header names its fields _c0, _c1, ..."
+            f"field {field!r} is not on the lines: a source without a header names its "
+            "fields in `names`, by position (source: 0) or as _c0, _c1, ..."
         )
     return int(field[2:])
 
 
 def parse_parquet_records(rows: DataFrame, source: SourceConf) -> DataFrame:
     """One row per Parquet record: the record as JSON text, the fields as they are typed."""
-    fields = sorted({source_field(c, s) for c, s in source.columns.items()})
     data_columns = [c for c in rows.columns if c not in (SOURCE_FILE, POSITION)]
+    fields = source_fields(source, data_columns)
     return rows.select(
         F.to_json(F.struct(*[F.col(c) for c in data_columns])).alias(RECORD),
         F.col(SOURCE_FILE),
         *_carried(rows),
         F.lit(False).alias(MALFORMED),
-        *[F.col(f).alias(RAW + f) for f in fields],
+        *[F.col(f"`{f}`").alias(RAW + f) for f in fields],
     )
 
 
 # --------------------------------------------------------------------------- validation
+
+
+EXPR = "_expr_"
+# Beyond these, an epoch number is no plausible timestamp (the year 5138).
+_EPOCH_LIMIT_SECONDS = 1e11
+
+
+def epoch_timestamp(raw: Column, unit: str) -> Column:
+    """A number of seconds, milliseconds or microseconds since 1970-01-01 UTC as a
+    timestamp; null for text that is no number or a value past the year 5138."""
+    micros_per_unit = EPOCH_FORMATS[unit]
+    number = raw.try_cast("double")
+    micros = number * F.lit(float(micros_per_unit))
+    plausible = F.abs(micros) < F.lit(_EPOCH_LIMIT_SECONDS * 1e6)
+    return F.timestamp_micros(F.when(plausible, F.round(micros).cast("long")))
+
+
+def with_derived_columns(records: DataFrame, source: SourceConf) -> DataFrame:
+    """Add `_expr_<target>` for each column given by an expression over the fields.
+
+    The expressions see every parsed field under its own name, as text (or as
+    typed in a Parquet file), and are analysed leniently (`lenient_analysis`).
+
+    Raises:
+        IngestError: an expression that Spark cannot analyse (an unknown
+            field, a syntax error), naming the column and the fields there are.
+    """
+    derived = derived_columns(source)
+    if not derived:
+        return records
+    raws = [c for c in records.columns if c.startswith(RAW)]
+    others = [c for c in records.columns if not c.startswith(RAW)]
+    carry = "__shopseg_carried"
+    spark = records.sparkSession
+    with lenient_analysis(spark):
+        fields = records.select(
+            F.struct(*others).alias(carry),
+            *[F.col(f"`{c}`").alias(c[len(RAW) :]) for c in raws],
+        )
+        out = fields
+        for target, expression in derived.items():
+            try:
+                out = out.withColumn(EXPR + target, F.expr(expression))
+            except Exception as exc:  # noqa: BLE001 - Spark's analysis errors vary by kind
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise IngestError(
+                    f"columns.{target}.expr {expression!r} cannot be evaluated: {first} "
+                    f"(fields: {[c[len(RAW) :] for c in raws]})"
+                ) from None
+        return out.select(
+            f"{carry}.*",
+            *[F.col(f"`{c[len(RAW) :]}`").alias(c) for c in raws],
+            *[EXPR + target for target in derived],
+        )
 
 
 def _parse(raw: Column, raw_type: T.DataType, spec: ColumnConf) -> Column:
@@ -208,7 +338,9 @@ def _parse(raw: Column, raw_type: T.DataType, spec: ColumnConf) -> Column:
         return raw.cast("string")
     is_text = isinstance(raw_type, T.StringType)
     if spec.type in ("date", "timestamp"):
-        if is_text and spec.format:
+        if spec.format in EPOCH_FORMATS:
+            ts = epoch_timestamp(raw, spec.format)
+        elif is_text and spec.format:
             ts = F.try_to_timestamp(raw, F.lit(spec.format))
         else:
             ts = raw.try_cast("timestamp")
@@ -232,13 +364,19 @@ def with_validation(
 
     Key columns count as required. Constants become columns of their own.
     """
+    records = with_derived_columns(records, source)
     raw_types = {f.name: f.dataType for f in records.schema.fields}
     limit = ingested_at + F.make_interval(mins=F.lit(future_tolerance_minutes))
     typed = []
     checks: list[Column] = []
     for target, spec in source.columns.items():
-        raw_name = RAW + (target if source.format == "fixed_width" else source_field(target, spec))
-        raw = F.col(raw_name)
+        if spec.expr is not None:
+            raw_name = EXPR + target
+        elif source.format == "fixed_width":
+            raw_name = RAW + target
+        else:
+            raw_name = RAW + str(source_field(target, spec))
+        raw = F.col(f"`{raw_name}`")
         parsed = _parse(raw, raw_types[raw_name], spec)
         typed.append(parsed.alias(target))
         value = F.col(target)
@@ -260,9 +398,15 @@ def with_validation(
         if spec.type in ("date", "timestamp"):
             checks.append(F.when(value > limit, F.lit(f"future:{target}")))
     constants = [F.lit(v).alias(k) for k, v in source.constants.items()]
-    raw_columns = [c for c in records.columns if c.startswith(RAW)]
+    raw_columns = [c for c in records.columns if c.startswith((RAW, EXPR))]
     out = records.select(
-        RECORD, SOURCE_FILE, *_carried(records), MALFORMED, *raw_columns, *typed, *constants
+        RECORD,
+        SOURCE_FILE,
+        *_carried(records),
+        MALFORMED,
+        *[F.col(f"`{c}`") for c in raw_columns],
+        *typed,
+        *constants,
     )
     reason = F.when(F.col(MALFORMED), F.lit("malformed_record")).otherwise(
         F.array_join(F.array_compact(F.array(*checks)), ";") if checks else F.lit("")

@@ -56,6 +56,8 @@ class SourcePlan:
     conf: SourceConf
     files: list[SourceFile]
     new_files: list[SourceFile] = field(default_factory=list)
+    # The fields a json source's records have (from a sample), for expressions.
+    fields: list[str] | None = None
     # Skipped files: (file, why) where why names the file already holding the content.
     skipped: list[tuple[SourceFile, str]] = field(default_factory=list)
 
@@ -71,15 +73,26 @@ def _list_files(spark: SparkSession, name: str, path: str) -> list[SourceFile]:
     return [SourceFile(f.path, f.size, f.modified) for f in listed]
 
 
+def _named_fields(src: SourceConf, required_only: bool = False) -> set[str]:
+    """Fields the columns read by name (not by position, not through an expression)."""
+    return {
+        str(source_field(c, s))
+        for c, s in src.columns.items()
+        if s.expr is None
+        and not isinstance(s.source, int)
+        and (not required_only or s.required or c in src.key)
+    }
+
+
 def _check_fields(name: str, src: SourceConf, where: str, available: set[str]) -> None:
-    required = {source_field(c, s) for c, s in src.columns.items() if s.required or c in src.key}
+    required = _named_fields(src, required_only=True)
     if missing := sorted(required - available):
         raise IngestError(
             f"source {name}: required column(s) {missing} not found in {where} "
             f"(found: {sorted(available)})"
         )
     if src.format in ("csv", "whitespace", "parquet"):
-        absent = sorted({source_field(c, s) for c, s in src.columns.items()} - available)
+        absent = sorted(_named_fields(src) - available)
         if absent:
             raise IngestError(
                 f"source {name}: column(s) {absent} not found in {where} "
@@ -92,7 +105,7 @@ def _with_headers(name: str, src: SourceConf, new: list[SourceFile]) -> list[Sou
     out = []
     for f in new:
         try:
-            header = files.first_line(f.path)
+            header = files.first_line(f.path, src.encoding)
         except OSError as exc:
             raise IngestError(f"source {name}: cannot read {f.path}: {exc}") from None
         if header is None:
@@ -135,7 +148,8 @@ def _check_new_files(spark: SparkSession, plan: SourcePlan) -> None:
                 f"source {name}: none of the first {JSON_SAMPLE_LINES} lines is a JSON object; "
                 "is the format right?"
             )
-        _check_fields(name, src, src.path, {r.k for r in keys})
+        plan.fields = sorted(r.k for r in keys)
+        _check_fields(name, src, src.path, set(plan.fields))
 
 
 def plan_source(
@@ -229,7 +243,9 @@ def _read_records(spark: SparkSession, plan: SourcePlan) -> DataFrame:
     for f in plan.new_files:
         by_header[f.header].append(files.literal(f.path))
     parsed = [
-        ingest.parse_text_records(spark.read.text(paths).select("value", *where), plan.conf, h)
+        ingest.parse_text_records(
+            spark.read.text(paths).select("value", *where), plan.conf, h, plan.fields
+        )
         for h, paths in by_header.items()
     ]
     return _union(parsed)
@@ -307,8 +323,7 @@ def check_accounting(
         )
     for f in new_files:
         c = counts.get(f.path, FileCounts())
-        header_only = f.header is not None and f.size <= len(f.header.encode("utf-8")) + 2
-        if c.read == 0 and f.size > 0 and not header_only:
+        if c.read == 0 and f.size > 0 and not _header_only(f):
             raise IngestError(
                 f"source {source}: {f.path} has {f.size} bytes but yielded no records; "
                 "nothing was committed"
@@ -327,6 +342,14 @@ def check_accounting(
                 f"quarantined {total.quarantined}, unchanged {total.unchanged}); "
                 "nothing was committed"
             )
+
+
+def _header_only(f: SourceFile) -> bool:
+    """A file holding no record line: its header at most (compressed files are
+    looked into; a plain file's size tells)."""
+    if files.is_compressed(f.path):
+        return len(files.first_lines(f.path, 2)) <= (1 if f.header is not None else 0)
+    return f.header is not None and f.size <= len(f.header.encode("utf-8")) + 2
 
 
 def _log_row(
@@ -408,10 +431,13 @@ def _ingest(ctx: StageContext) -> None:
             t.BATCH_ID: F.lit(batch_id),
             t.INGESTED_AT: stamp,
         }
-        records = _read_records(ctx.spark, plan)
-        validated = ingest.with_validation(
-            records, plan.conf, stamp, config.ingest.future_tolerance_minutes
-        )
+        try:
+            records = _read_records(ctx.spark, plan)
+            validated = ingest.with_validation(
+                records, plan.conf, stamp, config.ingest.future_tolerance_minutes
+            )
+        except IngestError as exc:
+            raise IngestError(f"source {plan.name}: {exc}") from None
         loaded = None
         compared = kept_columns(config, plan.conf)
         if plan.conf.key and ctx.lakehouse.exists(table):
@@ -450,6 +476,15 @@ def _ingest(ctx: StageContext) -> None:
             total.unchanged,
             "".join(f"; {r[ingest.REASON]}: {r['count']}" for r in reasons[:8]),
         )
+        if total.read and total.quarantined > total.read / 2:
+            ctx.log.warning(
+                "source %s: %d of %d records quarantined; are the files read as they are "
+                "written (format, options.sep, options.header, names, encoding, column "
+                "formats)?",
+                plan.name,
+                total.quarantined,
+                total.read,
+            )
         ctx.run.log_metrics(
             {
                 f"records_read.{plan.name}": total.read,
