@@ -279,3 +279,78 @@ def test_interactions_weighted_and_decayed(spark):
 
 # Snapshots at two dates, and a rerun replacing only its own: tests/test_segment.py
 # (test_transitions_recover_the_drift_the_generator_planted).
+
+
+ORDER_BRONZE = (
+    "user_id long, item_id string, event_type string, event_ts timestamp, order_id string, "
+    "quantity int, price double, amount double, item_name string, record_id string"
+)
+ORDER_LINES = [
+    # Order A: three lines on one day.
+    (1, "I1", "purchase", ts("2025-01-05"), "A", 2, 5.0, None, "MUG", "r1"),
+    (1, "I2", "purchase", ts("2025-01-05", "10:01"), "A", 1, 10.0, None, "TEA", "r2"),
+    (1, "I3", "purchase", ts("2025-01-05", "10:02"), "A", 1, 4.0, None, "CUP", "r3"),
+    # Order B: two lines on two days (one order, counted once).
+    (1, "I1", "purchase", ts("2025-01-10", "23:59"), "B", 1, 6.0, None, "MUG BIG", "r4"),
+    (1, "I4", "purchase", ts("2025-01-11", "00:01"), "B", 3, 2.0, None, None, "r5"),
+    # A purchase line without an order id counts as an order of its own.
+    (1, "I5", "purchase", ts("2025-01-20"), None, 1, 8.0, None, "PEN", "r6"),
+    # Returns: I3 from order A (negative quantity as exports write it), and an
+    # item bought before the window (matches no purchase in it: still counted).
+    (1, "I3", "return", ts("2025-01-21"), "CA", -1, 4.0, None, "CUP", "r7"),
+    (1, "I9", "return", ts("2025-01-22"), "CB", 1, None, -3.0, None, "r8"),
+    # User 2: one order of two lines, nothing returned.
+    (2, "I2", "purchase", ts("2025-01-15"), "C", 1, 10.0, None, "TEA", "r9"),
+    (2, "I1", "purchase", ts("2025-01-15"), "C", 1, 5.0, None, "BIG MUG", "r10"),
+]
+
+
+@pytest.fixture(scope="module")
+def order_events(spark):
+    return fx.build_silver_events(spark.createDataFrame(ORDER_LINES, ORDER_BRONZE)).cache()
+
+
+def test_returns_carry_positive_amounts_in_silver(order_events):
+    amounts = {r.order_id: r.amount for r in order_events.filter("event_type = 'return'").collect()}
+    assert amounts == {"CA": 4.0, "CB": 3.0}
+
+
+def test_frequency_counts_orders_and_monetary_is_net_of_returns(order_events):
+    out = fx.build_user_metrics(order_events, None, None, AS_OF, [], {}, orders=True)
+    got = {r.user_id: r for r in out.collect()}
+    u = got[1]
+    gross = 2 * 5.0 + 10.0 + 4.0 + 6.0 + 3 * 2.0 + 8.0
+    assert (u.frequency, u.lines_per_order) == (3, pytest.approx(6 / 3))
+    assert u.avg_order_value == pytest.approx(gross / 3)
+    assert (u.returns, u.monetary) == (2, pytest.approx(gross - 4.0 - 3.0))
+    assert u.return_rate == pytest.approx(7.0 / gross)
+    assert (u.purchase_days, u.discount_share) == (4, 0.0)
+    assert (got[2].frequency, got[2].lines_per_order, got[2].returns) == (1, 2.0, 0)
+    assert (got[2].monetary, got[2].return_rate) == (15.0, 0.0)
+    # Without order ids every purchase line is an order, as before.
+    lines = fx.build_user_metrics(order_events, None, None, AS_OF, [], {}, orders=False)
+    assert {r.user_id: r.frequency for r in lines.collect()} == {1: 6, 2: 2}
+
+
+def test_returned_items_carry_no_weight_in_interactions(order_events):
+    weights = {"purchase": 5.0, "return": 2.0}
+    pairs = fx.build_interactions(order_events, AS_OF, weights, None).collect()
+    strengths = {(r.user_id, r.item_id): r.strength for r in pairs}
+    assert strengths == {
+        (1, "I1"): 10.0,
+        (1, "I2"): 5.0,
+        (1, "I4"): 5.0,
+        (1, "I5"): 5.0,
+        (2, "I1"): 5.0,
+        (2, "I2"): 5.0,
+    }
+
+
+def test_a_catalogue_from_the_event_lines(spark):
+    bronze = spark.createDataFrame(ORDER_LINES, ORDER_BRONZE)
+    items = fx.build_items_from_events(bronze, "item_name", "price", None)
+    got = {r.item_id: r for r in items.collect()}
+    assert (got["I1"].item_name, got["I1"].price, got["I1"].events) == ("BIG MUG", 5.0, 3)
+    # I4's one line has no name, I9's no name and no price.
+    assert (got["I4"].item_name, got["I9"].item_name, got["I9"].price) == (None, None, None)
+    assert got["I3"].price == 4.0 and got["I3"].category is None

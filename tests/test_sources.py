@@ -266,3 +266,26 @@ sources:
     )
     with pytest.raises(ConfigError, match=rf"c\.yaml: sources\.log\.[a-z_.]+: .*{message}"):
         load_config(conf)
+
+
+def test_json_and_parquet_fields_feed_expressions(spark):
+    source = SourceConf(
+        path="x",
+        format="json",
+        table="bronze/events",
+        columns={
+            "user_id": ColumnConf(type="long", required=True),
+            "amount": ColumnConf(expr="qty * unit_price", type="double"),
+        },
+    )
+    line = '{"user_id": 3, "qty": 2, "unit_price": "1.25"}'
+    got = validate(spark, source, [line], available=["qty", "unit_price", "user_id"])
+    assert (got[line].user_id, got[line].amount) == (3, 2.5)
+
+    rows = spark.createDataFrame(
+        [(3, 2, 1.25, "f")], "user_id long, qty int, unit_price double, source_file string"
+    )
+    parquet = SourceConf(path="x", format="parquet", table="bronze/events", columns=source.columns)
+    records = ingest.parse_parquet_records(rows, parquet)
+    out = ingest.with_validation(records, parquet, F.lit(NOW).cast("timestamp"), 5).first()
+    assert (out.user_id, out.amount, out[ingest.REASON]) == (3, 2.5, "")

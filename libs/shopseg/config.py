@@ -268,6 +268,16 @@ class RfmConf:
 
 
 @dataclass
+class ItemsFromEvents:
+    """A catalogue from the event lines: which bronze/events columns describe an item."""
+
+    # e.g. item_name (mapped from the export's Description); each optional.
+    name: str | None = None
+    price: str | None = "price"
+    category: str | None = None
+
+
+@dataclass
 class FeaturesConf:
     """Stage `features`: silver events, user features, interactions."""
 
@@ -286,6 +296,8 @@ class FeaturesConf:
     # Time decay of interactions (half-life in days); null = none.
     interaction_half_life_days: float | None = None
     rfm: RfmConf = field(default_factory=RfmConf)
+    # Derive silver/items from the event lines (shops without an item file).
+    items_from_events: ItemsFromEvents | None = None
 
 
 @dataclass

@@ -36,6 +36,7 @@ SILVER_EVENT_TYPES: dict[str, T.DataType] = {
     t.EVENT_TYPE: T.StringType(),
     t.EVENT_TS: T.TimestampType(),
     t.SESSION_ID: T.StringType(),
+    t.ORDER_ID: T.StringType(),
     t.QUANTITY: T.IntegerType(),
     t.PRICE: T.DoubleType(),
     t.AMOUNT: T.DoubleType(),
@@ -79,24 +80,23 @@ def _text_ids(bronze_events: DataFrame) -> dict[str, T.DataType]:
 
 
 def build_silver_events(bronze_events: DataFrame) -> DataFrame:
-    """Clean events: typed, one row per event id, `amount` filled for purchases.
+    """Clean events: typed, one row per event id, `amount` filled for purchases and
+    returns.
 
     A source without event ids (a transaction log) gets ids hashed from its
-    bronze record ids, so identical rows stay separate purchases.
+    bronze record ids, so identical rows stay separate purchases. A return's
+    amount is what it refunded, positive whatever sign the export writes
+    (cancellation lines often carry negative quantities).
     """
     types = {**SILVER_EVENT_TYPES, **_text_ids(bronze_events), t.RECORD_ID: T.StringType()}
     df = with_missing_columns(bronze_events, types)
-    is_purchase = F.col(t.EVENT_TYPE) == "purchase"
+    kind = F.col(t.EVENT_TYPE)
+    paid = F.coalesce(F.col(t.AMOUNT), F.col(t.PRICE) * F.coalesce(F.col(t.QUANTITY), F.lit(1)))
     return (
         df.withColumn(t.EVENT_ID, F.coalesce(F.col(t.EVENT_ID), F.xxhash64(F.col(t.RECORD_ID))))
         .withColumn(
             t.AMOUNT,
-            F.when(
-                is_purchase,
-                F.coalesce(
-                    F.col(t.AMOUNT), F.col(t.PRICE) * F.coalesce(F.col(t.QUANTITY), F.lit(1))
-                ),
-            ),
+            F.when(kind == "purchase", paid).when(kind == "return", F.abs(paid)),
         )
         .withColumn(t.EVENT_DATE, F.to_date(F.col(t.EVENT_TS)))
         .dropDuplicates([t.EVENT_ID])
@@ -137,6 +137,7 @@ def top_categories(events: DataFrame, items: DataFrame, n: int) -> list[str]:
 
 
 SESSION_KEY = "_session"
+ORDER_KEY = "_order"
 CATEGORY_INDEX = "_category"
 
 
@@ -152,17 +153,26 @@ def category_index(items: DataFrame, categories: Sequence[str]) -> DataFrame:
     return items.select(t.ITEM_ID, position.alias(CATEGORY_INDEX)).where(F.col(CATEGORY_INDEX) >= 0)
 
 
-def _daily(events: DataFrame, n_categories: int) -> DataFrame:
-    """Per (user, day) sums, with `new_sessions`: sessions whose first day it is.
+def order_key(event_type: Column, order_id: Column) -> Column:
+    """A purchase's order id as a 64-bit hash, null without one (grouping key)."""
+    return F.when((event_type == "purchase") & order_id.isNotNull(), F.xxhash64(order_id))
 
-    `events` must be partitioned by user and carry `SESSION_KEY` and, with
-    categories, `CATEGORY_INDEX`. The sums are taken per (user, day, session)
-    first, so that distinct sessions come from the same pass over the events
-    rather than a second scan and shuffle.
+
+def _daily(events: DataFrame, n_categories: int, orders: bool = False) -> DataFrame:
+    """Per (user, day) sums, with `new_sessions`: sessions whose first day it is, and
+    `orders`: orders whose first day it is (purchase lines without an order id
+    count one each).
+
+    `events` must be partitioned by user and carry `SESSION_KEY`, with
+    `orders` `ORDER_KEY` and, with categories, `CATEGORY_INDEX`. The sums are
+    taken per (user, day, session[, order]) first, so that distinct sessions
+    and orders come from the same pass over the events rather than a second
+    scan and shuffle.
     """
     kind = F.col(t.EVENT_TYPE)
     purchase = kind == "purchase"
     review = kind == "review"
+    returned = kind == "return"
 
     def count_if(cond: Column) -> Column:
         return F.sum(F.when(cond, 1).otherwise(0))
@@ -173,6 +183,8 @@ def _daily(events: DataFrame, n_categories: int) -> DataFrame:
         "carts": count_if(kind == "cart"),
         "purchases": count_if(purchase),
         "amount": F.sum(F.when(purchase, F.col(t.AMOUNT))),
+        "returns": count_if(returned),
+        "returned_amount": F.sum(F.when(returned, F.col(t.AMOUNT))),
         "discounted": count_if(purchase & (F.col(t.DISCOUNT) > 0)),
         "dwell_sum": F.sum(t.DWELL_SECONDS),
         "dwell_n": F.count(t.DWELL_SECONDS),
@@ -181,18 +193,25 @@ def _daily(events: DataFrame, n_categories: int) -> DataFrame:
         "rating_n": F.count(F.when(review, F.col(t.RATING))),
         **{f"_cat{i}": count_if(F.col(CATEGORY_INDEX) == i) for i in range(n_categories)},
     }
-    per_session_day = events.groupBy(t.USER_ID, t.EVENT_DATE, SESSION_KEY).agg(
+    keys = [t.USER_ID, t.EVENT_DATE, SESSION_KEY, *([ORDER_KEY] if orders else [])]
+    per_session_day = events.groupBy(*keys).agg(
         *[value.alias(name) for name, value in sums.items()]
     )
     session = Window.partitionBy(t.USER_ID, SESSION_KEY).orderBy(t.EVENT_DATE)
     first_day = F.col(SESSION_KEY).isNotNull() & (F.row_number().over(session) == 1)
-    return (
-        per_session_day.withColumn("_new_session", F.when(first_day, 1).otherwise(0))
-        .groupBy(t.USER_ID, t.EVENT_DATE)
-        .agg(
-            *[F.sum(name).alias(name) for name in sums],
-            F.sum("_new_session").alias("new_sessions"),
-        )
+    per_session_day = per_session_day.withColumn("_new_session", F.when(first_day, 1).otherwise(0))
+    if orders:
+        # An order counts on its first day; purchase lines without an id count one each.
+        order = Window.partitionBy(t.USER_ID, ORDER_KEY).orderBy(t.EVENT_DATE)
+        new_order = F.col(ORDER_KEY).isNotNull() & (F.row_number().over(order) == 1)
+        counted = F.when(new_order, 1).when(F.col(ORDER_KEY).isNull(), F.col("purchases"))
+        per_session_day = per_session_day.withColumn("_orders", F.coalesce(counted, F.lit(0)))
+    else:
+        per_session_day = per_session_day.withColumn("_orders", F.col("purchases"))
+    return per_session_day.groupBy(t.USER_ID, t.EVENT_DATE).agg(
+        *[F.sum(name).alias(name) for name in sums],
+        F.sum("_new_session").alias("new_sessions"),
+        F.sum("_orders").alias("orders"),
     )
 
 
@@ -210,8 +229,11 @@ def _per_user(daily: DataFrame, n_categories: int) -> DataFrame:
             F.min(t.EVENT_DATE).alias("first_event_date"),
             F.max(t.EVENT_DATE).alias("last_event_date"),
             F.max(F.when(bought, F.col(t.EVENT_DATE))).alias("last_purchase_date"),
-            F.sum("purchases").alias("frequency"),
-            F.sum("amount").alias("monetary"),
+            F.sum("orders").alias("frequency"),
+            F.sum("purchases").alias("lines"),
+            F.sum("amount").alias("purchased_amount"),
+            F.sum("returns").alias("returns"),
+            F.sum("returned_amount").alias("returned_amount"),
             F.count(F.when(bought, 1)).alias("purchase_days"),
             F.avg("_gap").alias("mean_days_between_purchases"),
             F.stddev_samp("_gap").alias("std_days_between_purchases"),
@@ -312,6 +334,7 @@ def build_user_metrics(
     categories: Sequence[str],
     demographics: Mapping[str, Sequence[str]],
     lifetime: DataFrame | None = None,
+    orders: bool = False,
 ) -> DataFrame:
     """Per-user metrics at `as_of` (before RFM scores): one row per known user.
 
@@ -327,6 +350,8 @@ def build_user_metrics(
             from it (a buyer whose last purchase is older than the window is
             still a buyer), and users known only from older history get a row.
             Counts and amounts stay windowed.
+        orders: the events carry order ids (`order_id`): frequency counts
+            distinct orders, not purchase lines.
 
     Returns:
         Metrics for every user with events or a profile signed up before `as_of`.
@@ -336,13 +361,15 @@ def build_user_metrics(
     # day) first shuffled twice: 15.7 s -> 11.1 s on 10M events, 2 cores
     # (bench/run.py, docs/benchmarks.md).
     events = events.withColumn(SESSION_KEY, session_key(F.col(t.SESSION_ID)))
+    if orders:
+        events = events.withColumn(ORDER_KEY, order_key(F.col(t.EVENT_TYPE), F.col(t.ORDER_ID)))
     if items is not None and categories:
         index = F.broadcast(category_index(items, categories))
         events = events.join(index, t.ITEM_ID, "left")
     else:
         categories = []
     events = events.repartition(t.USER_ID)
-    per_user = _per_user(_daily(events, len(categories)), len(categories))
+    per_user = _per_user(_daily(events, len(categories), orders), len(categories))
     if lifetime is not None:
         per_user = per_user.drop(*LIFETIME_DATES).join(
             lifetime.select(t.USER_ID, *LIFETIME_DATES), t.USER_ID, "full"
@@ -374,10 +401,12 @@ def build_user_metrics(
             },
         )
 
-    counts = ["frequency", "purchase_days", "active_days", "sessions", "views", "carts"]
-    counts += ["discounted", "reviews", "n_events", "dwell_n", "rating_n"]
+    counts = ["frequency", "lines", "purchase_days", "active_days", "sessions", "views", "carts"]
+    counts += ["discounted", "reviews", "n_events", "dwell_n", "rating_n", "returns"]
     counts += [f"_cat{i}" for i in range(len(categories))]
-    filled = joined.fillna(0, subset=counts).fillna(0.0, subset=["monetary"])
+    filled = joined.fillna(0, subset=counts).fillna(
+        0.0, subset=["purchased_amount", "returned_amount"]
+    )
     start = F.least(F.to_date(F.col(t.SIGNUP_TS)), F.col("first_event_date"))
     as_of_lit = F.lit(as_of)
     out = filled.select(
@@ -386,8 +415,13 @@ def build_user_metrics(
         F.datediff(as_of_lit, F.col("last_purchase_date")).alias("recency_days"),
         F.datediff(as_of_lit, F.col("last_event_date")).alias("inactive_days"),
         F.col("frequency").cast("long").alias("frequency"),
-        F.col("monetary").cast("double").alias("monetary"),
-        _ratio("monetary", "frequency").alias("avg_order_value"),
+        # Net of returns, whether or not the returned purchase is in the window.
+        (F.col("purchased_amount") - F.col("returned_amount")).cast("double").alias("monetary"),
+        # What an order is worth when placed (before returns).
+        _ratio("purchased_amount", "frequency").alias("avg_order_value"),
+        _ratio("lines", "frequency").alias("lines_per_order"),
+        F.col("returns").cast("long").alias("returns"),
+        _ratio("returned_amount", "purchased_amount").alias("return_rate"),
         F.datediff(as_of_lit, start).alias("tenure_days"),
         F.col("purchase_days").cast("long").alias("purchase_days"),
         F.col("mean_days_between_purchases"),
@@ -399,7 +433,7 @@ def build_user_metrics(
         _ratio("carts", "views").alias("cart_rate"),
         _ratio("frequency", "views").alias("conversion_rate"),
         _ratio("dwell_sum", "dwell_n").alias("mean_dwell_seconds"),
-        _ratio("discounted", "frequency").alias("discount_share"),
+        _ratio("discounted", "lines").alias("discount_share"),
         F.col("reviews").cast("long").alias("review_count"),
         _ratio("rating_sum", "rating_n").alias("mean_rating"),
         F.col("first_event_date"),
@@ -430,6 +464,46 @@ def user_feature_columns(metrics: DataFrame) -> list[str]:
     return fixed[: fixed.index("r_score")] + dynamic + scores
 
 
+# --------------------------------------------------------------------------- catalogue
+
+
+def build_items_from_events(
+    bronze_events: DataFrame, name: str | None, price: str | None, category: str | None
+) -> DataFrame:
+    """A catalogue from the event lines, for shops that export no item file.
+
+    Args:
+        bronze_events: committed bronze events (item_id, event_ts and the
+            columns named below).
+        name, price, category: bronze event columns holding the item's
+            description, unit price and category (each optional).
+
+    Returns:
+        One row per item: its latest non-empty name and category, the median of
+        its positive unit prices, its number of events and its last event time.
+    """
+
+    def latest(column: str | None) -> Column:
+        if column is None:
+            return F.lit(None).cast("string")
+        value = F.col(column).cast("string")
+        return F.max_by(value, F.when(value.isNotNull(), F.col(t.EVENT_TS)))
+
+    unit_price = F.col(price).cast("double") if price else F.lit(None).cast("double")
+    return (
+        bronze_events.filter(F.col(t.ITEM_ID).isNotNull())
+        .groupBy(t.ITEM_ID)
+        .agg(
+            latest(name).alias(t.ITEM_NAME),
+            latest(category).alias(t.CATEGORY),
+            F.median(F.when(unit_price > 0, unit_price)).alias(t.PRICE),
+            F.count(F.lit(1)).alias("events"),
+            F.max(t.EVENT_TS).alias("last_event_ts"),
+        )
+        .select(*t.ITEMS.columns)
+    )
+
+
 # --------------------------------------------------------------------------- interactions
 
 
@@ -439,24 +513,30 @@ def build_interactions(
     weights: Mapping[str, float],
     half_life_days: float | None,
 ) -> DataFrame:
-    """User x item strength: weighted events (optionally decayed), from windowed events."""
-    weighted = [(kind, w) for kind, w in weights.items() if w > 0]
+    """User x item strength: weighted events (optionally decayed), from windowed events.
+
+    An item the user returned in the window carries no weight: the pair is left
+    out, however often it was viewed or bought.
+    """
+    weighted = [(kind, w) for kind, w in weights.items() if w > 0 and kind != "return"]
     weight = F.lit(0.0)
     for kind, w in reversed(weighted):
         weight = F.when(F.col(t.EVENT_TYPE) == kind, F.lit(w)).otherwise(weight)
     if half_life_days:
         age = F.datediff(F.lit(as_of), F.col(t.EVENT_DATE))
         weight = weight * F.pow(F.lit(0.5), age / F.lit(half_life_days))
+    kinds = [*[k for k, _ in weighted], "return"]
+    returned = F.col(t.EVENT_TYPE) == "return"
     return (
-        events.filter(
-            F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*[k for k, _ in weighted])
-        )
+        events.filter(F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*kinds))
         .groupBy(t.USER_ID, t.ITEM_ID)
         .agg(
             F.sum(weight).alias(t.STRENGTH),
-            F.count(F.lit(1)).alias("events"),
-            F.max(t.EVENT_TS).alias("last_event_ts"),
+            F.count(F.when(~returned, 1)).alias("events"),
+            F.max(F.when(~returned, F.col(t.EVENT_TS))).alias("last_event_ts"),
+            F.max(returned).alias("_returned"),
         )
+        .filter(~F.col("_returned") & (F.col("events") > 0))
         .withColumn(t.AS_OF_DATE, F.lit(as_of))
         .select(*t.INTERACTIONS.columns)
     )

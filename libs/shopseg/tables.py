@@ -16,6 +16,8 @@ EVENT_ID = "event_id"
 EVENT_TYPE = "event_type"
 EVENT_TS = "event_ts"
 SESSION_ID = "session_id"
+ORDER_ID = "order_id"
+ITEM_NAME = "item_name"
 QUANTITY = "quantity"
 PRICE = "price"
 DISCOUNT = "discount"
@@ -51,7 +53,7 @@ RECORD = "record"
 REASON = "reason"
 BRONZE_METADATA = (SOURCE, BATCH_ID, INGESTED_AT, SOURCE_FILE, RECORD_ID)
 
-EVENT_TYPES = ("view", "cart", "purchase", "review")
+EVENT_TYPES = ("view", "cart", "purchase", "review", "return")
 # Direct identifiers: they never leave bronze.
 DIRECT_IDENTIFIERS = (FULL_NAME, EMAIL, PHONE, "address", "ip")
 
@@ -170,6 +172,7 @@ SILVER_EVENTS = TableSpec(
         EVENT_TS,
         EVENT_DATE,
         SESSION_ID,
+        ORDER_ID,
         QUANTITY,
         PRICE,
         AMOUNT,
@@ -179,7 +182,8 @@ SILVER_EVENTS = TableSpec(
         SOURCE,
     ),
     "features",
-    "Clean, typed, deduplicated events; amount is what a purchase paid.",
+    "Clean, typed, deduplicated events; amount is what a purchase paid or a return "
+    "refunded (positive either way); order_id groups the lines of one order.",
 )
 USER_FEATURES = TableSpec(
     "silver/user_features",
@@ -191,6 +195,9 @@ USER_FEATURES = TableSpec(
         "frequency",
         "monetary",
         "avg_order_value",
+        "lines_per_order",
+        "returns",
+        "return_rate",
         "tenure_days",
         "purchase_days",
         "mean_days_between_purchases",
@@ -221,6 +228,13 @@ USER_FEATURES = TableSpec(
     "One row per user and as-of date: RFM, behaviour, category shares (share_<category>), "
     "one-hot demographics (<column>_<value>).",
     partition_by=(AS_OF_DATE,),
+)
+ITEMS = TableSpec(
+    "silver/items",
+    (ITEM_ID, ITEM_NAME, CATEGORY, PRICE, "events", "last_event_ts"),
+    "features",
+    "The catalogue derived from the event lines (`features.items_from_events`) when no "
+    "item source exists: each item's latest name and category, median unit price.",
 )
 INTERACTIONS = TableSpec(
     "silver/interactions",

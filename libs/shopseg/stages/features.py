@@ -1,4 +1,5 @@
-"""Stage `features`: bronze -> silver/events, silver/user_features, silver/interactions.
+"""Stage `features`: bronze -> silver/events, silver/user_features, silver/interactions
+(and silver/items, when the catalogue is derived from the event lines).
 
 silver/events is rebuilt from the committed bronze events on every run.
 User features and interactions are snapshots partitioned by `as_of_date`:
@@ -30,8 +31,32 @@ def run(ctx: StageContext) -> None:
         raise FileNotFoundError(f"stage features needs {t.BRONZE_EVENTS.name}; run `ingest` first")
     users = _bronze(ctx, t.BRONZE_USERS.name, log)
     items = _bronze(ctx, t.BRONZE_ITEMS.name, log)
+    derive = conf.items_from_events
+    if derive is not None:
+        named = {"name": derive.name, "price": derive.price, "category": derive.category}
+        absent = {k: v for k, v in named.items() if v and v not in bronze_events.columns}
+        if absent:
+            raise ValueError(
+                f"features.items_from_events: {absent} are not columns of "
+                f"{t.BRONZE_EVENTS.name} (columns: {sorted(bronze_events.columns)})"
+            )
+        catalogue = fx.build_items_from_events(
+            bronze_events, derive.name, derive.price, derive.category
+        )
+        ctx.write(catalogue, t.ITEMS.name, "overwrite", overwrite_schema=True)
+        if items is None:
+            items = ctx.read(t.ITEMS.name)
 
-    ctx.write(fx.build_silver_events(bronze_events), t.SILVER_EVENTS.name, "overwrite")
+    # Rebuilt from bronze on every run: its schema is this version's (a lakehouse
+    # written before order_id existed gains the column).
+    ctx.write(
+        fx.build_silver_events(bronze_events),
+        t.SILVER_EVENTS.name,
+        "overwrite",
+        overwrite_schema=True,
+    )
+    # Order ids group purchase lines into orders where the source maps them.
+    orders = t.ORDER_ID in bronze_events.columns
     events = ctx.read(t.SILVER_EVENTS.name)
     as_of = conf.as_of_date or fx.default_as_of(events)
     window = fx.filter_window(events, as_of, conf.lookback_days).cache()
@@ -48,7 +73,7 @@ def run(ctx: StageContext) -> None:
 
     lifetime = fx.build_lifetime_dates(fx.filter_window(events, as_of, None))
     metrics = fx.build_user_metrics(
-        window, users, items, as_of, categories, conf.demographics, lifetime
+        window, users, items, as_of, categories, conf.demographics, lifetime, orders
     ).cache()
     cuts = fx.rfm_cuts(metrics, conf.rfm.quantile_error)
     ctx.log.info("RFM quintile cuts among buyers: %s", cuts)

@@ -1,0 +1,186 @@
+"""The shipped examples of real export layouts, end to end, checked against the files.
+
+conf/invoice_lines_example.yaml (order lines, cancellations, missing customers,
+decimal-written ids, ISO-8859-1) through ingest -> features -> clv -> segment
+-> recommend, and conf/ratings_example.yaml (header-less, tab-separated, epoch
+seconds) through ingest -> features -> recommend. Expected values come from
+reading the files here with the csv module, independently of Spark.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections import Counter, defaultdict
+
+import pytest
+
+from shopseg import tables as t
+from shopseg.cli import main
+from shopseg.delta import Lakehouse
+
+from .conftest import FAST_WRITER, REPO
+
+DATA = REPO / "tests" / "data"
+
+
+def invoice_rows() -> list[dict[str, str]]:
+    with open(DATA / "invoice_lines_example.csv", encoding="iso-8859-1", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def customer(text: str) -> int | None:
+    """The customer id as ingest must type it: integral numbers only."""
+    if not text:
+        return None
+    value = float(text)
+    return int(value) if value == int(value) else None
+
+
+def hand_rfm(rows: list[dict[str, str]], as_of: dt.date) -> dict[int, dict]:
+    """Per customer: distinct non-cancelled invoices, purchases minus returns, recency."""
+    orders: dict[int, set[str]] = defaultdict(set)
+    lines: Counter[int] = Counter()
+    bought: dict[int, float] = defaultdict(float)
+    returned: dict[int, float] = defaultdict(float)
+    returns: Counter[int] = Counter()
+    last: dict[int, dt.date] = {}
+    for r in rows:
+        user = customer(r["CustomerID"])
+        if user is None:
+            continue
+        value = abs(int(r["Quantity"])) * float(r["UnitPrice"])
+        day = dt.datetime.fromisoformat(r["InvoiceDate"]).date()
+        if r["InvoiceNo"].startswith("C"):
+            returned[user] += value
+            returns[user] += 1
+        else:
+            orders[user].add(r["InvoiceNo"])
+            lines[user] += 1
+            bought[user] += value
+            last[user] = max(last.get(user, day), day)
+    users = set(bought) | set(returned)
+    return {
+        u: {
+            "frequency": len(orders[u]),
+            "monetary": bought[u] - returned[u],
+            "returns": returns[u],
+            "lines": lines[u],
+            "recency_days": (as_of - last[u]).days if u in last else None,
+        }
+        for u in users
+    }
+
+
+@pytest.mark.slow
+def test_invoice_lines_end_to_end_match_the_hand_computation(spark, tmp_path):
+    root = tmp_path / "retail"
+    args = ["run", "--conf", str(REPO / "conf" / "invoice_lines_example.yaml")]
+    # The sweep itself is tested on synthetic data; two k keep this short.
+    for override in (
+        f"lakehouse.root={root}",
+        FAST_WRITER,
+        "segment.algorithms=[kmeans]",
+        "segment.k_min=3",
+        "segment.k_max=4",
+        "recommend.ranks=[4]",
+    ):
+        args += ["--set", override]
+    assert main(args) == 0
+    lake = Lakehouse(spark, str(root))
+    rows = invoice_rows()
+
+    # Every line accounted for, by reason.
+    log = lake.read(t.INGEST_LOG.name).collect()
+    assert [r.records_read for r in log] == [len(rows)]
+    reasons = Counter(r.reason for r in lake.read(t.QUARANTINE.name).collect())
+    no_customer = sum(1 for r in rows if not r["CustomerID"])
+    not_integral = sum(1 for r in rows if r["CustomerID"] and customer(r["CustomerID"]) is None)
+    assert no_customer > len(rows) / 6 and not_integral == 1
+    assert reasons == {"missing:user_id": no_customer, "bad_type:user_id": not_integral}
+    assert log[0].loaded == len(rows) - no_customer - not_integral
+
+    # RFM of every customer, as the file says.
+    last_day = max(dt.datetime.fromisoformat(r["InvoiceDate"]).date() for r in rows)
+    as_of = last_day + dt.timedelta(days=1)
+    expected = hand_rfm(rows, as_of)
+    features = {r.user_id: r for r in lake.read(t.USER_FEATURES.name).collect()}
+    assert set(features) == set(expected)
+    for user, want in expected.items():
+        got = features[user]
+        assert got.as_of_date == as_of
+        assert (got.frequency, got.returns, got.recency_days) == (
+            want["frequency"],
+            want["returns"],
+            want["recency_days"],
+        ), user
+        assert got.monetary == pytest.approx(want["monetary"]), user
+        if want["frequency"]:
+            assert got.lines_per_order == pytest.approx(want["lines"] / want["frequency"])
+    # Customer 17850, written by hand in the file: invoices 536365 (3 lines)
+    # and 536366 (2 lines) on 2010-12-01, 544001 (1 line) later; C536391
+    # returns 2 x 2.55 of the first.
+    c = features[17850]
+    gross = 6 * 2.55 + 6 * 3.39 + 8 * 2.75 + 6 * 1.85 + 6 * 1.85 + 10.00
+    assert (c.frequency, c.returns, c.lines_per_order) == (3, 1, 2.0)
+    assert c.monetary == pytest.approx(gross - 2 * 2.55) == pytest.approx(84.74)
+    assert c.avg_order_value == pytest.approx(gross / 3)
+    assert c.return_rate == pytest.approx(5.10 / gross)
+    # A refund of a purchase older than the export: counted, not dropped.
+    assert (features[12999].frequency, features[12999].returns) == (0, 1)
+    assert features[12999].monetary == pytest.approx(-7.65)
+
+    # The catalogue from the lines, the ISO-8859-1 pound sign decoded.
+    items = {r.item_id: r for r in lake.read(t.ITEMS.name).collect()}
+    assert items["GV10"].item_name == "GIFT VOUCHER £10"
+    assert set(items) == {r["StockCode"] for r in rows if customer(r["CustomerID"])}
+
+    # Every buyer valued, every customer segmented, text item ids recommended.
+    value = lake.read(t.CUSTOMER_VALUE.name).collect()
+    assert {r.user_id for r in value} == {u for u, w in expected.items() if w["frequency"]}
+    segments = lake.read(t.USER_SEGMENTS.name).collect()
+    assert {r.user_id for r in segments} == set(expected)
+    assert len({r.segment_name for r in segments}) >= 3
+    recs = lake.read(t.RECOMMENDATIONS.name).collect()
+    assert {r.item_id for r in recs} <= set(items)
+    assert "85123A" in {r.item_id for r in recs} | set(items)
+    assert {r.user_id for r in recs} == set(expected)
+
+
+@pytest.mark.slow
+def test_ratings_log_end_to_end(spark, tmp_path):
+    root = tmp_path / "ratings"
+    conf = str(REPO / "conf" / "ratings_example.yaml")
+    assert (
+        main(["run", "--conf", conf, "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]) == 0
+    )
+    lake = Lakehouse(spark, str(root))
+    with open(DATA / "ratings_example.tsv", encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split("\t") for line in f if line.strip()]
+
+    log = lake.read(t.INGEST_LOG.name).collect()
+    assert (log[0].records_read, log[0].loaded) == (len(lines), len(lines) - 2)
+    reasons = sorted(r.reason for r in lake.read(t.QUARANTINE.name).collect())
+    assert reasons == ["bad_type:event_ts", "out_of_range:rating"]
+
+    good = [x for x in lines if x[2] in "12345" and x[3].isdigit()]
+    first = good[0]
+    events = lake.read(t.SILVER_EVENTS.name)
+    row = events.filter((events.user_id == int(first[0])) & (events.item_id == first[1])).collect()
+    stamps = {r.event_ts for r in row}
+    assert dt.datetime.fromtimestamp(int(first[3]), dt.UTC).replace(tzinfo=None) in stamps
+
+    ratings: dict[int, list[int]] = defaultdict(list)
+    for user, _, rating, _ in good:
+        ratings[int(user)].append(int(rating))
+    features = {r.user_id: r for r in lake.read(t.USER_FEATURES.name).collect()}
+    assert set(features) == set(ratings)
+    for user, given in ratings.items():
+        assert features[user].review_count == len(given)
+        assert features[user].mean_rating == pytest.approx(sum(given) / len(given))
+
+    recs = lake.read(t.RECOMMENDATIONS.name).collect()
+    assert {r.user_id for r in recs} == set(ratings)
+    assert {r.item_id for r in recs} <= {x[1] for x in good}
+    evaluation = {r.method for r in lake.read(t.RECOMMENDATION_EVAL.name).collect()}
+    assert {"als", "popular"} <= evaluation
