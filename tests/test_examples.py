@@ -148,7 +148,7 @@ def test_invoice_lines_end_to_end_match_the_hand_computation(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_ratings_log_end_to_end(spark, tmp_path):
+def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     root = tmp_path / "ratings"
     conf = str(REPO / "conf" / "ratings_example.yaml")
     assert (
@@ -184,3 +184,14 @@ def test_ratings_log_end_to_end(spark, tmp_path):
     assert {r.item_id for r in recs} <= {x[1] for x in good}
     evaluation = {r.method for r in lake.read(t.RECOMMENDATION_EVAL.name).collect()}
     assert {"als", "popular"} <= evaluation
+
+    # The split left most users evaluable; one that leaves none is refused by name.
+    split = lake.read(t.RECOMMENDATION_EVAL.name).collect()
+    assert max(r.users for r in split) > 0.5 * len(ratings)
+    capsys.readouterr()
+    refused = ["recommend", "--conf", conf, "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
+    refused += ["--set", "recommend.split=cutoff", "--set", "recommend.cutoff_date=2020-01-01"]
+    assert main(refused) == 1
+    assert (
+        "split cutoff (events from 2020-01-01 on held out) leaves 0 of" in capsys.readouterr().err
+    )

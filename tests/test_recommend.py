@@ -295,6 +295,10 @@ def test_recommend_stage_end_to_end(spark, default_lake):
 
     evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
     assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}
+    # ALS wins on the shop it was planted for, and is what is served.
+    assert evaluation[evaluation["served"]]["method"].tolist() == ["als"]
+    served = evaluation[evaluation["served"]].iloc[0]
+    assert (evaluation[evaluation["method"] != "als"]["ndcg"] < served["ndcg"]).all()
     grid = load_config(LOCAL_CONF, DEFAULT_LAKE_SETS).recommend
     points = len(grid.ranks) * len(grid.reg_params) * len(grid.alphas)
     assert len(evaluation[evaluation["method"] == "als"]) == points
@@ -343,3 +347,111 @@ def test_any_interaction_log_by_configuration_alone(spark, tmp_path):
     assert bought.empty, "nothing a customer already ordered"
     evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
     assert set(evaluation["method"]) >= {"als", "popular"}
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def short_histories(spark, users: int = 200):
+    """Every user active on one or two days of 2025, 4-8 events on 40 items."""
+    rng = np.random.default_rng(3)
+    rows, event_id = [], 0
+    for user in range(users):
+        first = pd.Timestamp("2025-01-01") + pd.Timedelta(days=int(rng.integers(0, 330)))
+        days = [first, first + pd.Timedelta(days=int(rng.integers(1, 4)))][: rng.integers(1, 3)]
+        for i, item in enumerate(rng.choice(40, size=rng.integers(4, 9), replace=False)):
+            event_id += 1
+            ts = days[i % len(days)] + pd.Timedelta(minutes=int(i))
+            rows.append((event_id, user, int(item), "purchase", ts.to_pydatetime()))
+    df = spark.createDataFrame(
+        rows, "event_id long, user_id long, item_id long, event_type string, event_ts timestamp"
+    )
+    return df.withColumn(t.EVENT_DATE, F.to_date(t.EVENT_TS))
+
+
+def evaluable_share(events, spec: rc.SplitSpec) -> float:
+    train, held = rc.split_events(events, spec)
+    evaluable = rc.relevant_items(train, held).select(t.USER_ID).distinct().count()
+    return evaluable / events.select(t.USER_ID).distinct().count()
+
+
+def test_short_histories_get_a_split_that_leaves_most_users_evaluable(spark):
+    events = short_histories(spark).cache()
+    # The per-days split holds out whole histories: nothing left to train on.
+    assert evaluable_share(events, rc.SplitSpec("last_days", holdout_days=30)) < 0.05
+    spec, why = rc.resolve_split(rc.SplitSpec("auto", holdout_days=30), events)
+    assert spec.method == "last_share", why
+    assert evaluable_share(events, spec) > 0.9
+    assert evaluable_share(events, rc.SplitSpec("last_n", last_n=2)) > 0.9
+    # One user's six events: the latest 20% is one event, the latest 2 two.
+    one = events.filter("user_id = 0")
+    n = one.count()
+    for spec, held_n in (
+        (rc.SplitSpec("last_share", share=0.2), max(1, int(n * 0.2))),
+        (rc.SplitSpec("last_n", last_n=2), 2),
+    ):
+        train, held = rc.split_events(one, spec)
+        latest = sorted((r.event_ts, r.event_id) for r in one.collect())[-held_n:]
+        assert sorted((r.event_ts, r.event_id) for r in held.collect()) == latest
+        assert train.count() == n - held_n
+    events.unpersist()
+
+
+def test_long_histories_keep_the_days_split_and_a_cutoff_is_one_date(spark):
+    rows = [
+        (u * 10 + d, u, d, "view", pd.Timestamp("2025-01-01") + pd.Timedelta(days=40 * d))
+        for u in range(5)
+        for d in range(6)
+    ]
+    events = spark.createDataFrame(
+        [(*r[:4], r[4].to_pydatetime()) for r in rows],
+        "event_id long, user_id long, item_id long, event_type string, event_ts timestamp",
+    ).withColumn(t.EVENT_DATE, F.to_date(t.EVENT_TS))
+    spec, _ = rc.resolve_split(rc.SplitSpec("auto", holdout_days=30), events)
+    assert spec.method == "last_days"
+    cutoff = pd.Timestamp("2025-06-01").date()
+    train, held = rc.split_events(events, rc.SplitSpec("cutoff", cutoff=cutoff))
+    assert {r.item_id for r in held.collect()} == {4, 5}
+    assert {r.item_id for r in train.collect()} == {0, 1, 2, 3}
+
+
+# --------------------------------------------------------------------------- item-item
+
+
+def test_item_item_neighbours_stay_within_a_planted_taste_group(spark):
+    # Three taste groups of five items; each user takes four items of their
+    # group and, once in a while, one item of another group.
+    rng = np.random.default_rng(11)
+    rows = []
+    for user in range(90):
+        group = user % 3
+        for item in rng.choice(5, size=4, replace=False):
+            rows.append((user, int(group * 5 + item), float(rng.integers(1, 4))))
+        if user % 10 == 0:
+            rows.append((user, int(((group + 1) % 3) * 5), 1.0))
+    interactions = spark.createDataFrame(rows, "user_id long, item_id long, strength double")
+    neighbours = rc.item_neighbours(interactions, 3).toPandas()
+    assert len(neighbours) == 15 * 3
+    same = neighbours["item_id"] // 5 == neighbours["similar_item_id"] // 5
+    assert same.all(), neighbours[~same]
+    # Recommendations for a user with two items of group 1: the other three.
+    history = spark.createDataFrame(
+        [(500, 5, 1.0), (500, 6, 1.0)], "user_id long, item_id long, strength double"
+    )
+    recs = rc.top_item_item(history, rc.item_neighbours(interactions, 3), None, 3).collect()
+    assert sorted(r.item_id for r in recs) == [7, 8, 9]
+    assert [r.rank for r in sorted(recs, key=lambda r: r.rank)] == [1, 2, 3]
+
+
+def test_random_trials_are_log_uniform_within_bounds_and_alpha_follows_the_strength_scale():
+    trials = rc.random_trials(400, [8, 64], [0.01, 1.0], [0.1, 100.0], 5.0, seed=1)
+    assert trials == rc.random_trials(400, [8, 64], [0.01, 1.0], [0.1, 100.0], 5.0, seed=1)
+    ranks = np.array([p.rank for p in trials])
+    regs = np.array([p.reg_param for p in trials])
+    confidence = np.array([p.alpha for p in trials]) * 5.0
+    assert ranks.min() >= 8 and ranks.max() <= 64 and (ranks % 4 == 0).all()
+    assert regs.min() >= 0.00999 and regs.max() <= 1.001
+    assert confidence.min() >= 0.0999 and confidence.max() <= 100.1
+    # Log-uniform: about half of the draws below the geometric middle.
+    assert 0.4 < (confidence < 10**0.5).mean() < 0.6
+    assert 0.4 < (regs < 0.1).mean() < 0.6

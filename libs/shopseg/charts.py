@@ -212,6 +212,8 @@ def recommendation_metrics_figure(scores: pd.DataFrame) -> Figure:
     width = 0.8 / len(scores)
     for i, row in scores.iterrows():
         label = row["method"] + (f" ({row['params']})" if row["params"] else "")
+        if bool(row.get("served", False)):
+            label += ", served"
         ax.bar(np.arange(len(metrics)) + i * width, row[metrics].astype(float), width, label=label)
     k = int(scores["k"].iloc[0])
     ax.set_xticks(np.arange(len(metrics)) + width * (len(scores) - 1) / 2)

@@ -463,6 +463,23 @@ class SegmentConf:
 
 
 @dataclass
+class AlsSearch:
+    """A random search over ALS's parameters after the grid, on a log scale."""
+
+    # Random trials after the grid points (0: the grid only).
+    trials: int = 0
+    rank: list[int] = field(default_factory=lambda: [8, 64])
+    reg_param: list[float] = field(default_factory=lambda: [0.01, 1.0])
+    # Confidence per unit of median interaction strength: alpha is drawn so that
+    # alpha x (the training pairs' median strength) falls within this range.
+    confidence: list[float] = field(default_factory=lambda: [0.1, 100.0])
+    # Stop after this many trials in a row without a better NDCG (by min_gain).
+    patience: int = 4
+    min_gain: float = 0.001
+    seed: int = 7
+
+
+@dataclass
 class RecommendConf:
     """Stage `recommend`: ALS on implicit feedback, evaluated against baselines."""
 
@@ -472,8 +489,18 @@ class RecommendConf:
     top_n: int = 20
     # Cut-off of the evaluation metrics (precision_at_<k>, ndcg_at_<k>, ...).
     eval_k: int = 10
-    # Each user's last holdout_days of interactions are held out for evaluation.
+    # How events are split for evaluation: last_days (each user's last
+    # holdout_days), last_share (each user's latest holdout_share of events),
+    # last_n (each user's latest holdout_last_n events), cutoff (everything from
+    # cutoff_date on), or auto: last_days where the median user's history spans
+    # at least 2 x holdout_days, else last_share.
+    split: Literal["auto", "last_days", "last_share", "last_n", "cutoff"] = "auto"
     holdout_days: int = 30
+    holdout_share: float = 0.2
+    holdout_last_n: int = 1
+    cutoff_date: dt.date | None = None
+    # A split leaving fewer evaluable users (of those with interactions) is refused.
+    min_evaluable_share: float = 0.1
     # Leave out items the user already bought (purchase events).
     exclude_purchased: bool = True
     # Grid searched on the split; the best NDCG@eval_k is refitted on all data.
@@ -486,6 +513,11 @@ class RecommendConf:
     blocks: int | None = None
     # Most similar items per item in gold/similar_items.
     similar_items: int = 10
+    # The item-item co-occurrence baseline (popularity baselines always run), and
+    # its neighbours per item.
+    item_item: bool = True
+    item_neighbours: int = 50
+    search: AlsSearch = field(default_factory=AlsSearch)
     # Block sizes of the top-N scorer (scores per task: user_block x item_block).
     user_block: int = 4096
     item_block: int = 16384
@@ -1105,8 +1137,40 @@ def _validate_segment(config: Config) -> None:
 def _validate_recommend(config: Config) -> None:
     origin = config.source
     r = config.recommend
-    for key in ("top_n", "eval_k", "holdout_days", "max_iter", "similar_items"):
+    for key in (
+        "top_n",
+        "eval_k",
+        "holdout_days",
+        "max_iter",
+        "similar_items",
+        "holdout_last_n",
+        "item_neighbours",
+    ):
         _check(getattr(r, key) > 0, f"recommend.{key}", origin, "must be positive")
+    _check(0 < r.holdout_share < 1, "recommend.holdout_share", origin, "must be within 0..1")
+    _check(
+        0 <= r.min_evaluable_share <= 1,
+        "recommend.min_evaluable_share",
+        origin,
+        "must be within 0..1",
+    )
+    se = r.search
+    _check(se.trials >= 0, "recommend.search.trials", origin, "must be >= 0")
+    _check(se.patience > 0, "recommend.search.patience", origin, "must be positive")
+    for key in ("rank", "reg_param", "confidence"):
+        bounds = getattr(se, key)
+        _check(
+            len(bounds) == 2 and 0 < bounds[0] <= bounds[1],
+            f"recommend.search.{key}",
+            origin,
+            "must be [low, high] with 0 < low <= high",
+        )
+    _check(
+        r.split != "cutoff" or r.cutoff_date is not None,
+        "recommend.cutoff_date",
+        origin,
+        "is required with recommend.split: cutoff",
+    )
     for key in ("user_block", "item_block"):
         _check(getattr(r, key) > 0, f"recommend.{key}", origin, "must be positive")
     _check(r.blocks is None or r.blocks > 0, "recommend.blocks", origin, "must be positive")

@@ -21,9 +21,10 @@ ranks only items the user had no training interaction with.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -46,6 +47,7 @@ GROUP = "group"
 SOURCE_ALS = "als"
 SOURCE_SEGMENT = "segment_popular"
 SOURCE_POPULAR = "popular"
+SOURCE_ITEM_ITEM = "item_item"
 
 
 # --------------------------------------------------------------------------- ids
@@ -94,24 +96,101 @@ def with_index(df: DataFrame, index: DataFrame, id_col: str, idx_col: str) -> Da
 # --------------------------------------------------------------------------- split
 
 
+SPLITS = ("auto", "last_days", "last_share", "last_n", "cutoff")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """How events are split for evaluation (`recommend.split` and its settings)."""
+
+    method: str = "auto"
+    holdout_days: int = 30
+    share: float = 0.2
+    last_n: int = 1
+    cutoff: dt.date | None = None
+
+
+def usable_events(events: DataFrame, event_types: Sequence[str]) -> DataFrame:
+    """Events that make interactions: an item and one of `event_types`."""
+    return events.where(F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*event_types))
+
+
+def median_history_days(usable: DataFrame) -> float:
+    """The median user's span from first to last usable event, in days."""
+    spans = usable.groupBy(t.USER_ID).agg(
+        F.datediff(F.max(t.EVENT_DATE), F.min(t.EVENT_DATE)).alias("_span")
+    )
+    value = spans.agg(F.percentile_approx("_span", 0.5)).first()[0]
+    return float(value or 0)
+
+
+def resolve_split(spec: SplitSpec, usable: DataFrame) -> tuple[SplitSpec, str]:
+    """`auto` made concrete, with why.
+
+    `last_days` where the median user's history spans at least twice the
+    held-out days (a year of history: the last month is held out); else
+    `last_share`, since a days window would hold out whole short histories
+    and leave nothing to train on.
+    """
+    if spec.method != "auto":
+        return spec, "configured"
+    median = median_history_days(usable)
+    if median >= 2 * spec.holdout_days:
+        why = f"median history {median:.0f} days >= 2 x holdout_days ({spec.holdout_days})"
+        return replace(spec, method="last_days"), why
+    why = f"median history {median:.0f} days < 2 x holdout_days ({spec.holdout_days})"
+    return replace(spec, method="last_share"), why
+
+
+def split_events(usable: DataFrame, spec: SplitSpec) -> tuple[DataFrame, DataFrame]:
+    """Train and held-out events, by a concrete split method.
+
+    - `last_days`: each user's events within `holdout_days` of their last day;
+    - `last_share`: each user's latest `share` of events (at least one, for
+      users with two or more; ordered by time, then event id);
+    - `last_n`: each user's latest `last_n` events, for users with more;
+    - `cutoff`: every event on or after `cutoff` (one date for everyone).
+
+    Returns:
+        (train events, held-out events), both with the columns of `usable`.
+    """
+    user = Window.partitionBy(t.USER_ID)
+    if spec.method == "last_days":
+        last = F.max(t.EVENT_DATE).over(user)
+        held = F.col(t.EVENT_DATE) > F.date_sub(last, spec.holdout_days)
+    elif spec.method in ("last_share", "last_n"):
+        order = user.orderBy(F.col(t.EVENT_TS).desc(), F.col(t.EVENT_ID).desc())
+        latest_first = F.row_number().over(order)
+        count = F.count(F.lit(1)).over(user)
+        if spec.method == "last_share":
+            n_held = F.when(count >= 2, F.greatest(F.lit(1), F.floor(count * spec.share)))
+        else:
+            n_held = F.when(count > spec.last_n, F.lit(spec.last_n))
+        held = F.coalesce(latest_first <= n_held, F.lit(False))
+    elif spec.method == "cutoff":
+        if spec.cutoff is None:
+            raise ValueError("the cutoff split needs recommend.cutoff_date")
+        held = F.col(t.EVENT_DATE) >= F.lit(spec.cutoff)
+    else:
+        raise ValueError(f"unknown split {spec.method!r}; one of {SPLITS[1:]}")
+    marked = usable.withColumn("_held", held).cache()
+    return marked.where(~F.col("_held")).drop("_held"), marked.where(F.col("_held")).drop("_held")
+
+
+def describe_split(spec: SplitSpec) -> str:
+    return {
+        "last_days": f"last {spec.holdout_days} days per user held out",
+        "last_share": f"latest {spec.share:.0%} of each user's events held out",
+        "last_n": f"latest {spec.last_n} events per user held out",
+        "cutoff": f"events from {spec.cutoff} on held out",
+    }[spec.method]
+
+
 def time_split(
     events: DataFrame, holdout_days: int, event_types: Sequence[str]
 ) -> tuple[DataFrame, DataFrame]:
-    """Each user's last `holdout_days` of events (from their last event's day) held out.
-
-    Only events with an item and one of `event_types` count.
-
-    Returns:
-        (train events, held-out events), both with the columns of `events`.
-    """
-    usable = events.where(F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*event_types))
-    last = F.max(t.EVENT_DATE).over(Window.partitionBy(t.USER_ID))
-    marked = usable.withColumn(
-        "_held", F.col(t.EVENT_DATE) > F.date_sub(last, holdout_days)
-    ).cache()
-    train = marked.where(~F.col("_held")).drop("_held")
-    held = marked.where(F.col("_held")).drop("_held")
-    return train, held
+    """Each user's last `holdout_days` of events (from their last event's day) held out."""
+    return split_events(usable_events(events, event_types), SplitSpec("last_days", holdout_days))
 
 
 def relevant_items(train: DataFrame, held: DataFrame) -> DataFrame:
@@ -335,6 +414,86 @@ def cold_start(
     return out.select(t.USER_ID, RANK, t.ITEM_ID, SCORE, "source")
 
 
+# --------------------------------------------------------------------------- item-item
+
+
+def item_neighbours(interactions: DataFrame, n: int, max_items_per_user: int = 100) -> DataFrame:
+    """Each item's `n` nearest items by cosine of their columns of the user x item matrix.
+
+    The strengths are the matrix values. Pairs come from a self-join on the
+    user, whose cost grows with the square of a user's items: each user's
+    `max_items_per_user` strongest items are kept (ties by item id).
+
+    Returns:
+        `(item_id, similar_item_id, score)`, at most `n` rows per item, the
+        best first; ties by similar item id.
+    """
+    strongest = Window.partitionBy(t.USER_ID).orderBy(F.col(t.STRENGTH).desc(), t.ITEM_ID)
+    values = (
+        interactions.select(t.USER_ID, t.ITEM_ID, t.STRENGTH)
+        .where(F.col(t.STRENGTH) > 0)
+        .withColumn("_r", F.row_number().over(strongest))
+        .where(F.col("_r") <= max_items_per_user)
+        .drop("_r")
+    )
+    norms = values.groupBy(t.ITEM_ID).agg(F.sqrt(F.sum(F.col(t.STRENGTH) ** 2)).alias("_norm"))
+    left = values.select(t.USER_ID, F.col(t.ITEM_ID).alias("_a"), F.col(t.STRENGTH).alias("_sa"))
+    right = values.select(t.USER_ID, F.col(t.ITEM_ID).alias("_b"), F.col(t.STRENGTH).alias("_sb"))
+    dots = (
+        left.join(right, on=t.USER_ID, how="inner")
+        .where(F.col("_a") != F.col("_b"))
+        .groupBy("_a", "_b")
+        .agg(F.sum(F.col("_sa") * F.col("_sb")).alias("_dot"))
+    )
+    norm_a = norms.select(F.col(t.ITEM_ID).alias("_a"), F.col("_norm").alias("_na"))
+    norm_b = norms.select(F.col(t.ITEM_ID).alias("_b"), F.col("_norm").alias("_nb"))
+    cosine = (
+        dots.join(F.broadcast(norm_a), on="_a", how="inner")
+        .join(F.broadcast(norm_b), on="_b", how="inner")
+        .withColumn(SCORE, F.col("_dot") / (F.col("_na") * F.col("_nb")))
+    )
+    best = Window.partitionBy("_a").orderBy(F.col(SCORE).desc(), F.col("_b"))
+    return (
+        cosine.withColumn("_r", F.row_number().over(best))
+        .where(F.col("_r") <= n)
+        .select(F.col("_a").alias(t.ITEM_ID), F.col("_b").alias("similar_item_id"), F.col(SCORE))
+    )
+
+
+def top_item_item(
+    history: DataFrame, neighbours: DataFrame, seen: DataFrame | None, n: int
+) -> DataFrame:
+    """Each user's `n` best items by the neighbours of what they interacted with.
+
+    An item's score is the sum over the user's items of their strength times
+    its similarity to them. Items in `seen` (and, without it, in the
+    history) are left out; ties by item id.
+
+    Args:
+        history: `(user_id, item_id, strength)` of the users to serve.
+        neighbours: `item_neighbours(...)` output.
+        seen: `(user_id, item_id)` never to recommend, or None for the history.
+        n: list length (shorter when a user's items have fewer neighbours).
+
+    Returns:
+        `(user_id, rank, item_id, score)`.
+    """
+    candidates = (
+        history.select(t.USER_ID, t.ITEM_ID, t.STRENGTH)
+        .join(neighbours, on=t.ITEM_ID, how="inner")
+        .groupBy(t.USER_ID, F.col("similar_item_id").alias(t.ITEM_ID))
+        .agg(F.sum(F.col(t.STRENGTH) * F.col(SCORE)).alias(SCORE))
+    )
+    exclude = (seen if seen is not None else history).select(t.USER_ID, t.ITEM_ID)
+    candidates = candidates.join(exclude, on=[t.USER_ID, t.ITEM_ID], how="left_anti")
+    order = Window.partitionBy(t.USER_ID).orderBy(F.col(SCORE).desc(), F.col(t.ITEM_ID))
+    return (
+        candidates.withColumn(RANK, F.row_number().over(order))
+        .where(F.col(RANK) <= n)
+        .select(t.USER_ID, RANK, t.ITEM_ID, SCORE)
+    )
+
+
 # --------------------------------------------------------------------------- ALS
 
 
@@ -346,6 +505,40 @@ class AlsParams:
 
     def label(self) -> str:
         return f"rank={self.rank} reg={self.reg_param:g} alpha={self.alpha:g}"
+
+
+def random_trials(
+    n: int,
+    rank: Sequence[int],
+    reg_param: Sequence[float],
+    confidence: Sequence[float],
+    median_strength: float,
+    seed: int,
+) -> list[AlsParams]:
+    """`n` parameter sets drawn log-uniformly within the bounds.
+
+    alpha is drawn as a confidence per unit of the median strength: ALS's
+    confidence is 1 + alpha x strength, so with purchases weighted 5 an alpha
+    of 5 already means 25. Ranks are rounded to a multiple of 4.
+    """
+    rng = np.random.default_rng(seed)
+
+    def log_uniform(bounds: Sequence[float]) -> float:
+        low, high = math.log(bounds[0]), math.log(bounds[1])
+        return float(math.exp(rng.uniform(low, high)))
+
+    scale = median_strength if median_strength > 0 else 1.0
+    out = []
+    for _ in range(n):
+        r = max(4, int(round(log_uniform(rank) / 4)) * 4)
+        out.append(
+            AlsParams(
+                r,
+                float(f"{log_uniform(reg_param):.3g}"),
+                float(f"{log_uniform(confidence) / scale:.3g}"),
+            )
+        )
+    return out
 
 
 def fit_als(

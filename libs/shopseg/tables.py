@@ -350,10 +350,12 @@ RECOMMENDATION_EVAL = TableSpec(
         "users",
         "fit_seconds",
         "chosen",
+        "served",
     ),
     "recommend",
-    "Ranking metrics at k on the time split: every ALS grid point and both baselines "
-    "(`popular`, `segment_popular`).",
+    "Ranking metrics at k on the validation split: every ALS grid point (`chosen`: the "
+    "best) and the baselines (`popular`, `segment_popular`, `item_item`); `served`: the "
+    "method whose recommendations gold/recommendations holds.",
     partition_by=(AS_OF_DATE,),
 )
 

@@ -1,12 +1,16 @@
 """Stage `recommend`: silver/interactions -> ALS -> gold/recommendations, similar items.
 
-1. Time split of the snapshot's events: each user's last `holdout_days` are
-   held out (`shopseg.recommend` states the metrics).
-2. Grid search over rank, regParam and alpha on the split, next to two
-   baselines on the same split (global and within-segment popularity).
+1. Split of the snapshot's events (`recommend.split`: each user's last days,
+   latest share or latest n events, or one cut-off date; `auto` picks by the
+   length of the histories), refused when too few users are evaluable
+   (`shopseg.recommend` states the metrics).
+2. Grid search over rank, regParam and alpha on the split, next to three
+   baselines on the same split (global and within-segment popularity,
+   item-item co-occurrence).
 3. The best grid point (NDCG@eval_k) is refitted on all interactions and
    registered as `recommend.model_name` with alias `recommend.alias`.
-4. Top N per user by block scoring; users without interactions get their
+4. Top N per user from whichever method was best on the split (ALS by
+   block scoring unless a baseline beat it); users it cannot serve get their
    segment's popular items, users without a segment the global ones.
 """
 
@@ -62,32 +66,52 @@ def _evaluate(
     item_index: DataFrame,
     segments: DataFrame | None,
     blocks: int,
-) -> tuple[rc.AlsParams, list[tuple]]:
+) -> tuple[rc.AlsParams, list[tuple], str]:
     conf = ctx.config.recommend
     fconf = ctx.config.features
     k = conf.eval_k
-    weighted = [kind for kind, w in fconf.interaction_weights.items() if w > 0]
-    train_events, held = rc.time_split(events, conf.holdout_days, weighted)
+    weighted = [kind for kind, w in fconf.interaction_weights.items() if w > 0 and kind != "return"]
+    usable = rc.usable_events(events, weighted).cache()
+    spec, why = rc.resolve_split(
+        rc.SplitSpec(
+            conf.split, conf.holdout_days, conf.holdout_share, conf.holdout_last_n, conf.cutoff_date
+        ),
+        usable,
+    )
+    train_events, held = rc.split_events(usable, spec)
     train = build_interactions(
         train_events, as_of, fconf.interaction_weights, fconf.interaction_half_life_days
     ).cache()
     relevant = rc.relevant_items(train_events, held).cache()
     eval_users = relevant.select(t.USER_ID).distinct().cache()
     n_eval = eval_users.count()
+    n_users = usable.select(t.USER_ID).distinct().count()
     catalog = train.select(t.ITEM_ID).distinct().count()
+    sizes = {
+        "split_users": n_users,
+        "split_train_users": train.select(t.USER_ID).distinct().count(),
+        "split_train_pairs": train.count(),
+        "split_heldout_users": held.select(t.USER_ID).distinct().count(),
+        "split_heldout_pairs": relevant.count(),
+        "split_eval_users": n_eval,
+    }
+    share = n_eval / n_users if n_users else 0.0
     ctx.log.info(
-        "time split (last %d days per user held out): %d training pairs, %d held-out "
-        "(user, new item) pairs, %d users evaluated, %d items in the catalogue",
-        conf.holdout_days,
-        train.count(),
-        relevant.count(),
-        n_eval,
-        catalog,
-    )
-    if n_eval == 0:
+        "split %s (%s; %s): %d of %d users evaluable (%.0f%%); train %d pairs of %d users, "
+        "held out %d (user, new item) pairs of %d users; %d items in the catalogue",
+        spec.method, rc.describe_split(spec), why, n_eval, n_users, 100 * share,
+        sizes["split_train_pairs"], sizes["split_train_users"], sizes["split_heldout_pairs"],
+        sizes["split_heldout_users"], catalog,
+    )  # fmt: skip
+    ctx.run.log_params({"split": spec.method, "split_reason": why})
+    ctx.run.log_metrics({**sizes, "split_eval_share": share})
+    if share < conf.min_evaluable_share or n_eval == 0:
         raise ValueError(
-            f"no user has interactions both before and within the last {conf.holdout_days} "
-            "days; lower recommend.holdout_days"
+            f"split {spec.method} ({rc.describe_split(spec)}) leaves {n_eval} of {n_users} users "
+            f"evaluable ({share:.0%}), below recommend.min_evaluable_share "
+            f"({conf.min_evaluable_share:.0%}): a user needs interactions on both sides. Try "
+            "recommend.split: last_share or last_n (histories short in time), or a smaller "
+            "recommend.holdout_days"
         )
     train_idx = (
         _ids_to_idx(train, user_index, item_index)
@@ -116,6 +140,7 @@ def _evaluate(
                 scores.users,
                 seconds,
                 False,
+                False,
             )  # fmt: skip
         )
         ctx.log.info(
@@ -137,12 +162,44 @@ def _evaluate(
     base_seg = rc.ranking_scores(recs, relevant, k, catalog)
     record(rc.SOURCE_SEGMENT, "", base_seg, time.perf_counter() - started)
 
+    baselines = [(rc.SOURCE_POPULAR, base_pop), (rc.SOURCE_SEGMENT, base_seg)]
+    if conf.item_item:
+        started = time.perf_counter()
+        neighbours = rc.item_neighbours(train, conf.item_neighbours)
+        history = train.join(eval_users, on=t.USER_ID, how="left_semi")
+        recs = rc.top_item_item(history, neighbours, None, k)
+        base_item = rc.ranking_scores(recs, relevant, k, catalog)
+        record(
+            rc.SOURCE_ITEM_ITEM,
+            f"neighbours={conf.item_neighbours}",
+            base_item,
+            time.perf_counter() - started,
+        )
+        baselines.append((rc.SOURCE_ITEM_ITEM, base_item))
+
     best: tuple[float, rc.AlsParams, rc.RankingScores] | None = None
     grid = [
         rc.AlsParams(rank, reg, alpha)
         for rank, reg, alpha in itertools.product(conf.ranks, conf.reg_params, conf.alphas)
     ]
-    for step, params in enumerate(grid):
+    search = conf.search
+    trials: list[rc.AlsParams] = []
+    if search.trials:
+        median = train.agg(F.percentile_approx(t.STRENGTH, 0.5)).first()[0] or 1.0
+        trials = rc.random_trials(
+            search.trials, search.rank, search.reg_param, search.confidence, median, search.seed
+        )
+        ctx.log.info(
+            "search: %d grid point(s), then up to %d random trials (rank %s, reg %s, confidence "
+            "%s per median strength %.3g), stopping after %d without a gain of %.3g",
+            len(grid), search.trials, search.rank, search.reg_param, search.confidence, median,
+            search.patience, search.min_gain,
+        )  # fmt: skip
+    stale = 0
+    for step, params in enumerate([*grid, *trials]):
+        if step >= len(grid) and stale >= search.patience:
+            ctx.log.info("search stopped early after %d trials: no gain in %d", step, stale)
+            break
         started = time.perf_counter()
         model = rc.fit_als(train_idx, params, max_iter=conf.max_iter, seed=conf.seed, blocks=blocks)
         fit_seconds = time.perf_counter() - started
@@ -161,30 +218,56 @@ def _evaluate(
         scores = rc.ranking_scores(_idx_to_ids(top, user_index, item_index), relevant, k, catalog)
         record(rc.SOURCE_ALS, params.label(), scores, fit_seconds)
         ctx.run.log_metrics(
-            {f"tuning.ndcg_at_{k}": scores.ndcg, "tuning.fit_seconds": fit_seconds}, step=step
+            {
+                f"tuning.ndcg_at_{k}": scores.ndcg,
+                "tuning.fit_seconds": fit_seconds,
+                "tuning.rank": params.rank,
+                "tuning.reg_param": params.reg_param,
+                "tuning.alpha": params.alpha,
+            },
+            step=step,
         )
-        if best is None or scores.ndcg > best[0]:
-            best = (scores.ndcg, params, scores)
+        if best is None or scores.ndcg > best[0] + search.min_gain:
+            best, stale = (scores.ndcg, params, scores), 0
+        else:
+            stale += 1
+            if scores.ndcg > best[0]:
+                best = (scores.ndcg, params, scores)
     assert best is not None
     _, params, scores = best
+    # The best on the validation split is served; a baseline must beat ALS outright.
+    served, served_ndcg = rc.SOURCE_ALS, scores.ndcg
+    for method, baseline in baselines:
+        if baseline.ndcg > served_ndcg:
+            served, served_ndcg = method, baseline.ndcg
     for i, row in enumerate(rows):
-        if row[1] == rc.SOURCE_ALS and row[2] == params.label():
-            rows[i] = (*row[:-1], True)
+        chosen = row[1] == rc.SOURCE_ALS and row[2] == params.label()
+        is_served = row[1] == served and (served != rc.SOURCE_ALS or chosen)
+        rows[i] = (*row[:-2], chosen, is_served)
     ctx.run.log_params({"rank": params.rank, "reg_param": params.reg_param, "alpha": params.alpha})
     ctx.run.log_metrics(
         scores.as_metrics(k)
         | base_pop.as_metrics(k, "baseline_popularity_")
         | base_seg.as_metrics(k, "baseline_segment_")
-        | {"eval_users": scores.users}
+        | (base_item.as_metrics(k, "baseline_item_item_") if conf.item_item else {})
+        | {"eval_users": scores.users, f"served_ndcg_at_{k}": served_ndcg}
     )
+    ctx.run.log_params({"served_method": served})
     ratio = scores.ndcg / base_pop.ndcg if base_pop.ndcg else float("inf")
     ctx.log.info(
-        "chosen ALS %s: NDCG@%d %.4f, %.2fx global popularity (%.4f), segment popularity %.4f",
-        params.label(), k, scores.ndcg, ratio, base_pop.ndcg, base_seg.ndcg,
+        "chosen ALS %s: NDCG@%d %.4f, %.2fx global popularity (%.4f); %s",
+        params.label(), k, scores.ndcg, ratio, base_pop.ndcg,
+        ", ".join(f"{m} {b.ndcg:.4f}" for m, b in baselines[1:]),
     )  # fmt: skip
-    for df in (train, relevant, eval_users, train_idx):
+    if served != rc.SOURCE_ALS:
+        ctx.log.warning(
+            "ALS loses to the %s baseline on the validation split (NDCG@%d %.4f against %.4f): "
+            "serving %s recommendations; ALS is still registered for its factors",
+            served, k, scores.ndcg, served_ndcg, served,
+        )  # fmt: skip
+    for df in (train, relevant, eval_users, train_idx, usable):
         df.unpersist()
-    return params, rows
+    return params, rows, served
 
 
 def run(ctx: StageContext) -> None:
@@ -214,7 +297,9 @@ def run(ctx: StageContext) -> None:
         time.perf_counter() - started,
     )
 
-    params, eval_rows = _evaluate(ctx, events, as_of, user_index, item_index, segments, blocks)
+    params, eval_rows, served = _evaluate(
+        ctx, events, as_of, user_index, item_index, segments, blocks
+    )
 
     started = time.perf_counter()
     full_idx = _ids_to_idx(interactions, user_index, item_index).select(
@@ -236,24 +321,33 @@ def run(ctx: StageContext) -> None:
             .distinct()
         )
     started = time.perf_counter()
-    top = rc.score_top_n(
-        als.userFactors,
-        als.itemFactors,
-        conf.top_n,
-        seen=_ids_to_idx(bought, user_index, item_index) if bought is not None else None,
-        user_block=conf.user_block,
-        item_block=conf.item_block,
-    )
-    from_als = (
-        _idx_to_ids(top, user_index, item_index)
-        .withColumn("source", F.lit(rc.SOURCE_ALS))
-        .select(t.USER_ID, rc.RANK, t.ITEM_ID, F.col(rc.SCORE).cast("double"), "source")
-    )
+    warm = None
+    if served == rc.SOURCE_ALS:
+        top = rc.score_top_n(
+            als.userFactors,
+            als.itemFactors,
+            conf.top_n,
+            seen=_ids_to_idx(bought, user_index, item_index) if bought is not None else None,
+            user_block=conf.user_block,
+            item_block=conf.item_block,
+        )
+        warm = _idx_to_ids(top, user_index, item_index)
+    elif served == rc.SOURCE_ITEM_ITEM:
+        neighbours = rc.item_neighbours(interactions, conf.item_neighbours)
+        warm = rc.top_item_item(interactions, neighbours, bought, conf.top_n)
     # Everyone the shop knows: users with a feature row or interactions.
     everyone = users.unionByName(interactions.select(t.USER_ID)).distinct()
-    cold = everyone.join(from_als.select(t.USER_ID), on=t.USER_ID, how="left_anti")
-    fallback = rc.cold_start(cold, segments, interactions, bought, conf.top_n)
-    recs = from_als.unionByName(fallback)
+    if warm is not None:
+        warm = warm.withColumn("source", F.lit(served)).select(
+            t.USER_ID, rc.RANK, t.ITEM_ID, F.col(rc.SCORE).cast("double"), "source"
+        )
+        cold = everyone.join(warm.select(t.USER_ID), on=t.USER_ID, how="left_anti")
+    else:
+        cold = everyone
+    # Popularity served: the global list for everyone, segments or not.
+    by_segment = None if served == rc.SOURCE_POPULAR else segments
+    fallback = rc.cold_start(cold, by_segment, interactions, bought, conf.top_n)
+    recs = fallback if warm is None else warm.unionByName(fallback)
     recs = (
         recs.withColumn(t.AS_OF_DATE, F.lit(as_of))
         .withColumn(t.MODEL_VERSION, F.lit(version))
@@ -304,7 +398,7 @@ def run(ctx: StageContext) -> None:
         eval_rows,
         "as_of_date date, method string, params string, k int, precision double, "
         "recall double, ndcg double, map double, coverage double, users long, "
-        "fit_seconds double, chosen boolean",
+        "fit_seconds double, chosen boolean, served boolean",
     ).select(*t.RECOMMENDATION_EVAL.columns)
     ctx.write(
         evaluation,

@@ -70,8 +70,10 @@ def sections(ctx: StageContext) -> list[Section]:
         ),
         Section(
             "Recommendations against baselines",
-            "Ranking metrics on each user's held-out last days: the chosen ALS fit, "
-            "global popularity and popularity within the user's segment.",
+            "Ranking metrics on the held-out part of the validation split: the chosen ALS "
+            "fit, global popularity, popularity within the user's segment and item-item "
+            "co-occurrence; the method marked 'served' is the one whose lists were shipped "
+            "(a baseline that beats ALS is served instead).",
             (t.RECOMMENDATION_EVAL.name,),
             lambda: charts.recommendation_metrics_figure(charts.recommendation_metrics_data(lake)),
         ),
