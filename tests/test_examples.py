@@ -18,6 +18,7 @@ import pytest
 from shopseg import tables as t
 from shopseg.cli import main
 from shopseg.delta import Lakehouse
+from shopseg.pipeline import recommendation_summary
 
 from .conftest import FAST_WRITER, REPO
 
@@ -188,6 +189,14 @@ def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     # The split left most users evaluable; one that leaves none is refused by name.
     split = lake.read(t.RECOMMENDATION_EVAL.name).collect()
     assert max(r.users for r in split) > 0.5 * len(ratings)
+    # The grid point and up to three search trials; the best on the split is served.
+    assert 3 <= sum(r.method == "als" for r in split) <= 4
+    served = [r for r in split if r.served]
+    assert len(served) == 1 and served[0].ndcg == max(r.ndcg for r in split)
+    assert {r.source for r in recs} <= {served[0].method, "popular", "segment_popular"}
+    line = recommendation_summary(lake)
+    assert f"served by {served[0].method}" in line
+    assert ("ALS lost" in line) == (served[0].method != "als")
     capsys.readouterr()
     refused = ["recommend", "--conf", conf, "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
     refused += ["--set", "recommend.split=cutoff", "--set", "recommend.cutoff_date=2020-01-01"]

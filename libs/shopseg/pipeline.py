@@ -337,6 +337,33 @@ def customer_value_summary(lakehouse: Lakehouse) -> str | None:
     )
 
 
+def recommendation_summary(lakehouse: Lakehouse) -> str | None:
+    """One line on what the latest recommendations were served by, and why."""
+    from pyspark.sql import functions as F
+
+    if not lakehouse.exists(tables.RECOMMENDATION_EVAL.name):
+        return None
+    scores = lakehouse.read(tables.RECOMMENDATION_EVAL.name)
+    if "served" not in scores.columns:
+        return None
+    as_of = latest(scores, tables.AS_OF_DATE)
+    rows = scores.filter(F.col(tables.AS_OF_DATE) == F.lit(as_of)).collect()
+    served = [r for r in rows if r.served]
+    if not served:
+        return None
+    best_als = max((r for r in rows if r.method == "als"), key=lambda r: r.ndcg, default=None)
+    others = ", ".join(
+        f"{r.method} {r.ndcg:.4f}" for r in rows if r.method != "als" and not r.served
+    )
+    line = (
+        f"Recommendations ({as_of}): served by {served[0].method} "
+        f"(NDCG@{served[0].k} {served[0].ndcg:.4f})"
+    )
+    if best_als is not None and served[0].method != "als":
+        line += f"; ALS lost to it on the validation split (best ALS {best_als.ndcg:.4f})"
+    return line + (f"; {others}" if others else "")
+
+
 def mlflow_ui_command(config: Config) -> str:
     uri = config.mlflow.tracking_uri or ""
     return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
@@ -370,9 +397,9 @@ def format_summary(
             emit(f"  {r['table'].ljust(width)}  {r['version']:>7}  {r['rows']:>12,}  {r['owner']}")
     else:
         emit("  no Delta tables yet")
-    value = customer_value_summary(lakehouse)
-    if value:
-        emit(value)
+    for line in (customer_value_summary(lakehouse), recommendation_summary(lakehouse)):
+        if line:
+            emit(line)
     files = [f for s in (report.stages if report else []) for f in s.files]
     if files:
         emit("Raw files written by this run:")
