@@ -114,7 +114,18 @@ def test_uri_root_needs_a_tracking_uri():
     config = load_config(
         LOCAL_CONF, ["lakehouse.root=s3a://bucket/lh", "mlflow.tracking_uri=http://mlflow:5000"]
     )
-    assert config.mlflow.artifact_root == "s3a://bucket/lh/mlartifacts"
+    # The tracking server decides where artifacts go (MLflow has no s3a://).
+    assert config.mlflow.artifact_root is None
+    assert config.spark.checkpoint_dir == "s3a://bucket/lh/_spark/checkpoints"
+    with pytest.raises(ConfigError, match="mlflow.artifact_root.*not Hadoop's s3a"):
+        load_config(
+            LOCAL_CONF,
+            [
+                "lakehouse.root=s3a://bucket/lh",
+                "mlflow.tracking_uri=http://mlflow:5000",
+                "mlflow.artifact_root=s3a://bucket/lh/mlartifacts",
+            ],
+        )
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path):

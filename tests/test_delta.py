@@ -206,6 +206,28 @@ def test_delta_rs_writer_splits_files_and_records_stats(spark, lake_root):
     assert lake.read("t").agg(F.sum("id")).first()[0] == sum(range(200))
 
 
+def test_files_are_sized_by_the_data_not_by_the_partitions_it_arrives_in(lake, spark):
+    # 200 partitions, as after a shuffle on a cluster, and cached, which
+    # adaptive execution does not merge: a write used to make 200 files.
+    df = (
+        spark.range(0, 2_000, numPartitions=200)
+        .withColumn("day", F.date_add(F.lit(dt.date(2025, 3, 1)), (F.col("id") % 3).cast("int")))
+        .cache()
+    )
+    assert df.rdd.getNumPartitions() == 200
+    assert lake.write(df, "flat").files == 1
+    result = lake.write(df, "by_day", partition_by=["day"])
+    files = pa.table(DeltaTable(lake.path("by_day")).get_add_actions(flatten=True)).to_pylist()
+    assert result.files == len(files) == 3
+    assert sorted(f["partition.day"] for f in files) == [
+        dt.date(2025, 3, 1),
+        dt.date(2025, 3, 2),
+        dt.date(2025, 3, 3),
+    ]
+    assert lake.read("by_day").count() == 2_000
+    df.unpersist()
+
+
 def test_unknown_table_is_named(lake):
     with pytest.raises(DeltaError, match="no Delta table at .*nothing/here"):
         lake.read("nothing/here")

@@ -62,6 +62,9 @@ class LakehouseConf:
     # auto: Spark's own Delta support when its classes are on the classpath,
     # else delta-rs. `spark` and `delta-rs` force one and fail if unavailable.
     writer: Literal["auto", "spark", "delta-rs"] = "auto"
+    # Size a written file aims at; a table smaller than this is one file per
+    # partition value, whatever the cluster's shuffle partitions.
+    target_file_mb: int = 128
 
 
 @dataclass
@@ -828,6 +831,16 @@ def _validate(config: Config) -> None:
             origin,
             f"must be after clv.calibration_end {c.calibration_end}",
         )
+    artifacts = config.mlflow.artifact_root or ""
+    _check(
+        not artifacts.startswith(("s3a://", "s3n://")),
+        "mlflow.artifact_root",
+        origin,
+        f"{artifacts!r}: MLflow writes s3:// URIs, not Hadoop's s3a:// or s3n://",
+    )
+    _check(
+        config.lakehouse.target_file_mb > 0, "lakehouse.target_file_mb", origin, "must be positive"
+    )
     m = config.maintain
     _check(m.target_file_mb > 0, "maintain.target_file_mb", origin, "must be positive")
     _check(m.retention_hours >= 0, "maintain.retention_hours", origin, "must be >= 0")
@@ -1481,9 +1494,10 @@ def _apply_defaults(config: Config, base: Path) -> None:
     if config.mlflow.tracking_uri is None and local_root is not None:
         config.mlflow.tracking_uri = f"sqlite:///{local_root}/mlflow.db"
     if config.mlflow.artifact_root is None:
-        config.mlflow.artifact_root = (
-            f"file://{local_root}/mlartifacts" if local_root else f"{root.rstrip('/')}/mlartifacts"
-        )
+        # A remote lakehouse goes with a tracking server, which decides where
+        # artifacts go (and serves them): clients then need no bucket access.
+        if local_root:
+            config.mlflow.artifact_root = f"file://{local_root}/mlartifacts"
     elif not is_uri(config.mlflow.artifact_root):
         config.mlflow.artifact_root = f"file://{config.mlflow.artifact_root}"
     if config.spark.checkpoint_dir is None:

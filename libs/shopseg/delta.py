@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from shopseg.config import ShopsegError, is_uri, local_dir
+from shopseg.spark import session_conf
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -861,19 +862,6 @@ class _SparkDeltaWriter:
     def live_files(self, path: str) -> int:
         return int(self.spark.sql(f"DESCRIBE DETAIL delta.`{path}`").first()["numFiles"])
 
-    def _with_conf(self, settings: dict[str, str], action: Callable[[], Any]) -> Any:
-        saved = {k: self.spark.conf.get(k, None) for k in settings}
-        try:
-            for key, value in settings.items():
-                self.spark.conf.set(key, value)
-            return action()
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    self.spark.conf.unset(key)
-                else:
-                    self.spark.conf.set(key, value)
-
     def optimize(
         self, path: str, zorder_by: Sequence[str], target_bytes: int, metadata: dict[str, str]
     ) -> None:
@@ -882,10 +870,11 @@ class _SparkDeltaWriter:
             "spark.databricks.delta.optimize.maxFileSize": str(target_bytes),
             "spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata),
         }
-        if zorder_by:
-            self._with_conf(settings, lambda: builder.executeZOrderBy(*zorder_by).collect())
-        else:
-            self._with_conf(settings, lambda: builder.executeCompaction().collect())
+        with session_conf(self.spark, settings):
+            if zorder_by:
+                builder.executeZOrderBy(*zorder_by).collect()
+            else:
+                builder.executeCompaction().collect()
 
     def vacuum(self, path: str, retention_hours: float) -> int:
         settings = {
@@ -897,12 +886,43 @@ class _SparkDeltaWriter:
             ),
         }
         sql = f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS"
-        doomed = self._with_conf(settings, lambda: self.spark.sql(f"{sql} DRY RUN").count())
-        self._with_conf(settings, lambda: self.spark.sql(sql).collect())
+        with session_conf(self.spark, settings):
+            doomed = self.spark.sql(f"{sql} DRY RUN").count()
+            self.spark.sql(sql).collect()
         return int(doomed)
 
 
 # --------------------------------------------------------------------------- the interface
+
+
+def file_sizing(target_file_bytes: int) -> dict[str, str]:
+    """Settings under which a rebalanced write makes files of about `target_file_bytes`.
+
+    Adaptive execution merges the rebalance's shuffle partitions up to the
+    advisory size. With `parallelismFirst` (Spark's default) it would instead
+    keep at least one partition per core, so a 5 MB table on a 2-core
+    cluster became two files; files sized by the data need it off.
+    """
+    return {
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
+        "spark.sql.adaptive.advisoryPartitionSizeInBytes": str(target_file_bytes),
+    }
+
+
+def sized_for_write(df: DataFrame, partition_by: Sequence[str]) -> DataFrame:
+    """`df` in write tasks of about one file each: few files for small data, whatever the cluster.
+
+    A write makes at least one file per task and partition value. After a
+    shuffle that is one per shuffle partition (Spark's 200 on a cluster), and
+    a cached or checkpointed frame keeps the partitions it was stored with,
+    which adaptive execution does not merge: a 2,000-row table became 200
+    files. The rebalance hint adds a shuffle (by the partition columns, so a
+    partition value stays in one task) whose partitions adaptive execution
+    merges or splits to the advisory size (`file_sizing`).
+    """
+    return df.hint("rebalance", *partition_by)
 
 
 class Lakehouse:
@@ -914,6 +934,7 @@ class Lakehouse:
         writer: `auto`, `spark` or `delta-rs`.
         max_rows_per_file: delta-rs writer: rows before a task starts a new file.
         row_group_rows: delta-rs writer: rows buffered per Parquet row group.
+        target_file_bytes: size a written file aims at (`sized_for_write`).
     """
 
     def __init__(
@@ -924,11 +945,13 @@ class Lakehouse:
         *,
         max_rows_per_file: int = 5_000_000,
         row_group_rows: int = 262_144,
+        target_file_bytes: int = 128 << 20,
     ):
         from shopseg.spark import delta_classes_available
 
         self.spark = spark
         self.root = root.rstrip("/")
+        self.target_file_bytes = target_file_bytes
         has_delta = delta_classes_available(spark)
         if writer == "spark" and not has_delta:
             raise DeltaError(
@@ -1015,9 +1038,16 @@ class Lakehouse:
         write_id = uuid.uuid4().hex
         metadata = (commit or CommitInfo()).metadata(write_id, mode)
         start = time.perf_counter()
-        version, rows, files = self._impl.write(
-            df, path, mode, list(partition_by), metadata, overwrite_schema, replace_rows
-        )
+        with session_conf(self.spark, file_sizing(self.target_file_bytes)):
+            version, rows, files = self._impl.write(
+                sized_for_write(df, partition_by),
+                path,
+                mode,
+                list(partition_by),
+                metadata,
+                overwrite_schema,
+                replace_rows,
+            )
         result = WriteResult(
             table=table,
             path=path,

@@ -34,6 +34,7 @@ from pyspark.sql.functions import pandas_udf
 
 from shopseg import tables as t
 from shopseg.config import EPOCH_FORMATS, ColumnConf, ShopsegError, SourceConf
+from shopseg.spark import session_conf
 
 RAW = "_raw_"
 MALFORMED = "_malformed"
@@ -102,17 +103,8 @@ def lenient_analysis(spark: SparkSession) -> Iterator[None]:
     windows-1252. The session's settings are restored on exit.
     """
     settings = {"spark.sql.ansi.enabled": "false", "spark.sql.legacy.javaCharsets": "true"}
-    before = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
+    with session_conf(spark, settings):
         yield
-    finally:
-        for k, v in before.items():
-            if v is None:
-                spark.conf.unset(k)
-            else:
-                spark.conf.set(k, v)
 
 
 def header_fields(line: str, fmt: str, options: Mapping[str, str]) -> list[str]:

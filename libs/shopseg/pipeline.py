@@ -235,7 +235,13 @@ def open_lakehouse(config: Config) -> tuple[SparkSession, Lakehouse]:
         config.spark.app_name, config.spark, delta=config.lakehouse.writer != "delta-rs"
     )
     tracking.configure(config.mlflow)
-    return spark, Lakehouse(spark, config.lakehouse.root, config.lakehouse.writer)
+    lakehouse = Lakehouse(
+        spark,
+        config.lakehouse.root,
+        config.lakehouse.writer,
+        target_file_bytes=config.lakehouse.target_file_mb << 20,
+    )
+    return spark, lakehouse
 
 
 def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
