@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JAVA_HINT := sudo apt-get install -y openjdk-17-jre-headless
 
-.PHONY: run test test-fast lint install check-java package clean bench
+.PHONY: run test test-fast lint install check-java package clean bench cluster-up cluster-down cluster-run test-cluster
 
 run: check-java install
 	@start=$$(date +%s); \
@@ -14,6 +14,12 @@ run: check-java install
 
 test: check-java install
 	$(BIN)/pytest
+
+# The pipeline on a real cluster on this machine (tests/test_cluster.py, ~11
+# minutes): Spark standalone, moto's S3, an MLflow server, started and stopped
+# by the tests.
+test-cluster: check-java install
+	$(BIN)/pytest -m cluster tests/test_cluster.py
 
 # The quick suite only (CI runs everything, slow end-to-end tests included).
 test-fast: check-java install
@@ -47,6 +53,19 @@ bench: check-java install
 	$(BIN)/uv pip install --quiet --python $(BIN)/python -e '.[spark,dev,bench]'
 	$(BIN)/python bench/run.py --sizes $(BENCH_SIZES)
 
+# A real cluster on 127.0.0.1 (README: On a cluster): Spark standalone master
+# and two workers, moto's S3 server with the lakehouse bucket, an MLflow
+# server. Pids and logs under .cluster/; cluster-run submits every stage with
+# spark-submit (conf/cluster.yaml) and prints the summary.
+cluster-up: check-java install
+	$(BIN)/shopseg cluster up
+
+cluster-down: install
+	$(BIN)/shopseg cluster down
+
+cluster-run: check-java install
+	$(BIN)/shopseg cluster run
+
 check-java:
 	@command -v java >/dev/null 2>&1 || \
 	  { echo "shopseg needs Java 17 or newer for Spark, and none is installed. Install it with:"; \
@@ -66,4 +85,4 @@ package: install
 	@ls -l dist
 
 clean:
-	rm -rf lakehouse spark-warehouse metastore_db .pytest_cache
+	rm -rf lakehouse spark-warehouse metastore_db .pytest_cache dist

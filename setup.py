@@ -33,7 +33,16 @@ setup(
         # (io.delta:delta-spark_2.13:4.4.0, fetched by the session factory) is
         # on Maven Central; 4.4.1's is not.
         "spark": ["pyspark==4.2.0", "delta-spark==4.4.0"],
-        "dev": ["pytest>=8", "ruff>=0.6", "duckdb>=1.1", "polars>=1.0"],
+        # moto serves S3 for the local cluster harness (`make cluster-up`, the
+        # cluster test); boto3 creates its bucket.
+        "dev": [
+            "pytest>=8",
+            "ruff>=0.6",
+            "duckdb>=1.1",
+            "polars>=1.0",
+            "moto[server]>=5.1",
+            "boto3>=1.35",
+        ],
         # `make bench`'s peers (DuckDB comes with dev).
         "bench": ["scikit-learn>=1.4", "implicit>=0.7", "scipy>=1.11", "threadpoolctl>=3"],
     },

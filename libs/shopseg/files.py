@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import logging
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,8 @@ from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
 from shopseg.config import ShopsegError
+
+log = logging.getLogger(__name__)
 
 HASH_CHUNK_BYTES = 8 << 20
 _GLOB = re.compile(r"([\\\[\]{}*?])")
@@ -140,7 +143,17 @@ def _arrow_fs(path: str):
         return fs.LocalFileSystem(), "/dbfs/" + path[len("dbfs:/") :].lstrip("/")
     if "://" not in path:
         return fs.LocalFileSystem(), path
-    return fs.FileSystem.from_uri(path)
+    return fs.FileSystem.from_uri(arrow_uri(path))
+
+
+def arrow_uri(path: str) -> str:
+    """The URI Arrow (and delta-rs, boto3) give the object Hadoop names `path`.
+
+    Hadoop's S3 connectors name S3 objects s3a:// (and the old s3n://); the
+    others take s3://, with the endpoint and credentials from the AWS
+    environment variables (AWS_ENDPOINT_URL for a store that is not AWS).
+    """
+    return re.sub(r"^s3[an]://", "s3://", path)
 
 
 def _sha256_of(path: str) -> str:
@@ -224,13 +237,20 @@ def exclusive_lock(folder: str | None, name: str) -> Iterator[None]:
     """Hold an exclusive lock `name` in a local `folder` for the duration.
 
     An OS file lock (flock): the kernel releases it when the holder exits,
-    even on kill -9, so a crashed run never blocks the next one. For a
-    remote lakehouse (`folder` None) nothing is locked.
+    even on kill -9, so a crashed run never blocks the next one. An object
+    store has no such lock: for a remote lakehouse (`folder` None) nothing
+    is locked, a warning says so, and running one ingest at a time is the
+    scheduler's job (README: On a cluster).
 
     Raises:
         LockHeld: another process holds it (naming its pid).
     """
     if folder is None:
+        log.warning(
+            "the lakehouse is not on a local file system: %s runs without a lock; "
+            "schedule one at a time",
+            name,
+        )
         yield
         return
     import fcntl

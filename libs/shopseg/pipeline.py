@@ -371,7 +371,10 @@ def recommendation_summary(lakehouse: Lakehouse) -> str | None:
 
 
 def mlflow_ui_command(config: Config) -> str:
+    """How to look at the runs: the server's address, or the UI over the local store."""
     uri = config.mlflow.tracking_uri or ""
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} (the tracking server serves the UI)"
     return f".venv/bin/mlflow ui --backend-store-uri {uri} --port 5000"
 
 
