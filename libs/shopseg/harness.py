@@ -482,12 +482,16 @@ def running(harness: Harness) -> Iterator[dict[str, object]]:
         down(harness)
 
 
+def library_zip_path(harness: Harness) -> Path:
+    return harness.folder / "shopseg.zip"
+
+
 def library_zip(harness: Harness) -> Path:
     """The `shopseg` package as one zip for `--py-files` (what `make package` builds)."""
     import shopseg
 
     package = Path(shopseg.__file__).parent
-    target = harness.folder / "shopseg.zip"
+    target = library_zip_path(harness)
     with zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as archive:
         for path in sorted(package.rglob("*")):
             if "__pycache__" in path.parts or path.is_dir():
@@ -515,10 +519,6 @@ def submit_command(
     for override in overrides:
         command += ["--set", override]
     return command
-
-
-def library_zip_path(harness: Harness) -> Path:
-    return harness.folder / "shopseg.zip"
 
 
 def submit(
