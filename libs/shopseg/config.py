@@ -669,6 +669,106 @@ class ClvConf:
     alias: str = "champion"
 
 
+PROPENSITY_MODEL_PARAMS = {
+    # Spark ML parameter names each kind's grid may vary.
+    "logistic": ("regParam", "elasticNetParam", "maxIter"),
+    "random_forest": ("numTrees", "maxDepth", "minInstancesPerNode", "subsamplingRate"),
+    "gbt": ("maxIter", "maxDepth", "stepSize", "minInstancesPerNode", "subsamplingRate"),
+}
+DEFAULT_PROPENSITY_FEATURES = (
+    # Never-bought users: recency and inactivity as long as they have been known.
+    ("recency_days", "coalesce(recency_days, tenure_days)", True),
+    ("inactive_days", "coalesce(inactive_days, tenure_days)", True),
+    ("has_purchased", "CASE WHEN last_purchase_date IS NULL THEN 0 ELSE 1 END", False),
+    ("frequency", None, True),
+    ("monetary", None, True),
+    ("avg_order_value", "coalesce(avg_order_value, 0)", True),
+    ("purchase_days", None, True),
+    ("mean_days_between_purchases", None, True),
+    ("tenure_days", None, True),
+    ("active_days", None, True),
+    ("sessions", None, True),
+    ("views", None, True),
+    ("carts", None, True),
+    ("conversion_rate", "coalesce(conversion_rate, 0)", False),
+    ("discount_share", "coalesce(discount_share, 0)", False),
+    ("return_rate", "coalesce(return_rate, 0)", False),
+    ("review_count", None, True),
+)
+
+
+@dataclass
+class PropensityTarget:
+    """One target: `purchase_<h>d` or `churn_<h>d`."""
+
+    # purchase: buys at least once in the next horizon_days (every user);
+    # churn: a buyer of the last active_days who buys nothing in the next horizon_days.
+    kind: Literal["purchase", "churn"] = "purchase"
+    horizon_days: int = 30
+    active_days: int = 180
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}_{self.horizon_days}d"
+
+
+@dataclass
+class PropensityModel:
+    """One classifier family and its grid (every combination of the listed values)."""
+
+    kind: Literal["logistic", "random_forest", "gbt"] = "logistic"
+    params: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class PropensityConf:
+    """Stage `propensity`: who will buy and who will churn, by calibrated classifiers."""
+
+    # fit: build point-in-time rows, choose, calibrate, register, score;
+    # score: score the snapshot with the registered champions.
+    mode: Literal["fit", "score"] = "fit"
+    # Snapshot of silver/user_features to score; default the latest as_of_date.
+    as_of_date: dt.date | None = None
+    targets: list[PropensityTarget] = field(
+        default_factory=lambda: [
+            PropensityTarget("purchase", 30),
+            PropensityTarget("churn", 90, 180),
+        ]
+    )
+    # Per target, the validation cut-off is the latest whose label window ends
+    # by the scored snapshot (as_of_date - horizon), or last_cutoff when set;
+    # the training cut-offs are the `training_cutoffs` before it, every
+    # `cutoff_step_days`.
+    training_cutoffs: int = 2
+    cutoff_step_days: int = 30
+    last_cutoff: dt.date | None = None
+    features: list[SegmentFeature] = field(
+        default_factory=lambda: [
+            SegmentFeature(name, expr, log) for name, expr, log in DEFAULT_PROPENSITY_FEATURES
+        ]
+    )
+    models: list[PropensityModel] = field(
+        default_factory=lambda: [
+            # Sized for the demo; larger grids by configuration.
+            PropensityModel(
+                "logistic",
+                {"regParam": [0.001, 0.03], "elasticNetParam": [0.5], "maxIter": [30]},
+            ),
+            PropensityModel("random_forest", {"numTrees": [40], "maxDepth": [6]}),
+            PropensityModel("gbt", {"maxIter": [20], "maxDepth": [4]}),
+        ]
+    )
+    # Share of the validation cut-off's users (by hash) the isotonic calibration
+    # is fitted on; calibration is measured on the others.
+    calibration_share: float = 0.5
+    # Equal-width probability bins of the expected calibration error and the reliability chart.
+    calibration_bins: int = 10
+    seed: int = 42
+    # Registered as <model_prefix>_<target>.
+    model_prefix: str = "shopseg_propensity"
+    alias: str = "champion"
+
+
 @dataclass
 class MaintainConf:
     """Stage `maintain` (not part of `shopseg run`): compaction and vacuum of Delta tables."""
@@ -711,6 +811,7 @@ class Config:
     simulate_outcomes: SimulateOutcomesConf = field(default_factory=SimulateOutcomesConf)
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     clv: ClvConf = field(default_factory=ClvConf)
+    propensity: PropensityConf = field(default_factory=PropensityConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -801,6 +902,7 @@ def _validate(config: Config) -> None:
     _validate_features(config)
     _validate_segment(config)
     _validate_recommend(config)
+    _validate_propensity(config)
     ev = config.evaluate
     _check(0.5 < ev.confidence < 1, "evaluate.confidence", origin, "must be within 0.5..1")
     _check(ev.window_days > 0, "evaluate.window_days", origin, "must be positive")
@@ -1074,6 +1176,49 @@ SEGMENT_MODES = ("fit", "score")
 SEGMENT_ALGORITHMS = ("kmeans", "bisecting")
 
 
+def _check_features(features: list[SegmentFeature], key: str, origin: str) -> list[str]:
+    """At least one feature, each named by a unique plain identifier; returns the names."""
+    names = [f.name for f in features]
+    _check(bool(names), key, origin, "needs at least one feature")
+    for i, name in enumerate(names):
+        _check(
+            re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or "") is not None,
+            f"{key}[{i}].name",
+            origin,
+            f"{name!r} is not a plain identifier",
+        )
+    _check(len(set(names)) == len(names), key, origin, "names must be unique")
+    return names
+
+
+def _validate_propensity(config: Config) -> None:
+    origin = config.source
+    p = config.propensity
+    _check(bool(p.targets), "propensity.targets", origin, "needs at least one target")
+    for i, target in enumerate(p.targets):
+        _check(target.horizon_days > 0, f"propensity.targets[{i}].horizon_days", origin,
+               "must be positive")  # fmt: skip
+        _check(target.active_days > 0, f"propensity.targets[{i}].active_days", origin,
+               "must be positive")  # fmt: skip
+    names = [target.name for target in p.targets]
+    _check(len(set(names)) == len(names), "propensity.targets", origin,
+           f"targets must differ in kind or horizon: {names}")  # fmt: skip
+    _check(p.training_cutoffs > 0, "propensity.training_cutoffs", origin, "must be positive")
+    _check(p.cutoff_step_days > 0, "propensity.cutoff_step_days", origin, "must be positive")
+    _check(0 < p.calibration_share < 1, "propensity.calibration_share", origin,
+           "must be within 0..1 (exclusive)")  # fmt: skip
+    _check(p.calibration_bins > 1, "propensity.calibration_bins", origin, "must be at least 2")
+    _check_features(p.features, "propensity.features", origin)
+    _check(bool(p.models), "propensity.models", origin, "needs at least one model")
+    for i, model in enumerate(p.models):
+        allowed = PROPENSITY_MODEL_PARAMS[model.kind]
+        for param, values in model.params.items():
+            _check(param in allowed, f"propensity.models[{i}].params.{param}", origin,
+                   f"not a grid parameter of {model.kind}; use one of {list(allowed)}")  # fmt: skip
+            _check(bool(values), f"propensity.models[{i}].params.{param}", origin,
+                   "needs at least one value")  # fmt: skip
+
+
 def _validate_segment(config: Config) -> None:
     origin = config.source
     s = config.segment
@@ -1106,16 +1251,7 @@ def _validate_segment(config: Config) -> None:
     _check(s.rules_per_segment > 0, "segment.rules_per_segment", origin, "must be positive")
     _check(0 <= s.min_stability <= 1, "segment.min_stability", origin, "must be in [0, 1]")
     _check(0 < s.outlier_percentile < 1, "segment.outlier_percentile", origin, "must be in (0, 1)")
-    names = [f.name for f in s.features]
-    _check(bool(names), "segment.features", origin, "needs at least one feature")
-    for i, name in enumerate(names):
-        _check(
-            re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name or "") is not None,
-            f"segment.features[{i}].name",
-            origin,
-            f"{name!r} is not a plain identifier",
-        )
-    _check(len(set(names)) == len(names), "segment.features", origin, "names must be unique")
+    names = _check_features(s.features, "segment.features", origin)
     if s.pca_components is not None:
         _check(
             0 < s.pca_components <= len(names),

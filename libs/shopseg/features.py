@@ -21,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
@@ -462,6 +463,54 @@ def user_feature_columns(metrics: DataFrame) -> list[str]:
     scores = fixed[fixed.index("r_score") :]
     dynamic = [c for c in metrics.columns if c not in fixed]
     return fixed[: fixed.index("r_score")] + dynamic + scores
+
+
+@dataclass(frozen=True)
+class FeatureSnapshot:
+    """One snapshot of user features, its RFM cuts and the cached metrics behind it."""
+
+    features: DataFrame
+    cuts: dict[str, list[float]]
+    metrics: DataFrame
+
+    def unpersist(self) -> None:
+        self.metrics.unpersist()
+
+
+def build_user_features(
+    events: DataFrame,
+    users: DataFrame | None,
+    items: DataFrame | None,
+    as_of: dt.date,
+    *,
+    lookback_days: int | None,
+    categories: Sequence[str],
+    demographics: Mapping[str, Sequence[str]],
+    rfm_rules: Sequence[RfmRule],
+    no_purchase_segment: str,
+    quantile_error: float,
+    orders: bool = False,
+) -> FeatureSnapshot:
+    """The `silver/user_features` snapshot as of `as_of`, from the events before it.
+
+    Only events dated before `as_of` are read (the window within
+    `lookback_days`; recency and tenure from the whole history before it), so
+    the same function builds the current snapshot and point-in-time rows for
+    an earlier cut-off (the propensity stage's training rows).
+
+    Returns:
+        The snapshot with the contract's columns and the RFM quintile cuts
+        computed on it; its metrics stay cached (the cuts and the write both
+        read them) until `unpersist()`.
+    """
+    window = filter_window(events, as_of, lookback_days)
+    lifetime = build_lifetime_dates(filter_window(events, as_of, None))
+    metrics = build_user_metrics(
+        window, users, items, as_of, categories, demographics, lifetime, orders
+    ).cache()
+    cuts = rfm_cuts(metrics, quantile_error)
+    scored = with_rfm_scores(metrics, cuts, rfm_rules, no_purchase_segment)
+    return FeatureSnapshot(scored.select(*user_feature_columns(scored)), cuts, metrics)
 
 
 # --------------------------------------------------------------------------- catalogue

@@ -163,6 +163,20 @@ PERSONAS: tuple[Persona, ...] = (
 PERSONA_NAMES = tuple(p.name for p in PERSONAS)
 
 
+def planted_purchase_rates() -> dict[str, float]:
+    """Expected purchase sessions per 30 days of each persona at the window's end.
+
+    Dormant users are quiet at the end and one-time buyers never buy again: 0.
+    (Per user the rate also scales with a random activity level.)
+    """
+    return {
+        pe.name: 0.0
+        if pe.quiet_days > 0 or pe.single_purchase
+        else pe.sessions_per_30_days * pe.p_cart * pe.p_buy_given_cart
+        for pe in PERSONAS
+    }
+
+
 # --------------------------------------------------------------------------- column functions
 
 

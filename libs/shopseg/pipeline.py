@@ -63,6 +63,11 @@ STAGES: tuple[Stage, ...] = (
         "shopseg.stages.clv",
     ),
     Stage(
+        "propensity",
+        "calibrated MLlib classifiers on point-in-time rows: gold/propensity_scores (buy, churn)",
+        "shopseg.stages.propensity",
+    ),
+    Stage(
         "segment",
         "K-means / bisecting K-means segments: gold/user_segments, profiles, transitions, tree",
         "shopseg.stages.segment",

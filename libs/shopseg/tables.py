@@ -419,6 +419,26 @@ CUSTOMER_VALUE = TableSpec(
     "Gamma-Gamma expected spend, discounted lifetime value and churn risk (high/medium/low).",
     partition_by=(AS_OF_DATE,),
 )
+PROPENSITY_SCORES = TableSpec(
+    "gold/propensity_scores",
+    (USER_ID, AS_OF_DATE, "target", "probability", "decile", MODEL_VERSION),
+    "propensity",
+    "Per user, snapshot and target (purchase_<h>d, churn_<h>d): calibrated probability that "
+    "the target happens in the next h days, decile by the model's ranking (1 = most likely) "
+    "and the registered model version. Churn targets score only the buyers of their "
+    "active_days.",
+    partition_by=(AS_OF_DATE,),
+)
+PROPENSITY_EVAL = TableSpec(
+    "gold/propensity_eval",
+    (AS_OF_DATE, "target", "cutoff", "curve", "method", "x", "y", "users"),
+    "propensity",
+    "The charts of each fit, on the validation cut-off (out of time): `gain` (x share of users "
+    "selected by score, y share of all positives among them; methods model, rfm, bgnbd) and "
+    "`reliability` (x mean predicted, y observed rate per probability bin; methods "
+    "model_before / model_after calibration, on the users the calibration was not fitted on).",
+    partition_by=(AS_OF_DATE,),
+)
 CAMPAIGN_RESULTS = TableSpec(
     "gold/campaign_results",
     (
@@ -461,6 +481,8 @@ TABLES: tuple[TableSpec, ...] = (
     USER_FEATURES,
     INTERACTIONS,
     CUSTOMER_VALUE,
+    PROPENSITY_SCORES,
+    PROPENSITY_EVAL,
     USER_SEGMENTS,
     SEGMENT_PROFILES,
     SEGMENT_TRANSITIONS,

@@ -17,7 +17,15 @@ from shopseg.ingest import committed_rows
 from shopseg.pipeline import StageContext
 
 
-def _bronze(ctx: StageContext, table: str, log: DataFrame | None) -> DataFrame | None:
+def ingest_log(ctx: StageContext) -> DataFrame | None:
+    """bronze/ingest_log, when ingest has written one."""
+    if not ctx.lakehouse.exists(t.INGEST_LOG.name):
+        return None
+    return ctx.read(t.INGEST_LOG.name)
+
+
+def bronze_table(ctx: StageContext, table: str, log: DataFrame | None) -> DataFrame | None:
+    """The committed rows of a bronze table (None when it does not exist)."""
     if not ctx.lakehouse.exists(table):
         return None
     return committed_rows(ctx.read(table), log)
@@ -25,12 +33,12 @@ def _bronze(ctx: StageContext, table: str, log: DataFrame | None) -> DataFrame |
 
 def run(ctx: StageContext) -> None:
     conf = ctx.config.features
-    log = ctx.read(t.INGEST_LOG.name) if ctx.lakehouse.exists(t.INGEST_LOG.name) else None
-    bronze_events = _bronze(ctx, t.BRONZE_EVENTS.name, log)
+    log = ingest_log(ctx)
+    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name, log)
     if bronze_events is None:
         raise FileNotFoundError(f"stage features needs {t.BRONZE_EVENTS.name}; run `ingest` first")
-    users = _bronze(ctx, t.BRONZE_USERS.name, log)
-    items = _bronze(ctx, t.BRONZE_ITEMS.name, log)
+    users = bronze_table(ctx, t.BRONZE_USERS.name, log)
+    items = bronze_table(ctx, t.BRONZE_ITEMS.name, log)
     derive = conf.items_from_events
     if derive is not None:
         named = {"name": derive.name, "price": derive.price, "category": derive.category}
@@ -71,17 +79,23 @@ def run(ctx: StageContext) -> None:
     )
     ctx.run.log_params({"as_of_date": as_of.isoformat(), "categories": categories})
 
-    lifetime = fx.build_lifetime_dates(fx.filter_window(events, as_of, None))
-    metrics = fx.build_user_metrics(
-        window, users, items, as_of, categories, conf.demographics, lifetime, orders
-    ).cache()
-    cuts = fx.rfm_cuts(metrics, conf.rfm.quantile_error)
-    ctx.log.info("RFM quintile cuts among buyers: %s", cuts)
-    ctx.run.log_dict(cuts, "rfm_cuts.json")
-    scored = fx.with_rfm_scores(metrics, cuts, conf.rfm.segments, conf.rfm.no_purchase_segment)
-    user_features = scored.select(*fx.user_feature_columns(scored))
+    snapshot = fx.build_user_features(
+        events,
+        users,
+        items,
+        as_of,
+        lookback_days=conf.lookback_days,
+        categories=categories,
+        demographics=conf.demographics,
+        rfm_rules=conf.rfm.segments,
+        no_purchase_segment=conf.rfm.no_purchase_segment,
+        quantile_error=conf.rfm.quantile_error,
+        orders=orders,
+    )
+    ctx.log.info("RFM quintile cuts among buyers: %s", snapshot.cuts)
+    ctx.run.log_dict(snapshot.cuts, "rfm_cuts.json")
     ctx.write(
-        user_features,
+        snapshot.features,
         t.USER_FEATURES.name,
         "overwrite_partitions",
         partition_by=t.USER_FEATURES.partition_by,
@@ -104,5 +118,5 @@ def run(ctx: StageContext) -> None:
         "overwrite_partitions",
         partition_by=t.INTERACTIONS.partition_by,
     )
-    metrics.unpersist()
+    snapshot.unpersist()
     window.unpersist()

@@ -1,0 +1,432 @@
+"""Stage `propensity`: silver/events + silver/user_features -> gold/propensity_scores.
+
+`propensity.mode: fit`, per target (`purchase_<h>d`, `churn_<h>d`):
+
+1. Point-in-time rows: the user features of each cut-off, built from the
+   events before it by the features stage's own function, labelled from the
+   h days after it. The validation cut-off is the latest whose labels end by
+   the scored snapshot; the training cut-offs precede it.
+2. Every configured classifier and grid point is fitted on the training rows
+   and scored on the validation cut-off; the highest AUC-PR wins.
+3. Isotonic calibration of the winner, fitted on a hashed share of the
+   validation users, measured (Brier, ECE, log loss, before and after) on
+   the others; the calibrated `PipelineModel` is registered as
+   `<model_prefix>_<target>` with the alias.
+4. Baselines on the same validation rows: the RFM score rule and BG/NBD's
+   expected transactions (fitted on the purchases before the cut-off).
+
+Then (and in `mode: score`, with the registered champions) the snapshot of
+silver/user_features is scored into gold/propensity_scores. When the events
+reach past the snapshot by a target's horizon (a back-test, as on CDNOW),
+the snapshot's own labels are used to report, never to fit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from shopseg import features as fx
+from shopseg import generator, tracking
+from shopseg import propensity as pr
+from shopseg import tables as t
+from shopseg.config import PropensityTarget
+from shopseg.pipeline import StageContext, latest
+from shopseg.spark import checkpointed
+from shopseg.stages.features import bronze_table, ingest_log
+
+
+class _Snapshots:
+    """Point-in-time user features per cut-off, built once and shared by the targets."""
+
+    def __init__(self, ctx: StageContext, events: DataFrame):
+        self.ctx, self.events, self.built = ctx, events, {}
+        log = ingest_log(ctx)
+        self.users = bronze_table(ctx, t.BRONZE_USERS.name, log)
+        self.categories = ctx.config.features.top_categories or []
+        self.items = bronze_table(ctx, t.BRONZE_ITEMS.name, log) if self.categories else None
+
+    def at(self, cutoff: dt.date) -> DataFrame:
+        if cutoff not in self.built:
+            conf = self.ctx.config.features
+            snapshot = fx.build_user_features(
+                self.events,
+                self.users,
+                self.items,
+                cutoff,
+                lookback_days=conf.lookback_days,
+                categories=self.categories,
+                demographics=conf.demographics,
+                rfm_rules=conf.rfm.segments,
+                no_purchase_segment=conf.rfm.no_purchase_segment,
+                quantile_error=conf.rfm.quantile_error,
+                orders=t.ORDER_ID in self.events.columns,
+            )
+            self.built[cutoff] = checkpointed(snapshot.features)
+            snapshot.unpersist()
+        return self.built[cutoff]
+
+
+def _rows(
+    snapshots: _Snapshots, events: DataFrame, cutoff: dt.date, target: PropensityTarget
+) -> DataFrame:
+    outcomes = pr.build_outcomes(events, cutoff, target.horizon_days)
+    return pr.build_labelled_rows(snapshots.at(cutoff), outcomes, target)
+
+
+def _counts(rows: DataFrame) -> tuple[int, float]:
+    row = rows.agg(F.count(F.lit(1)).alias("n"), F.sum(pr.LABEL).alias("positives")).first()
+    return int(row["n"]), float(row["positives"] or 0.0)
+
+
+def _require_both_classes(name: str, what: str, n: int, positives: float) -> None:
+    if n == 0 or positives in (0.0, float(n)):
+        raise ValueError(
+            f"propensity target {name}: the {what} has {n} rows and {positives:.0f} positives; "
+            "both classes are needed (more history before the cut-offs, or other "
+            "propensity.cutoff_step_days / training_cutoffs / horizon)"
+        )
+
+
+def _figure_gains(curves: dict[str, pd.DataFrame], title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for method, gain in curves.items():
+        ax.plot(
+            [0, *gain["selected_share"]], [0, *gain["positive_share"]], "o-", label=method, ms=3
+        )
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
+    ax.set_xlabel("share of users contacted (by score)")
+    ax.set_ylabel("share of positives reached")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _figure_reliability(before: pd.DataFrame, after: pd.DataFrame, title: str) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    ax.plot(before["predicted"], before["observed"], "o-", label="before calibration")
+    ax.plot(after["predicted"], after["observed"], "s-", label="after isotonic calibration")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
+    ax.set_xlabel("mean predicted probability")
+    ax.set_ylabel("observed rate")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def _baselines(
+    ctx: StageContext,
+    events: DataFrame,
+    rows: DataFrame,
+    cutoff: dt.date,
+    target: PropensityTarget,
+) -> dict[str, DataFrame]:
+    """The validation (or snapshot) rows scored by each baseline, as `score`."""
+    out = {"rfm": rows.withColumn(pr.SCORE, pr.rfm_baseline(rows, target))}
+    try:
+        bg = pr.bgnbd_baseline(
+            events, cutoff, target.horizon_days, ctx.config.clv.time_unit, target
+        )
+    except ValueError as exc:
+        ctx.log.warning("%s: %s", target.name, exc)
+        return out
+    out["bgnbd"] = rows.join(bg, t.USER_ID, "left").withColumn(
+        pr.SCORE, F.coalesce(F.col("bgnbd_score"), F.lit(0.0))
+    )
+    return out
+
+
+def _fit_target(
+    ctx: StageContext,
+    snapshots: _Snapshots,
+    events: DataFrame,
+    target: PropensityTarget,
+    scoring_as_of: dt.date,
+) -> tuple[PipelineModel, str, list[dict[str, Any]]]:
+    conf = ctx.config.propensity
+    name = target.name
+    cuts = pr.plan_cutoffs(
+        scoring_as_of,
+        target.horizon_days,
+        conf.cutoff_step_days,
+        conf.training_cutoffs,
+        conf.last_cutoff,
+    )
+    train = checkpointed(_union([_rows(snapshots, events, c, target) for c in cuts.training]))
+    val = checkpointed(_rows(snapshots, events, cuts.validation, target))
+    n_train, pos_train = _counts(train)
+    n_val, pos_val = _counts(val)
+    _require_both_classes(name, f"training rows (cut-offs {list(map(str, cuts.training))})",
+                          n_train, pos_train)  # fmt: skip
+    _require_both_classes(name, f"validation cut-off {cuts.validation}", n_val, pos_val)
+    ctx.log.info(
+        "%s: %d training rows (%.1f%% positive) from cut-offs %s; validation %s: %d rows "
+        "(%.1f%% positive)",
+        name, n_train, 100 * pos_train / n_train, ", ".join(map(str, cuts.training)),
+        cuts.validation, n_val, 100 * pos_val / n_val,
+    )  # fmt: skip
+    features, dropped = pr.usable_features(train, conf.features)
+    if dropped:
+        ctx.log.warning("%s: features without any value left out: %s", name, dropped)
+
+    prep = pr.fit_preparation(features, train)
+    train_vectors = checkpointed(pr.prepared(prep, train))
+    val_vectors = checkpointed(pr.prepared(prep, val, t.USER_ID))
+    best: tuple[float, Any, DataFrame, str, dict] | None = None
+    candidates = []
+    for spec in conf.models:
+        for params in pr.model_grid(spec):
+            fitted = pr.new_classifier(spec.kind, params, conf.seed).fit(train_vectors)
+            scored = pr.with_score(fitted.transform(val_vectors))
+            metrics = pr.ranking_metrics(scored, pr.SCORE)
+            candidates.append({"model": spec.kind, "params": params, **metrics})
+            ctx.log.info("%s: %s %s: AUC-PR %.4f, AUC-ROC %.4f", name, spec.kind, params,
+                         metrics["auc_pr"], metrics["auc_roc"])  # fmt: skip
+            if best is None or metrics["auc_pr"] > best[0]:
+                best = (metrics["auc_pr"], fitted, scored, spec.kind, params)
+    assert best is not None
+    _, classifier, scored, kind, params = best
+    scored = checkpointed(scored)
+    train_vectors.unpersist()
+
+    half = pr.calibration_half(conf.calibration_share, conf.seed)
+    calibrator = pr.fit_calibrator(scored.filter(half))
+    test = calibrator.transform(scored.filter(~half))
+    before = pr.probability_metrics(test, pr.SCORE, conf.calibration_bins)
+    after = pr.probability_metrics(test, pr.CALIBRATED, conf.calibration_bins)
+    ranking = pr.ranking_metrics(scored, pr.SCORE)
+    gain = pr.gains(scored, pr.SCORE)
+    curves = {"model": gain}
+    metrics = {
+        **ranking,
+        **after,
+        **{f"{k}_before_calibration": v for k, v in before.items()},
+        "lift_at_10pct": pr.lift_at(gain, 0.1),
+        "base_rate": pos_val / n_val,
+        "training_rows": float(n_train),
+        "validation_rows": float(n_val),
+    }
+    for method, rows in _baselines(ctx, events, val, cuts.validation, target).items():
+        base = pr.ranking_metrics(rows, pr.SCORE)
+        metrics |= {f"baseline_{method}_{k}": v for k, v in base.items()}
+        curves[method] = pr.gains(rows, pr.SCORE)
+        metrics[f"baseline_{method}_lift_at_10pct"] = pr.lift_at(curves[method], 0.1)
+    ctx.log.info(
+        "%s: chosen %s %s: AUC-PR %.4f (RFM rule %.4f, BG/NBD %s), AUC-ROC %.4f, lift@10%% %.2f; "
+        "calibration on %d held-out users: Brier %.4f -> %.4f, ECE %.4f -> %.4f",
+        name, kind, params, metrics["auc_pr"], metrics["baseline_rfm_auc_pr"],
+        f"{metrics['baseline_bgnbd_auc_pr']:.4f}" if "baseline_bgnbd_auc_pr" in metrics else "-",
+        metrics["auc_roc"], metrics["lift_at_10pct"], test.count(),
+        before["brier"], after["brier"], before["ece"], after["ece"],
+    )  # fmt: skip
+    ctx.run.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
+    importances = pr.feature_importances(classifier, [f.name for f in features])
+    ctx.run.log_dict(
+        {
+            "chosen": {"model": kind, "params": params},
+            "validation_cutoff": cuts.validation.isoformat(),
+            "training_cutoffs": [c.isoformat() for c in cuts.training],
+            "features": [f.name for f in features],
+            "features_left_out": dropped,
+            "candidates": candidates,
+            "feature_importances": importances,
+        },
+        f"{name}/fit.json",
+    )
+    reliability = {
+        "model_before": pr.reliability(test, pr.SCORE, conf.calibration_bins),
+        "model_after": pr.reliability(test, pr.CALIBRATED, conf.calibration_bins),
+    }
+    ctx.run.log_figure(_figure_gains(curves, f"{name}: gains, cut-off {cuts.validation}"),
+                       f"{name}/gains.png")  # fmt: skip
+    ctx.run.log_figure(
+        _figure_reliability(reliability["model_before"], reliability["model_after"], name),
+        f"{name}/reliability.png",
+    )
+
+    model = pr.calibrated_model(prep, classifier, calibrator)
+    version = tracking.register_spark_model(model, f"{conf.model_prefix}_{name}", conf.alias)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    tags = {
+        "target": name,
+        "model": kind,
+        "params": json.dumps(params),
+        "validation_cutoff": cuts.validation.isoformat(),
+        "auc_pr": f"{metrics['auc_pr']:.4f}",
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(f"{conf.model_prefix}_{name}", version, key, value)
+
+    chart_rows = [
+        (name, cuts.validation, "gain", method, float(r.selected_share), float(r.positive_share),
+         None)
+        for method, gain in curves.items()
+        for r in gain.itertuples()
+    ] + [
+        (name, cuts.validation, "reliability", method, float(r.predicted), float(r.observed),
+         int(r.users))
+        for method, table in reliability.items()
+        for r in table.itertuples()
+    ]  # fmt: skip
+    train.unpersist()
+    return model, version, chart_rows
+
+
+def _union(frames: list[DataFrame]) -> DataFrame:
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame)
+    return out
+
+
+def _score(
+    model: PipelineModel,
+    snapshot: DataFrame,
+    target: PropensityTarget,
+    version: str,
+) -> DataFrame:
+    scored = checkpointed(
+        pr.with_score(model.transform(pr.filter_population(snapshot, target))).select(
+            t.USER_ID, t.AS_OF_DATE, pr.SCORE, pr.CALIBRATED
+        )
+    )
+    thresholds = pr.decile_thresholds(scored, pr.SCORE)
+    return scored.select(
+        t.USER_ID,
+        t.AS_OF_DATE,
+        F.lit(target.name).alias("target"),
+        F.col(pr.CALIBRATED).cast("double").alias("probability"),
+        pr.decile(F.col(pr.SCORE), thresholds).alias("decile"),
+        F.lit(version).alias(t.MODEL_VERSION),
+    )
+
+
+def _backtest(
+    ctx: StageContext,
+    events: DataFrame,
+    snapshot: DataFrame,
+    scores: DataFrame,
+    target: PropensityTarget,
+    as_of: dt.date,
+) -> None:
+    """The snapshot's own outcome, where the events cover its horizon: report only."""
+    outcomes = pr.build_outcomes(events, as_of, target.horizon_days)
+    rows = pr.build_labelled_rows(snapshot, outcomes, target)
+    model_rows = rows.join(
+        scores.filter(F.col("target") == target.name).select(t.USER_ID, "probability"),
+        t.USER_ID,
+        "inner",
+    ).withColumn(pr.SCORE, F.col("probability"))
+    metrics = {f"snapshot_{k}": v for k, v in pr.ranking_metrics(model_rows, pr.SCORE).items()}
+    for method, scored in _baselines(ctx, events, rows, as_of, target).items():
+        base = pr.ranking_metrics(scored, pr.SCORE)
+        metrics |= {f"snapshot_baseline_{method}_{k}": v for k, v in base.items()}
+    ctx.log.info("%s: back-test on the snapshot %s: %s", target.name, as_of,
+                 {k: round(v, 4) for k, v in metrics.items()})  # fmt: skip
+    ctx.run.log_metrics({f"{target.name}.{k}": v for k, v in metrics.items()})
+
+
+def _planted_rank_correlation(
+    ctx: StageContext, scores: DataFrame, target: PropensityTarget
+) -> None:
+    """Synthetic data: Spearman correlation of the purchase probability with the
+    persona's planted purchase rate."""
+    if target.kind != "purchase" or not ctx.lakehouse.exists(t.USER_PERSONAS.name):
+        return
+    rates = generator.planted_purchase_rates()
+    personas = ctx.read(t.USER_PERSONAS.name)
+    rate = F.create_map(*[x for p, r in rates.items() for x in (F.lit(p), F.lit(r))])
+    joined = scores.filter(F.col("target") == target.name).join(
+        personas.select(t.USER_ID, rate[F.col(t.PERSONA)].alias("planted_rate")),
+        t.USER_ID,
+        "inner",
+    )
+    rho = pr.spearman(joined, "probability", "planted_rate")
+    ctx.log.info("%s: Spearman correlation with the planted purchase rate %.3f", target.name, rho)
+    ctx.run.log_metrics({f"{target.name}.spearman_planted_rate": rho})
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.propensity
+    features = ctx.read(t.USER_FEATURES.name)
+    as_of = conf.as_of_date or latest(features, t.AS_OF_DATE)
+    if as_of is None:
+        raise ValueError(f"{t.USER_FEATURES.name} is empty; run `features` first")
+    snapshot = features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+    events = ctx.read(t.SILVER_EVENTS.name)
+    ctx.run.log_params({"as_of_date": as_of.isoformat(), "mode": conf.mode})
+
+    models: dict[str, tuple[PipelineModel, str]] = {}
+    chart_rows: list[tuple] = []
+    if conf.mode == "fit":
+        snapshots = _Snapshots(ctx, events)
+        for target in conf.targets:
+            model, version, rows = _fit_target(ctx, snapshots, events, target, as_of)
+            models[target.name] = (model, version)
+            chart_rows += rows
+        for frame in snapshots.built.values():
+            frame.unpersist()
+    else:
+        for target in conf.targets:
+            name = f"{conf.model_prefix}_{target.name}"
+            try:
+                version = tracking.model_version_of_alias(name, conf.alias)
+            except Exception as exc:  # MLflow raises its own exception types
+                raise ValueError(
+                    f"propensity.mode is score but {name}@{conf.alias} is not registered "
+                    f"({exc}); run the stage with propensity.mode: fit first"
+                ) from exc
+            models[target.name] = (tracking.load_spark_model(name, alias=conf.alias), version)
+            ctx.log.info("scoring with %s@%s (version %s)", name, conf.alias, version)
+
+    scores = _union(
+        [
+            _score(model, snapshot, target, models[target.name][1])
+            for target in conf.targets
+            for model in [models[target.name][0]]
+        ]
+    )
+    result = ctx.write(
+        scores.select(*t.PROPENSITY_SCORES.columns),
+        t.PROPENSITY_SCORES.name,
+        "overwrite_partitions",
+        partition_by=t.PROPENSITY_SCORES.partition_by,
+    )
+    written = ctx.read_back(result).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+    if chart_rows:
+        charts = ctx.spark.createDataFrame(
+            [(as_of, *row) for row in chart_rows],
+            "as_of_date date, target string, cutoff date, curve string, method string, "
+            "x double, y double, users int",
+        )
+        ctx.write(
+            charts.select(*t.PROPENSITY_EVAL.columns),
+            t.PROPENSITY_EVAL.name,
+            "overwrite_partitions",
+            partition_by=t.PROPENSITY_EVAL.partition_by,
+        )
+    last_day = latest(events, t.EVENT_DATE)
+    for target in conf.targets:
+        if last_day is not None and as_of + dt.timedelta(days=target.horizon_days - 1) <= last_day:
+            _backtest(ctx, events, snapshot, written, target, as_of)
+        _planted_rank_correlation(ctx, written, target)

@@ -1,0 +1,174 @@
+"""Propensity on hand-built data: point-in-time rows without leakage, labels, metrics, calibration."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.ml.functions import array_to_vector
+from pyspark.sql import functions as F
+from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+
+from shopseg import features as fx
+from shopseg import propensity as pr
+from shopseg.config import PropensityModel, PropensityTarget, RfmConf
+
+from .test_features import BRONZE, ts
+
+CUTOFF = dt.date(2025, 3, 1)
+PURCHASE_30 = PropensityTarget("purchase", 30)
+CHURN_30 = PropensityTarget("churn", 30, active_days=60)
+PAST = [
+    # user 1: bought in January and February (active buyer)
+    (1, 1, 10, "purchase", ts("2025-01-10"), "a1", 1, 10.0, 0.0, None, None, "r1"),
+    (2, 1, 10, "view", ts("2025-02-20"), "a2", None, 10.0, None, None, 30.0, "r2"),
+    (3, 1, 10, "purchase", ts("2025-02-20", "10:05"), "a2", 2, 10.0, 0.0, None, None, "r3"),
+    # user 2: bought once, long ago (not an active buyer for 60 days)
+    (4, 2, 20, "purchase", ts("2024-11-02"), "b1", 1, 5.0, 0.0, None, None, "r4"),
+    # user 3: views only
+    (5, 3, 20, "view", ts("2025-02-27"), "c1", None, 5.0, None, None, 12.0, "r5"),
+    # user 4: bought the day before the cut-off
+    (6, 4, 10, "purchase", ts("2025-02-28", "23:59"), "d1", 1, 10.0, 0.0, None, None, "r6"),
+]
+FUTURE = [
+    # user 1 buys on the cut-off day: in the label window, not in the features
+    (20, 1, 10, "purchase", ts("2025-03-01", "00:00"), "a9", 3, 10.0, 0.0, None, None, "r20"),
+    # user 3 buys on the last day of the 30-day window
+    (21, 3, 20, "purchase", ts("2025-03-30"), "c9", 1, 5.0, 0.0, None, None, "r21"),
+    # user 4 buys the day after the window: too late
+    (22, 4, 10, "purchase", ts("2025-03-31"), "d9", 1, 10.0, 0.0, None, None, "r22"),
+]
+
+
+def point_in_time_rows(spark, events, target: PropensityTarget):
+    """Rows as the stage builds them: the features stage's snapshot at the cut-off, labelled."""
+    silver = fx.build_silver_events(spark.createDataFrame(events, BRONZE))
+    snapshot = fx.build_user_features(
+        silver,
+        None,
+        None,
+        CUTOFF,
+        lookback_days=365,
+        categories=[],
+        demographics={},
+        rfm_rules=RfmConf().segments,
+        no_purchase_segment="Never purchased",
+        quantile_error=0.001,
+    )
+    outcomes = pr.build_outcomes(silver, CUTOFF, target.horizon_days)
+    return pr.build_labelled_rows(snapshot.features, outcomes, target).toPandas()
+
+
+def test_a_future_purchase_changes_the_label_and_no_feature(spark):
+    before = point_in_time_rows(spark, PAST, PURCHASE_30).set_index("user_id").sort_index()
+    after = point_in_time_rows(spark, PAST + FUTURE, PURCHASE_30).set_index("user_id")
+    after = after.sort_index()
+    features = [c for c in before.columns if c != pr.LABEL]
+    pd.testing.assert_frame_equal(before[features], after[features])
+    assert before[pr.LABEL].to_dict() == {1: 0.0, 2: 0.0, 3: 0.0, 4: 0.0}
+    # Day of the cut-off and last day of the window count; the day after does not.
+    assert after[pr.LABEL].to_dict() == {1: 1.0, 2: 0.0, 3: 1.0, 4: 0.0}
+    # The purchase the evening before the cut-off is a feature, not a label.
+    assert after.loc[4, "recency_days"] == 1 and after.loc[4, "frequency"] == 1
+
+
+def test_churn_rows_are_the_active_buyers_labelled_by_not_buying(spark):
+    rows = point_in_time_rows(spark, PAST + FUTURE, CHURN_30).set_index("user_id")
+    # User 2 last bought 119 days before the cut-off; user 3 never did.
+    assert sorted(rows.index) == [1, 4]
+    assert rows[pr.LABEL].to_dict() == {1: 0.0, 4: 1.0}
+
+
+def test_cutoffs_end_their_labels_by_the_snapshot():
+    cuts = pr.plan_cutoffs(dt.date(2026, 1, 1), 30, 30, 2)
+    assert cuts.validation == dt.date(2025, 12, 2)
+    assert cuts.training == (dt.date(2025, 11, 2), dt.date(2025, 10, 3))
+    fixed = pr.plan_cutoffs(dt.date(1998, 1, 1), 182, 30, 1, dt.date(1997, 7, 2))
+    assert fixed.validation + dt.timedelta(days=182) <= dt.date(1998, 1, 1)
+    with pytest.raises(ValueError, match="label window ends after the scored snapshot"):
+        pr.plan_cutoffs(dt.date(1998, 1, 1), 182, 30, 1, dt.date(1997, 7, 10))
+
+
+def test_model_grid_is_every_combination():
+    grid = pr.model_grid(PropensityModel("gbt", {"maxDepth": [3, 5], "maxIter": [10, 20]}))
+    assert sorted(tuple(sorted(g.items())) for g in grid) == [
+        (("maxDepth", d), ("maxIter", i)) for d in (3, 5) for i in (10, 20)
+    ]
+    assert pr.model_grid(PropensityModel("logistic", {})) == [{}]
+
+
+@pytest.fixture(scope="module")
+def scored(spark):
+    """2,000 users whose true rate is a known function of the score (miscalibrated)."""
+    rng = np.random.default_rng(3)
+    score = rng.uniform(0, 1, 2000)
+    truth = score**3  # the score overstates every probability but the extremes
+    label = (rng.uniform(0, 1, 2000) < truth).astype(float)
+    frame = pd.DataFrame({"user_id": np.arange(2000), pr.SCORE: score, pr.LABEL: label})
+    return spark.createDataFrame(frame), frame
+
+
+def test_ranking_and_probability_metrics_match_scikit_learn(scored):
+    df, frame = scored
+    ranking = pr.ranking_metrics(df, pr.SCORE)
+    # Spark sorts the scores into 1,000 bins (its default, for large data).
+    assert ranking["auc_roc"] == pytest.approx(roc_auc_score(frame.label, frame.score), abs=1e-3)
+    probability = pr.probability_metrics(df, pr.SCORE, 10)
+    assert probability["brier"] == pytest.approx(brier_score_loss(frame.label, frame.score))
+    clipped = frame.score.clip(pr.EPSILON, 1 - pr.EPSILON)
+    assert probability["log_loss"] == pytest.approx(log_loss(frame.label, clipped))
+    bins = np.minimum((frame.score * 10).astype(int), 9)
+    by_bin = frame.groupby(bins).agg(n=("label", "size"), y=("label", "mean"), p=("score", "mean"))
+    ece = float((by_bin.n / len(frame) * (by_bin.y - by_bin.p).abs()).sum())
+    assert probability["ece"] == pytest.approx(ece)
+    assert probability["ece"] > 0.1, "the planted miscalibration is large"
+
+
+def test_gains_lift_and_deciles(scored):
+    df, frame = scored
+    gain = pr.gains(df, pr.SCORE)
+    top = frame.nlargest(200, "score")
+    assert gain.loc[0, "selected_share"] == pytest.approx(0.1, abs=0.005)
+    assert gain.loc[0, "positive_share"] == pytest.approx(
+        top.label.sum() / frame.label.sum(), abs=0.02
+    )
+    assert list(gain["positive_share"]) == sorted(gain["positive_share"])
+    assert gain.iloc[-1][["selected_share", "positive_share"]].tolist() == [1.0, 1.0]
+    lift = pr.lift_at(gain, 0.1)
+    assert lift == pytest.approx(top.label.mean() / frame.label.mean(), rel=0.05)
+
+    thresholds = pr.decile_thresholds(df, pr.SCORE)
+    deciles = df.withColumn("d", pr.decile(F.col(pr.SCORE), thresholds)).toPandas()
+    sizes = deciles.groupby("d").size()
+    assert list(sizes.index) == list(range(1, 11))
+    assert sizes.between(190, 210).all(), sizes.to_dict()
+    means = deciles.groupby("d")[pr.SCORE].mean()
+    assert list(means) == sorted(means, reverse=True), "decile 1 holds the highest scores"
+
+
+def test_isotonic_calibration_fitted_on_half_lowers_the_error_on_the_other(spark, scored):
+    df, _ = scored
+    vectors = df.withColumn(
+        pr.PROBABILITY, array_to_vector(F.array(1 - F.col(pr.SCORE), F.col(pr.SCORE)))
+    )
+    half = pr.calibration_half(0.5, 42)
+    calibrator = pr.fit_calibrator(vectors.filter(half))
+    test = calibrator.transform(vectors.filter(~half))
+    before = pr.probability_metrics(test, pr.SCORE, 10)
+    after = pr.probability_metrics(test, pr.CALIBRATED, 10)
+    assert after["ece"] < before["ece"] / 2, (before, after)
+    assert after["brier"] < before["brier"]
+    n_fit = vectors.filter(half).count()
+    assert 850 < n_fit < 1150, "about half the users fit the calibration"
+
+
+def test_spearman_sees_a_monotone_relation_through_ties(spark):
+    df = spark.createDataFrame(
+        [(float(i), float(i // 10)) for i in range(50)] + [(50.0, 0.0)], "a double, b double"
+    )
+    rho = pr.spearman(df, "a", "b")
+    ranks = pd.DataFrame({"a": range(51), "b": [i // 10 for i in range(50)] + [0]}).rank()
+    assert rho == pytest.approx(ranks.corr().loc["a", "b"])
+    assert 0.8 < rho < 1.0
