@@ -42,9 +42,17 @@ setup(
             "polars>=1.0",
             "moto[server]>=5.1",
             "boto3>=1.35",
+            # The propensity tests check their metrics against scikit-learn's.
+            "scikit-learn>=1.4",
         ],
         # `make bench`'s peers (DuckDB comes with dev).
-        "bench": ["scikit-learn>=1.4", "implicit>=0.7", "scipy>=1.11", "threadpoolctl>=3"],
+        "bench": [
+            "scikit-learn>=1.4",
+            "implicit>=0.7",
+            "scipy>=1.11",
+            "threadpoolctl>=3",
+            "lightgbm>=4.3",
+        ],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},
 )

@@ -29,6 +29,10 @@ timed runs are reported, the warm-up runs' seconds kept beside them:
 - recommend_all: top-20 for every user from the ALS factors,
   `recommend.score_top_n` against a NumPy matrix product + argpartition in
   blocks; quality = share of 1,000 sampled users with the same top-20 set.
+- propensity: the propensity stage's default GBT (20 depth-4 trees, rate
+  0.1) on its `purchase_30d` training rows against LightGBM with the same
+  shape on the same vectors (`measure_propensity.py`); quality = average
+  precision of both on the same validation cut-off (scikit-learn's).
 - startup: SparkSession start in a fresh process (median of `repeats`);
   its share of the pipeline = startup / (startup + the Spark stages' medians).
 
@@ -74,7 +78,7 @@ ALS_RANK, ALS_REG, ALS_ALPHA, ALS_ITER = 32, 0.05, 5.0, 10
 # the peer runs at 10 (checked again at every size by the bench itself).
 PEER_ALS_ALPHA = 10.0
 TOP_N = 20
-ORDER = ["startup", "features", "kmeans", "als", "recommend_all"]
+ORDER = ["startup", "features", "kmeans", "als", "recommend_all", "propensity"]
 SAMPLE_USERS = 1_000
 
 
@@ -353,6 +357,50 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
                 (seconds, one_iter, [m.summary.numIter for m in fits]),
                 (peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]),
             ),
+        },
+    )
+
+
+def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
+    from measure_propensity import (
+        GBT_PARAMS,
+        lightgbm_gbt,
+        propensity_vectors,
+        spark_gbt,
+        spark_scores,
+        to_numpy,
+    )
+    from sklearn.metrics import average_precision_score
+
+    seed = config.propensity.seed
+    train, val = propensity_vectors(spark, lake, config)
+    x, y = to_numpy(train)
+    x_val, y_val = to_numpy(val)
+    with Peaks(jvm) as spark_mem:
+        seconds, model, warm = timed(lambda: spark_gbt(train, seed), repeats)
+    with Peaks(None) as peer_mem:
+        peer_seconds, peer, peer_warm = timed(lambda: lightgbm_gbt(x, y, seed), repeats)
+    ap = float(average_precision_score(y_val, spark_scores(model, val)))
+    peer_ap = float(average_precision_score(y_val, peer.predict_proba(x_val)[:, 1]))
+    return row(
+        "propensity",
+        n_events,
+        seconds,
+        "lightgbm",
+        peer_seconds,
+        quality={"average_precision": round(ap, 4)},
+        peer_quality={"average_precision": round(peer_ap, 4)},
+        equal_quality=abs(ap - peer_ap) <= 0.01,
+        throughput=len(y) / median(seconds),
+        throughput_unit="training rows/s",
+        mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
+        detail={
+            "training_rows": int(len(y)),
+            "validation_rows": int(len(y_val)),
+            "features": int(x.shape[1]),
+            "positive_share": round(float(y.mean()), 4),
+            "params": GBT_PARAMS,
         },
     )
 
@@ -697,6 +745,8 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
             rows.append(bench_kmeans(spark, lake, config, n_events, repeats, jvm))
         elif stage == "als":
             rows.extend(bench_als(spark, lake, config, n_events, repeats, jvm))
+        elif stage == "propensity":
+            rows.append(bench_propensity(spark, lake, config, n_events, repeats, jvm))
         else:
             continue
         for r in rows:
@@ -808,7 +858,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1m,10m"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="startup,features,kmeans,als")
+    parser.add_argument("--stages", default="startup,features,kmeans,als,propensity")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()

@@ -26,8 +26,8 @@ CHARTS = {
     "02_features_and_rfm.py": ["rfm_grid"],
     "03_segmentation.py": ["segment_sweep", "segment_profiles", "segment_pca", "segment_sizes"],
     "04_recommendations.py": ["recommendation_metrics"],
-    "05_campaigns.py": ["campaign_uplift"],
-    "06_customer_value.py": ["customer_value"],
+    "05_customer_value.py": ["customer_value", "propensity"],
+    "06_campaigns.py": ["campaign_uplift"],
 }
 
 
@@ -37,8 +37,8 @@ STAGES = {
     "02_features_and_rfm.py": ["features"],
     "03_segmentation.py": ["segment"],
     "04_recommendations.py": ["recommend"],
-    "05_campaigns.py": ["audiences", "simulate_outcomes", "evaluate"],
-    "06_customer_value.py": ["clv"],
+    "05_customer_value.py": ["clv", "propensity"],
+    "06_campaigns.py": ["audiences", "simulate_outcomes", "evaluate"],
     "07_bi_queries.py": [],
 }
 
@@ -58,6 +58,9 @@ TINY_SHOP = (
     "recommend.ranks=[8]",
     "recommend.alphas=[5.0]",
     "recommend.max_iter=3",
+    "propensity.training_cutoffs=1",
+    "propensity.models=[{kind: logistic, params: {maxIter: [20]}}, "
+    "{kind: gbt, params: {maxIter: [10], maxDepth: [3]}}]",
 )
 
 

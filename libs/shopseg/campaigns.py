@@ -33,12 +33,19 @@ def bucket(salt: str, campaign_id: str, user_id: Column) -> Column:
     return F.pmod(hashed, F.lit(BUCKETS)).cast("double") / BUCKETS
 
 
+def decile_column(target: str) -> str:
+    """The users' column holding their decile of a propensity target."""
+    return f"propensity_decile_{target}"
+
+
 def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
     """Users the campaign targets, before exclusions: every target condition holds.
 
     Args:
-        users: one row per user with `segment_name`, `rfm_segment` and the
-            feature columns the campaign's predicates use.
+        users: one row per user with `segment_name`, `rfm_segment`, the
+            feature columns the campaign's predicates use and, for a
+            propensity condition, `decile_column(target)` (null: not scored
+            for that target, so not targeted).
     """
     target = campaign.target
     cond = F.lit(True)
@@ -48,6 +55,10 @@ def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
         cond = cond & F.col("rfm_segment").isin(*target.rfm_segments)
     if target.where:
         cond = cond & F.coalesce(F.expr(target.where), F.lit(False))
+    if target.propensity:
+        decile = F.col(decile_column(target.propensity.target))
+        bounds = decile.between(target.propensity.min_decile, target.propensity.max_decile)
+        cond = cond & F.coalesce(bounds, F.lit(False))
     if campaign.exclude.opted_out:
         cond = cond & ~F.coalesce(F.expr(campaign.exclude.opted_out), F.lit(False))
     return users.filter(cond)

@@ -311,3 +311,39 @@ def clv_figure(by_segment: pd.DataFrame, p_alive: pd.DataFrame) -> Figure:
     right.set_ylabel("customers")
     right.set_title("Probability alive")
     return fig
+
+
+# --------------------------------------------------------------------------- propensity
+
+
+def propensity_eval_data(lake: Lakehouse) -> pd.DataFrame:
+    """The gain and reliability curves of the latest propensity fit (a few rows per target)."""
+    return _snapshot(lake.read(t.PROPENSITY_EVAL.name)).toPandas()
+
+
+def propensity_figure(evaluation: pd.DataFrame) -> Figure:
+    """Per target: the cumulative gain of the model and the baselines on the validation
+    cut-off, and the reliability of the model before and after calibration."""
+    targets = sorted(evaluation["target"].unique())
+    fig = Figure(figsize=(11, 4.2 * len(targets)), layout="constrained")
+    axes = fig.subplots(len(targets), 2, squeeze=False)
+    for (gain_ax, rel_ax), target in zip(axes, targets, strict=True):
+        mine = evaluation[evaluation["target"] == target]
+        cutoff = mine["cutoff"].iloc[0]
+        for method, rows in mine[mine["curve"] == "gain"].groupby("method", sort=False):
+            rows = rows.sort_values("x")
+            gain_ax.plot([0, *rows["x"]], [0, *rows["y"]], "o-", ms=3, label=method)
+        gain_ax.plot([0, 1], [0, 1], ":", color="grey", label="random")
+        gain_ax.set_xlabel("share of users contacted (highest scores first)")
+        gain_ax.set_ylabel("share of positives reached")
+        gain_ax.set_title(f"{target}: gains on the cut-off of {cutoff}")
+        gain_ax.legend(fontsize="small")
+        for method, rows in mine[mine["curve"] == "reliability"].groupby("method", sort=False):
+            rows = rows.sort_values("x")
+            rel_ax.plot(rows["x"], rows["y"], "o-", ms=4, label=method.replace("_", " "))
+        rel_ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect")
+        rel_ax.set_xlabel("mean predicted probability (bin)")
+        rel_ax.set_ylabel("observed rate")
+        rel_ax.set_title(f"{target}: reliability (held-out users)")
+        rel_ax.legend(fontsize="small")
+    return fig

@@ -529,6 +529,16 @@ class RecommendConf:
 
 
 @dataclass
+class PropensityCondition:
+    """Users by their decile of a propensity target (1 = most likely) in gold/propensity_scores."""
+
+    # A target the propensity stage scores, e.g. churn_90d or purchase_30d.
+    target: str = ""
+    min_decile: int = 1
+    max_decile: int = 10
+
+
+@dataclass
 class CampaignTarget:
     """Who a campaign is for: every condition given must hold."""
 
@@ -538,6 +548,8 @@ class CampaignTarget:
     rfm_segments: list[str] = field(default_factory=list)
     # A Spark SQL predicate over the silver/user_features columns.
     where: str | None = None
+    # Deciles of a propensity target (the latest scores up to the segments' snapshot).
+    propensity: PropensityCondition | None = None
 
 
 @dataclass
@@ -1689,11 +1701,17 @@ def load_campaigns(path: str | os.PathLike[str]) -> list[CampaignConf]:
         )
         target = campaign.target
         _check(
-            bool(target.segments or target.rfm_segments or target.where),
+            bool(target.segments or target.rfm_segments or target.where or target.propensity),
             "target",
             where,
-            "needs segments, rfm_segments and/or where",
+            "needs segments, rfm_segments, where and/or propensity",
         )
+        if target.propensity is not None:
+            cond = target.propensity
+            _check(bool(cond.target), "target.propensity.target", where,
+                   "required: a propensity target such as churn_90d")  # fmt: skip
+            _check(1 <= cond.min_decile <= cond.max_decile <= 10, "target.propensity", where,
+                   "needs 1 <= min_decile <= max_decile <= 10")  # fmt: skip
         days = campaign.exclude.contacted_within_days
         _check(days is None or days >= 0, "exclude.contacted_within_days", where, "must be >= 0")
         out.append(campaign)

@@ -689,6 +689,7 @@ def build_profiles(
     algorithm: str,
     k: int,
     values: DataFrame | None = None,
+    propensity: DataFrame | None = None,
 ) -> DataFrame:
     """gold/segment_profiles: size, share, medians and lift per segment, plus the explanations.
 
@@ -697,7 +698,9 @@ def build_profiles(
     z-scores are maps keyed by feature name, so the table's schema does not
     depend on which features are configured. With `values` (one snapshot of
     gold/customer_value), the mean and median CLV and the share at high
-    churn risk of the segment's customers who have a value; else null.
+    churn risk of the segment's customers who have a value; else null. With
+    `propensity` (one snapshot of gold/propensity_scores), the mean calibrated
+    probability per target of the segment's scored users (`mean_propensity`).
     """
     joined = segments.join(features.select(t.USER_ID, *profile_features), on=t.USER_ID, how="inner")
     if values is not None:
@@ -753,6 +756,21 @@ def build_profiles(
             for c in profile_features
         ]
     )
+    if propensity is not None:
+        per_target = (
+            segments.select(t.USER_ID, PREDICTION)
+            .join(propensity.select(t.USER_ID, "target", "probability"), t.USER_ID, "inner")
+            .groupBy(PREDICTION, "target")
+            .agg(F.avg("probability").alias("p"))
+        )
+        means = per_target.groupBy(PREDICTION).agg(
+            F.map_from_entries(F.collect_list(F.struct("target", "p"))).alias("mean_propensity")
+        )
+        per_segment = per_segment.join(means, on=PREDICTION, how="left")
+    else:
+        per_segment = per_segment.withColumn(
+            "mean_propensity", F.lit(None).cast("map<string, double>")
+        )
     return (
         per_segment.join(extra, on=PREDICTION, how="left")
         .withColumn("share", F.col("size") / total)

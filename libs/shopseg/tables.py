@@ -274,11 +274,14 @@ SEGMENT_PROFILES = TableSpec(
         "mean_clv",
         "median_clv",
         "at_risk_share",
+        "mean_propensity",
     ),
     "segment",
     "One row per segment and as-of date: size, share, surrogate tree rules, strategy; "
     "mean and median CLV and share at high churn risk of its customers with a value in "
     "gold/customer_value (the latest snapshot up to the segments' date; null without one); "
+    "mean calibrated probability per propensity target of its scored users "
+    "(mean_propensity, map<target, double>; null without scores of that date); "
     "medians and lift against the population (segment mean / population mean) of each "
     "profile feature, and the centroid's z-score of each model feature, as "
     "map<feature, double> columns (the schema stays the same when the features change; "

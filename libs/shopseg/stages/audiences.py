@@ -37,6 +37,43 @@ def _users(ctx: StageContext) -> tuple[DataFrame, object]:
     return users, as_of
 
 
+def with_propensity_deciles(
+    ctx: StageContext, users: DataFrame, as_of: object, campaigns: list[CampaignConf]
+) -> DataFrame:
+    """The users with their decile of each propensity target a campaign conditions on."""
+    wanted = sorted({c.target.propensity.target for c in campaigns if c.target.propensity})
+    if not wanted:
+        return users
+    needing = [c.id for c in campaigns if c.target.propensity]
+    if not ctx.lakehouse.exists(t.PROPENSITY_SCORES.name):
+        raise ValueError(
+            f"campaign(s) {needing} target by propensity but {t.PROPENSITY_SCORES.name} does "
+            "not exist; run the propensity stage first"
+        )
+    scores = ctx.read(t.PROPENSITY_SCORES.name)
+    scored_as_of = latest(scores, t.AS_OF_DATE, as_of)
+    if scored_as_of is None:
+        raise ValueError(
+            f"{t.PROPENSITY_SCORES.name} has no snapshot up to the segments' {as_of}; "
+            "run the propensity stage on it"
+        )
+    scores = scores.filter(F.col(t.AS_OF_DATE) == F.lit(scored_as_of))
+    present = {r["target"] for r in scores.select("target").distinct().collect()}
+    missing = [name for name in wanted if name not in present]
+    if missing:
+        raise ValueError(
+            f"campaign(s) {needing} target by propensity {missing}, which "
+            f"{t.PROPENSITY_SCORES.name} ({scored_as_of}) does not score; it has {sorted(present)}"
+        )
+    ctx.log.info("propensity deciles of %s from the scores of %s", wanted, scored_as_of)
+    for name in wanted:
+        deciles = scores.filter(F.col("target") == name).select(
+            t.USER_ID, F.col("decile").alias(cp.decile_column(name))
+        )
+        users = users.join(deciles, on=t.USER_ID, how="left")
+    return users
+
+
 def _recommendations(ctx: StageContext, as_of: object) -> DataFrame | None:
     if not ctx.lakehouse.exists(t.RECOMMENDATIONS.name):
         ctx.log.warning("no %s: audience rows carry no recommended items", t.RECOMMENDATIONS.name)
@@ -88,7 +125,7 @@ def run(ctx: StageContext) -> None:
     campaigns = load_campaigns(conf.campaigns_file)
     ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
     users, as_of = _users(ctx)
-    users = users.cache()
+    users = with_propensity_deciles(ctx, users, as_of, campaigns).cache()
     send_date = conf.send_date or as_of
     history = (
         ctx.read(t.CAMPAIGN_AUDIENCES.name)

@@ -32,14 +32,18 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from shopseg import charts, generator, tracking
 from shopseg import features as fx
-from shopseg import generator, tracking
 from shopseg import propensity as pr
 from shopseg import tables as t
 from shopseg.config import PropensityTarget
 from shopseg.pipeline import StageContext, latest
 from shopseg.spark import checkpointed
 from shopseg.stages.features import bronze_table, ingest_log
+
+# The snapshot is back-tested when the events cover this share of a target's
+# horizon after it (CDNOW's log ends 181 days after 1998-01-01, its target is 182 days).
+BACKTEST_COVERAGE = 0.95
 
 
 class _Snapshots:
@@ -92,44 +96,6 @@ def _require_both_classes(name: str, what: str, n: int, positives: float) -> Non
             "both classes are needed (more history before the cut-offs, or other "
             "propensity.cutoff_step_days / training_cutoffs / horizon)"
         )
-
-
-def _figure_gains(curves: dict[str, pd.DataFrame], title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    for method, gain in curves.items():
-        ax.plot(
-            [0, *gain["selected_share"]], [0, *gain["positive_share"]], "o-", label=method, ms=3
-        )
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="random")
-    ax.set_xlabel("share of users contacted (by score)")
-    ax.set_ylabel("share of positives reached")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def _figure_reliability(before: pd.DataFrame, after: pd.DataFrame, title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
-    ax.plot(before["predicted"], before["observed"], "o-", label="before calibration")
-    ax.plot(after["predicted"], after["observed"], "s-", label="after isotonic calibration")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect")
-    ax.set_xlabel("mean predicted probability")
-    ax.set_ylabel("observed rate")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    return fig
 
 
 def _baselines(
@@ -255,13 +221,6 @@ def _fit_target(
         "model_before": pr.reliability(test, pr.SCORE, conf.calibration_bins),
         "model_after": pr.reliability(test, pr.CALIBRATED, conf.calibration_bins),
     }
-    ctx.run.log_figure(_figure_gains(curves, f"{name}: gains, cut-off {cuts.validation}"),
-                       f"{name}/gains.png")  # fmt: skip
-    ctx.run.log_figure(
-        _figure_reliability(reliability["model_before"], reliability["model_after"], name),
-        f"{name}/reliability.png",
-    )
-
     model = pr.calibrated_model(prep, classifier, calibrator)
     version = tracking.register_spark_model(model, f"{conf.model_prefix}_{name}", conf.alias)
     from mlflow import MlflowClient
@@ -328,9 +287,15 @@ def _backtest(
     scores: DataFrame,
     target: PropensityTarget,
     as_of: dt.date,
+    covered_days: int,
 ) -> None:
     """The snapshot's own outcome, where the events cover its horizon: report only."""
-    outcomes = pr.build_outcomes(events, as_of, target.horizon_days)
+    days = min(covered_days, target.horizon_days)
+    ctx.log.info(
+        "%s: back-test labels from %s to %s (%d of %d days)",
+        target.name, as_of, as_of + dt.timedelta(days=days - 1), days, target.horizon_days,
+    )  # fmt: skip
+    outcomes = pr.build_outcomes(events, as_of, days)
     rows = pr.build_labelled_rows(snapshot, outcomes, target)
     model_rows = rows.join(
         scores.filter(F.col("target") == target.name).select(t.USER_ID, "probability"),
@@ -338,6 +303,7 @@ def _backtest(
         "inner",
     ).withColumn(pr.SCORE, F.col("probability"))
     metrics = {f"snapshot_{k}": v for k, v in pr.ranking_metrics(model_rows, pr.SCORE).items()}
+    metrics["snapshot_label_days"] = float(days)
     for method, scored in _baselines(ctx, events, rows, as_of, target).items():
         base = pr.ranking_metrics(scored, pr.SCORE)
         metrics |= {f"snapshot_baseline_{method}_{k}": v for k, v in base.items()}
@@ -414,19 +380,24 @@ def run(ctx: StageContext) -> None:
     )
     written = ctx.read_back(result).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
     if chart_rows:
-        charts = ctx.spark.createDataFrame(
+        evaluation = pd.DataFrame(
+            [(as_of, *row) for row in chart_rows], columns=list(t.PROPENSITY_EVAL.columns)
+        )
+        ctx.run.log_figure(charts.propensity_figure(evaluation), "propensity_charts.png")
+        frame = ctx.spark.createDataFrame(
             [(as_of, *row) for row in chart_rows],
             "as_of_date date, target string, cutoff date, curve string, method string, "
             "x double, y double, users int",
         )
         ctx.write(
-            charts.select(*t.PROPENSITY_EVAL.columns),
+            frame.select(*t.PROPENSITY_EVAL.columns),
             t.PROPENSITY_EVAL.name,
             "overwrite_partitions",
             partition_by=t.PROPENSITY_EVAL.partition_by,
         )
     last_day = latest(events, t.EVENT_DATE)
+    covered = (last_day - as_of).days + 1 if last_day is not None else 0
     for target in conf.targets:
-        if last_day is not None and as_of + dt.timedelta(days=target.horizon_days - 1) <= last_day:
-            _backtest(ctx, events, snapshot, written, target, as_of)
+        if covered >= BACKTEST_COVERAGE * target.horizon_days:
+            _backtest(ctx, events, snapshot, written, target, as_of, covered)
         _planted_rank_correlation(ctx, written, target)

@@ -85,6 +85,16 @@ def sections(ctx: StageContext) -> list[Section]:
             lambda: charts.uplift_figure(charts.uplift_data(lake)),
         ),
         Section(
+            "Who will buy, who will churn",
+            "Per propensity target, on the latest labelled cut-off (out of time): the share "
+            "of positives reached by contacting the users with the highest scores first "
+            "(the model against the RFM rule and BG/NBD's expected transactions), and the "
+            "observed rate per predicted-probability bin before and after isotonic "
+            "calibration, on users the calibration was not fitted on.",
+            (t.PROPENSITY_EVAL.name,),
+            lambda: charts.propensity_figure(charts.propensity_eval_data(lake)),
+        ),
+        Section(
             "Customer value by segment",
             "Expected lifetime value (BG/NBD x Gamma-Gamma) per segment, and the "
             "distribution of the probability that a customer is still active.",

@@ -233,6 +233,17 @@ def _customer_values(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
     return values.filter(F.col(t.AS_OF_DATE) == F.lit(values_as_of))
 
 
+def _propensity_scores(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
+    """The gold/propensity_scores snapshot of `as_of`, if the propensity stage scored it."""
+    if not ctx.lakehouse.exists(t.PROPENSITY_SCORES.name):
+        return None
+    scores = ctx.read(t.PROPENSITY_SCORES.name)
+    if latest(scores, t.AS_OF_DATE, as_of) != as_of:
+        ctx.log.info("no propensity scores of %s: profiles without mean_propensity", as_of)
+        return None
+    return scores.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+
+
 def run(ctx: StageContext) -> None:
     conf = ctx.config.segment
     snapshot, as_of, features_version = _snapshot(ctx)
@@ -295,6 +306,7 @@ def run(ctx: StageContext) -> None:
         )
     strategies = {n.name: n.strategy for n in conf.names}
     values = _customer_values(ctx, as_of)
+    propensity = _propensity_scores(ctx, as_of)
     profiles = sg.build_profiles(
         written,
         snapshot,
@@ -306,6 +318,7 @@ def run(ctx: StageContext) -> None:
         algorithm,
         k,
         values,
+        propensity,
     )
     result = ctx.write(
         profiles,

@@ -1,6 +1,6 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # 05 · Campaigns and measured uplift
+# MAGIC # 06 · Campaigns and measured uplift
 # MAGIC
 # MAGIC Runs `audiences` (who gets which campaign, with a random holdout per
 # MAGIC campaign), `simulate_outcomes` (synthetic responses; on real data skip it and
