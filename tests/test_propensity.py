@@ -115,7 +115,7 @@ def test_ranking_and_probability_metrics_match_scikit_learn(scored):
     ranking = pr.ranking_metrics(df, pr.SCORE)
     # Spark sorts the scores into 1,000 bins (its default, for large data).
     assert ranking["auc_roc"] == pytest.approx(roc_auc_score(frame.label, frame.score), abs=1e-3)
-    probability = pr.probability_metrics(df, pr.SCORE, 10)
+    probability, table = pr.probability_metrics(df, pr.SCORE, 10)
     assert probability["brier"] == pytest.approx(brier_score_loss(frame.label, frame.score))
     clipped = frame.score.clip(pr.EPSILON, 1 - pr.EPSILON)
     assert probability["log_loss"] == pytest.approx(log_loss(frame.label, clipped))
@@ -124,6 +124,8 @@ def test_ranking_and_probability_metrics_match_scikit_learn(scored):
     ece = float((by_bin.n / len(frame) * (by_bin.y - by_bin.p).abs()).sum())
     assert probability["ece"] == pytest.approx(ece)
     assert probability["ece"] > 0.1, "the planted miscalibration is large"
+    assert table["users"].tolist() == by_bin.n.tolist()
+    assert table["observed"].tolist() == pytest.approx(by_bin.y.tolist())
 
 
 def test_gains_lift_and_deciles(scored):
@@ -156,8 +158,8 @@ def test_isotonic_calibration_fitted_on_half_lowers_the_error_on_the_other(spark
     half = pr.calibration_half(0.5, 42)
     calibrator = pr.fit_calibrator(vectors.filter(half))
     test = calibrator.transform(vectors.filter(~half))
-    before = pr.probability_metrics(test, pr.SCORE, 10)
-    after = pr.probability_metrics(test, pr.CALIBRATED, 10)
+    before, _ = pr.probability_metrics(test, pr.SCORE, 10)
+    after, _ = pr.probability_metrics(test, pr.CALIBRATED, 10)
     assert after["ece"] < before["ece"] / 2, (before, after)
     assert after["brier"] < before["brier"]
     n_fit = vectors.filter(half).count()

@@ -127,12 +127,20 @@ def expected_transactions_new(m: BgNbd, t) -> np.ndarray:
 
 
 def _fit(objective, start: np.ndarray) -> optimize.OptimizeResult:
-    """Minimise over log-parameters: Nelder-Mead to get close, then BFGS to finish."""
+    """Minimise over log-parameters: Nelder-Mead to get close, then BFGS to finish.
+
+    Where nobody seems to drop out, BG/NBD's a and b grow without bound along a
+    ridge of equal likelihood and Nelder-Mead never meets its parameter
+    tolerance: on the default shop's purchases before 2025-12-02 (8,415
+    distinct rows) 4,000 iterations took 21.9 s and 800 gave the same
+    likelihood and parameters to every printed digit in 2.5 s. CDNOW's fits
+    converge within a few hundred.
+    """
     coarse = optimize.minimize(
         objective,
         start,
         method="Nelder-Mead",
-        options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-8},
+        options={"maxiter": 800, "xatol": 1e-6, "fatol": 1e-8},
     )
     fine = optimize.minimize(objective, coarse.x, method="BFGS", options={"gtol": 1e-6})
     return fine if fine.success and fine.fun <= coarse.fun else coarse

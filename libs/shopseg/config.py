@@ -751,7 +751,7 @@ class PropensityConf:
     # by the scored snapshot (as_of_date - horizon), or last_cutoff when set;
     # the training cut-offs are the `training_cutoffs` before it, every
     # `cutoff_step_days`.
-    training_cutoffs: int = 2
+    training_cutoffs: int = 1
     cutoff_step_days: int = 30
     last_cutoff: dt.date | None = None
     features: list[SegmentFeature] = field(
@@ -761,13 +761,13 @@ class PropensityConf:
     )
     models: list[PropensityModel] = field(
         default_factory=lambda: [
-            # Sized for the demo; larger grids by configuration.
+            # One point per family, sized for the demo (every boosting round
+            # or logistic iteration is a Spark job); larger grids by configuration.
             PropensityModel(
-                "logistic",
-                {"regParam": [0.001, 0.03], "elasticNetParam": [0.5], "maxIter": [30]},
+                "logistic", {"regParam": [0.001], "elasticNetParam": [0.5], "maxIter": [20]}
             ),
             PropensityModel("random_forest", {"numTrees": [40], "maxDepth": [6]}),
-            PropensityModel("gbt", {"maxIter": [20], "maxDepth": [4]}),
+            PropensityModel("gbt", {"maxIter": [10], "maxDepth": [4]}),
         ]
     )
     # Share of the validation cut-off's users (by hash) the isotonic calibration

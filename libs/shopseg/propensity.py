@@ -263,8 +263,9 @@ def reliability(df: DataFrame, prob_col: str, bins: int, label_col: str = LABEL)
 
 def probability_metrics(
     df: DataFrame, prob_col: str, bins: int, label_col: str = LABEL
-) -> dict[str, float]:
-    """Brier score, log loss and expected calibration error of a probability.
+) -> tuple[dict[str, float], pd.DataFrame]:
+    """Brier score, log loss and expected calibration error of a probability, and
+    the reliability table they come from.
 
     ECE: the users-weighted mean over equal-width bins of |observed rate -
     mean predicted probability|.
@@ -278,7 +279,8 @@ def probability_metrics(
     table = reliability(df, prob_col, bins, label_col)
     weights = table["users"] / table["users"].sum()
     ece = float((weights * (table["observed"] - table["predicted"]).abs()).sum())
-    return {"brier": float(totals["brier"]), "log_loss": float(totals["log_loss"]), "ece": ece}
+    metrics = {"brier": float(totals["brier"]), "log_loss": float(totals["log_loss"]), "ece": ece}
+    return metrics, table
 
 
 def gains(df: DataFrame, score_col: str, points: int = 10, label_col: str = LABEL) -> pd.DataFrame:
