@@ -759,6 +759,10 @@ class PropensityConf:
             SegmentFeature(name, expr, log) for name, expr, log in DEFAULT_PROPENSITY_FEATURES
         ]
     )
+    # Days of BG/NBD's expected transactions offered to the models as the column
+    # `bgnbd_expected_transactions` (fitted on the purchases before each cut-off
+    # and before the scored snapshot; name it in `features`); null = not computed.
+    bgnbd_feature_days: int | None = None
     models: list[PropensityModel] = field(
         default_factory=lambda: [
             # One point per family, sized for the demo (every boosting round
@@ -1216,6 +1220,8 @@ def _validate_propensity(config: Config) -> None:
     _check(len(set(names)) == len(names), "propensity.targets", origin,
            f"targets must differ in kind or horizon: {names}")  # fmt: skip
     _check(p.training_cutoffs > 0, "propensity.training_cutoffs", origin, "must be positive")
+    _check(p.bgnbd_feature_days is None or p.bgnbd_feature_days > 0,
+           "propensity.bgnbd_feature_days", origin, "must be positive (or null)")  # fmt: skip
     _check(p.cutoff_step_days > 0, "propensity.cutoff_step_days", origin, "must be positive")
     _check(0 < p.calibration_share < 1, "propensity.calibration_share", origin,
            "must be within 0..1 (exclusive)")  # fmt: skip

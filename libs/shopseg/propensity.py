@@ -350,32 +350,51 @@ def rfm_baseline(rows: DataFrame, target: PropensityTarget) -> Column:
     return (total if target.kind == "purchase" else -total).cast("double")
 
 
-def bgnbd_baseline(
-    events: DataFrame, cutoff: dt.date, horizon_days: int, unit: str, target: PropensityTarget
-) -> DataFrame:
+BGNBD_EXPECTED = "bgnbd_expected_transactions"
+
+
+def bgnbd_expected(events: DataFrame, cutoff: dt.date, horizon_days: int, unit: str) -> DataFrame:
     """BG/NBD fitted on the purchases before `cutoff`: per customer, expected
-    transactions over the horizon (`bgnbd_score`; churn: its negative).
+    transactions over the horizon (`bgnbd_expected_transactions`).
 
     Users with no purchase before the cut-off are no customers of the model
-    and get no row (the caller ranks them last).
+    and get no row (callers use 0).
+
+    Raises:
+        ValueError: when nobody bought before the cut-off.
     """
     unit_days = clv.UNIT_DAYS[unit]
     end = cutoff - dt.timedelta(days=1)
     summary = clv.customer_summary(clv.transaction_days(events, None, end), end, unit_days)
     tuples = clv.rfm_tuples(summary)
     if tuples.empty:
-        raise ValueError(f"no purchases before {cutoff}: no BG/NBD baseline")
+        raise ValueError(f"no purchases before {cutoff}: no BG/NBD fit")
     bg = clv.fit_bgnbd(tuples["x"], tuples["t_x"], tuples["T"], tuples["customers"])
     expected = clv.expected_transactions(
         bg, horizon_days / unit_days, tuples["x"], tuples["t_x"], tuples["T"]
     )
-    sign = 1.0 if target.kind == "purchase" else -1.0
-    tuples["bgnbd_score"] = sign * np.asarray(expected, dtype=float)
+    tuples[BGNBD_EXPECTED] = np.asarray(expected, dtype=float)
     table = events.sparkSession.createDataFrame(
-        tuples[["x", "t_x", "T", "bgnbd_score"]].astype(
+        tuples[["x", "t_x", "T", BGNBD_EXPECTED]].astype(
             {"x": "int64", "t_x": "float64", "T": "float64"}
         )
     )
     return summary.join(F.broadcast(table), ["x", "t_x", "T"], "inner").select(
-        t.USER_ID, "bgnbd_score"
+        t.USER_ID, BGNBD_EXPECTED
+    )
+
+
+def bgnbd_baseline(
+    events: DataFrame, cutoff: dt.date, horizon_days: int, unit: str, target: PropensityTarget
+) -> DataFrame:
+    """`bgnbd_expected` as a ranking score `bgnbd_score` (churn: its negative)."""
+    sign = 1.0 if target.kind == "purchase" else -1.0
+    expected = bgnbd_expected(events, cutoff, horizon_days, unit)
+    return expected.select(t.USER_ID, (F.lit(sign) * F.col(BGNBD_EXPECTED)).alias("bgnbd_score"))
+
+
+def with_bgnbd_expected(snapshot: DataFrame, expected: DataFrame) -> DataFrame:
+    """The snapshot with `bgnbd_expected_transactions` (0 for users who never bought)."""
+    return snapshot.join(expected, t.USER_ID, "left").withColumn(
+        BGNBD_EXPECTED, F.coalesce(F.col(BGNBD_EXPECTED), F.lit(0.0))
     )

@@ -74,9 +74,22 @@ class _Snapshots:
                 quantile_error=conf.rfm.quantile_error,
                 orders=t.ORDER_ID in self.events.columns,
             )
-            self.built[cutoff] = checkpointed(snapshot.features)
+            rows = _with_model_columns(self.ctx, self.events, snapshot.features, cutoff)
+            self.built[cutoff] = checkpointed(rows)
             snapshot.unpersist()
         return self.built[cutoff]
+
+
+def _with_model_columns(
+    ctx: StageContext, events: DataFrame, snapshot: DataFrame, as_of: dt.date
+) -> DataFrame:
+    """The snapshot with the columns the stage derives for the models
+    (`propensity.bgnbd_feature_days`: BG/NBD fitted on the purchases before `as_of`)."""
+    days = ctx.config.propensity.bgnbd_feature_days
+    if days is None:
+        return snapshot
+    expected = pr.bgnbd_expected(events, as_of, days, ctx.config.clv.time_unit)
+    return pr.with_bgnbd_expected(snapshot, expected)
 
 
 def _rows(
@@ -276,6 +289,8 @@ def _score(
         )
     )
     thresholds = pr.decile_thresholds(scored, pr.SCORE)
+    # The uncalibrated score stays beside the contract's columns: it ranks
+    # without the ties of the calibration's steps (the back-test reads it).
     return scored.select(
         t.USER_ID,
         t.AS_OF_DATE,
@@ -283,6 +298,7 @@ def _score(
         F.col(pr.CALIBRATED).cast("double").alias("probability"),
         pr.decile(F.col(pr.SCORE), thresholds).alias("decile"),
         F.lit(version).alias(t.MODEL_VERSION),
+        pr.SCORE,
     )
 
 
@@ -304,10 +320,10 @@ def _backtest(
     outcomes = pr.build_outcomes(events, as_of, days)
     rows = pr.build_labelled_rows(snapshot, outcomes, target)
     model_rows = rows.join(
-        scores.filter(F.col("target") == target.name).select(t.USER_ID, "probability"),
+        scores.filter(F.col("target") == target.name).select(t.USER_ID, pr.SCORE),
         t.USER_ID,
         "inner",
-    ).withColumn(pr.SCORE, F.col("probability"))
+    )
     metrics = {f"snapshot_{k}": v for k, v in pr.ranking_metrics(model_rows, pr.SCORE).items()}
     metrics["snapshot_label_days"] = float(days)
     for method, scored in _baselines(ctx, events, rows, as_of, target).items():
@@ -344,8 +360,10 @@ def run(ctx: StageContext) -> None:
     as_of = conf.as_of_date or latest(features, t.AS_OF_DATE)
     if as_of is None:
         raise ValueError(f"{t.USER_FEATURES.name} is empty; run `features` first")
-    snapshot = features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
     events = ctx.read(t.SILVER_EVENTS.name)
+    snapshot = _with_model_columns(
+        ctx, events, features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of)), as_of
+    )
     ctx.run.log_params({"as_of_date": as_of.isoformat(), "mode": conf.mode})
 
     models: dict[str, tuple[PipelineModel, str]] = {}
@@ -408,6 +426,6 @@ def run(ctx: StageContext) -> None:
     covered = (last_day - as_of).days + 1 if last_day is not None else 0
     for target in conf.targets:
         if covered >= BACKTEST_COVERAGE * target.horizon_days:
-            _backtest(ctx, events, snapshot, written, target, as_of, covered)
+            _backtest(ctx, events, snapshot, scores, target, as_of, covered)
         _planted_rank_correlation(ctx, written, target)
     events.unpersist()
