@@ -145,7 +145,7 @@ def _fit_target(
     events: DataFrame,
     target: PropensityTarget,
     scoring_as_of: dt.date,
-) -> tuple[PipelineModel, str, list[dict[str, Any]]]:
+) -> tuple[PipelineModel, str, list[tuple]]:
     conf = ctx.config.propensity
     name = target.name
     cuts = pr.plan_cutoffs(
