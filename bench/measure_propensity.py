@@ -3,8 +3,8 @@
 The rows are the propensity stage's own for `purchase_30d` (point-in-time
 features of the validation cut-off and of the training cut-offs before it,
 `conf/local.yaml`'s settings), prepared by the stage's fitted feature
-pipeline; both libraries fit boosted trees of the same shape (the stage's
-default GBT: 20 rounds of depth-4 trees, learning rate 0.1) on the same
+pipeline; both libraries fit boosted trees of the same shape (20 rounds of
+depth-4 trees, learning rate 0.1; the demo's grid stops at 10) on the same
 training vectors, and both are scored by scikit-learn's average precision on
 the same validation vectors.
 """
