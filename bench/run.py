@@ -820,15 +820,17 @@ def _quality(q: dict | None) -> str:
 def results_table(rows: list[dict], host: dict) -> str:
     """The Markdown table of `rows` and the machine they ran on."""
     lines = [
-        f"Measured on {host['date']}: {host['cpu']}, {host['cores']} cores, "
+        f"Machine of the last run ({host['date']}): {host['cpu']}, {host['cores']} cores, "
         f"{host['memory_gib']} GiB; Python {host['python']}, Spark {host['spark']}, "
         f"DuckDB {host['duckdb']}, scikit-learn {host['scikit_learn']}, implicit "
         f"{host['implicit']}, NumPy {host['numpy']}. Seconds are medians of "
-        f"{len(rows[0]['repeats']) if rows else 0} runs (kmeans and als: per iteration).",
+        f"{len(rows[0]['repeats']) if rows else 0} runs (kmeans and als: per iteration); "
+        "each row on the date in its last column (rows of stages not run are kept).",
         "",
         "| stage | events | Spark s | peer | peer s | Spark / peer | quality (Spark) "
-        "| quality (peer) | equal quality | driver peak MB | JVM peak MB | peer peak MB |",
-        "|---|---:|---:|---|---:|---:|---|---|---|---:|---:|---:|",
+        "| quality (peer) | equal quality | driver peak MB | JVM peak MB | peer peak MB "
+        "| measured |",
+        "|---|---:|---:|---|---:|---:|---|---|---|---:|---:|---:|---|",
     ]
     for r in rows:
         extra = f"; {r['ns_per_score']} ns/score" if "ns_per_score" in r else ""
@@ -838,7 +840,8 @@ def results_table(rows: list[dict], host: dict) -> str:
             f"| {_fmt(r['peer_seconds'])}{peer_extra} | {_fmt(r['ratio'])} "
             f"| {_quality(r['quality'])} | {_quality(r['peer_quality'])} "
             f"| {_fmt(r.get('equal_quality'))} | {_fmt(r.get('driver_peak_mb'))} "
-            f"| {_fmt(r.get('jvm_peak_mb'))} | {_fmt(r.get('peer_peak_mb'))} |"
+            f"| {_fmt(r.get('jvm_peak_mb'))} | {_fmt(r.get('peer_peak_mb'))} "
+            f"| {r.get('measured', '-')} |"
         )
     return "\n".join(lines)
 
@@ -917,6 +920,9 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Rows of stages and sizes not run this time are kept from the last run.
+    today = dt.date.today().isoformat()
+    for r in rows:
+        r["measured"] = today
     fresh = {(r["stage"], r["size"]) for r in rows}
     if out.is_file():
         kept = [r for r in json.loads(out.read_text()) if (r["stage"], r["size"]) not in fresh]
