@@ -23,9 +23,10 @@ def spark():
         shuffle_partitions=2,
         ui=False,
         driver_memory="2g",
-        # The suite's data are small and its queries many: compiling each
-        # plan's whole-stage code costs more than it saves. The propensity
-        # stage on 400 users, warm: 66.7 s with it, 56.6 s without.
+        # The suite's data are small and its queries many, so compiling each
+        # plan's whole-stage code buys little. Measured on the propensity stage
+        # (400 users, warm): 66.7 s with it, 56.6 and 67.2 s without, within
+        # this machine's noise; kept off as harmless, not as a proven saving.
         conf={"spark.sql.codegen.wholeStage": "false"},
     )
     # Delta's Spark package is fetched (then cached by Ivy) like in `make run`.
@@ -51,7 +52,7 @@ def migrated_tracking_stores(monkeypatch, mlflow_template):
     MLflow builds a new SQLite store by running its schema migrations: 1.6-5.6 s
     here, paid by every test whose stage runs in a fresh lakehouse (a copy:
     0.08 s). The stores MLflow builds itself are still exercised by the
-    subprocess tests (the console script, spark-submit, notebooks' defaults).
+    subprocess tests (the console script, spark-submit), which this cannot reach.
     """
     configure = tracking.configure
 
