@@ -52,6 +52,7 @@ setup(
             "scipy>=1.11",
             "threadpoolctl>=3",
             "lightgbm>=4.3",
+            "scikit-uplift>=0.5",
         ],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},

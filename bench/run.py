@@ -33,6 +33,12 @@ timed runs are reported, the warm-up runs' seconds kept beside them:
   0.1) on its `purchase_30d` training rows against LightGBM with the same
   shape on the same vectors (`measure_propensity.py`); quality = average
   precision of both on the same validation cut-off (scikit-learn's).
+- uplift: the uplift stage's T-learner (a GBTRegressor per arm, 20 depth-3
+  trees, rate 0.1) on a randomized trial of every user with outcomes from
+  `simulate_outcomes`' plant, against scikit-uplift's `TwoModels` with two
+  LightGBM classifiers of the same shape on the same vectors
+  (`measure_uplift.py`); quality = scikit-uplift's Qini AUC and the stage's
+  Qini coefficient of both on the same held-out users.
 - startup: SparkSession start in a fresh process (median of `repeats`);
   its share of the pipeline = startup / (startup + the Spark stages' medians).
 
@@ -78,7 +84,7 @@ ALS_RANK, ALS_REG, ALS_ALPHA, ALS_ITER = 32, 0.05, 5.0, 10
 # the peer runs at 10 (checked again at every size by the bench itself).
 PEER_ALS_ALPHA = 10.0
 TOP_N = 20
-ORDER = ["startup", "features", "kmeans", "als", "recommend_all", "propensity"]
+ORDER = ["startup", "features", "kmeans", "als", "recommend_all", "propensity", "uplift"]
 SAMPLE_USERS = 1_000
 
 
@@ -400,6 +406,53 @@ def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int 
             "validation_rows": int(len(y_val)),
             "features": int(x.shape[1]),
             "positive_share": round(float(y.mean()), 4),
+            "params": GBT_PARAMS,
+        },
+    )
+
+
+def bench_uplift(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
+    from measure_uplift import (
+        GBT_PARAMS,
+        qini_scores,
+        sklift_t_learner,
+        spark_t_learner,
+        spark_uplift,
+        to_numpy,
+        uplift_vectors,
+    )
+
+    seed = config.uplift.seed
+    prep, train, val = uplift_vectors(spark, lake, config)
+    x, y, treated = to_numpy(train)
+    x_val, y_val, treated_val = to_numpy(val)
+    with Peaks(jvm) as spark_mem:
+        seconds, model, warm = timed(lambda: spark_t_learner(prep, train, seed), repeats)
+    with Peaks(None) as peer_mem:
+        peer_seconds, peer, peer_warm = timed(
+            lambda: sklift_t_learner(x, y, treated, seed), repeats
+        )
+    quality = qini_scores(spark, spark_uplift(model, val), y_val, treated_val)
+    peer_quality = qini_scores(spark, peer.predict(x_val), y_val, treated_val)
+    return row(
+        "uplift",
+        n_events,
+        seconds,
+        "scikit-uplift",
+        peer_seconds,
+        quality=quality,
+        peer_quality=peer_quality,
+        equal_quality=abs(quality["qini"] - peer_quality["qini"]) <= 0.005,
+        throughput=len(y) / median(seconds),
+        throughput_unit="training rows/s",
+        mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
+        detail={
+            "training_rows": int(len(y)),
+            "validation_rows": int(len(y_val)),
+            "features": int(x.shape[1]),
+            "treated_share": round(float(treated.mean()), 4),
+            "conversion": round(float(y.mean()), 4),
             "params": GBT_PARAMS,
         },
     )
@@ -747,6 +800,8 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
             rows.extend(bench_als(spark, lake, config, n_events, repeats, jvm))
         elif stage == "propensity":
             rows.append(bench_propensity(spark, lake, config, n_events, repeats, jvm))
+        elif stage == "uplift":
+            rows.append(bench_uplift(spark, lake, config, n_events, repeats, jvm))
         else:
             continue
         for r in rows:
@@ -861,7 +916,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1m,10m"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="startup,features,kmeans,als,propensity")
+    parser.add_argument("--stages", default="startup,features,kmeans,als,propensity,uplift")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()

@@ -27,7 +27,7 @@ CHARTS = {
     "03_segmentation.py": ["segment_sweep", "segment_profiles", "segment_pca", "segment_sizes"],
     "04_recommendations.py": ["recommendation_metrics"],
     "05_customer_value.py": ["customer_value", "propensity"],
-    "06_campaigns.py": ["campaign_uplift"],
+    "06_campaigns.py": ["campaign_uplift", "uplift_model"],
 }
 
 
@@ -38,7 +38,7 @@ STAGES = {
     "03_segmentation.py": ["segment"],
     "04_recommendations.py": ["recommend"],
     "05_customer_value.py": ["clv", "propensity"],
-    "06_campaigns.py": ["audiences", "simulate_outcomes", "evaluate"],
+    "06_campaigns.py": ["audiences", "simulate_outcomes", "evaluate", "uplift"],
     "07_bi_queries.py": [],
 }
 

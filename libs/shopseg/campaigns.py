@@ -20,7 +20,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from shopseg import tables as t
-from shopseg.config import CampaignConf
+from shopseg.config import CampaignConf, UpliftRule
 
 TREATMENT = "treatment"
 CONTROL = "control"
@@ -38,6 +38,16 @@ def decile_column(target: str) -> str:
     return f"propensity_decile_{target}"
 
 
+def uplift_pick_column(campaign_id: str) -> str:
+    """The users' column marking whom a campaign's uplift condition selects."""
+    return f"uplift_pick_{campaign_id}"
+
+
+def sampled(campaign_id: str, user_id: Column, share: float) -> Column:
+    """A deterministic share of users, by a hash independent of the A/B split."""
+    return bucket("shopseg.sample", campaign_id, user_id) < F.lit(share)
+
+
 def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
     """Users the campaign targets, before exclusions: every target condition holds.
 
@@ -45,7 +55,8 @@ def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
         users: one row per user with `segment_name`, `rfm_segment`, the
             feature columns the campaign's predicates use and, for a
             propensity condition, `decile_column(target)` (null: not scored
-            for that target, so not targeted).
+            for that target, so not targeted); for an uplift condition,
+            `uplift_pick_column(campaign id)` (null: not selected).
     """
     target = campaign.target
     cond = F.lit(True)
@@ -59,6 +70,10 @@ def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
         decile = F.col(decile_column(target.propensity.target))
         bounds = decile.between(target.propensity.min_decile, target.propensity.max_decile)
         cond = cond & F.coalesce(bounds, F.lit(False))
+    if target.uplift:
+        cond = cond & F.coalesce(F.col(uplift_pick_column(campaign.id)), F.lit(False))
+    if target.sample is not None:
+        cond = cond & sampled(campaign.id, F.col(t.USER_ID), target.sample)
     if campaign.exclude.opted_out:
         cond = cond & ~F.coalesce(F.expr(campaign.exclude.opted_out), F.lit(False))
     return users.filter(cond)
@@ -156,6 +171,42 @@ def _uniform(seed: int, salt: str, *cols: Column) -> Column:
     return (F.pmod(hashed, F.lit(BUCKETS)).cast("double") + 0.5) / BUCKETS
 
 
+def _by_persona(values: dict[str, float]) -> Column:
+    pairs = [F.lit(x) for kv in values.items() for x in kv]
+    return F.coalesce(F.create_map(*pairs)[F.col(t.PERSONA)], F.lit(0.0))
+
+
+PERSONA_GROUP = "persona"
+
+
+def planted_uplift(
+    users: DataFrame,
+    base: dict[str, float],
+    lift: dict[str, float],
+    rules: Sequence[UpliftRule],
+) -> DataFrame:
+    """`users` with `uplift_group` and `planted_uplift`, the change of their
+    conversion probability if treated.
+
+    The first rule whose predicate holds on the user's features decides the
+    lift (group: the rule's name); otherwise the persona's lift (group
+    `persona`). The effect is what the lift does to the persona's base
+    probability kept within [0, 1], so it is exact for every user.
+
+    Args:
+        users: `persona` and the feature columns the rules read.
+    """
+    group = F.lit(PERSONA_GROUP)
+    raw = _by_persona(lift)
+    for rule in reversed(rules):
+        holds = F.coalesce(F.expr(rule.where), F.lit(False))
+        group = F.when(holds, F.lit(rule.name)).otherwise(group)
+        raw = F.when(holds, F.lit(float(rule.lift))).otherwise(raw)
+    p0 = _by_persona(base)
+    p1 = F.least(F.greatest(p0 + raw, F.lit(0.0)), F.lit(1.0))
+    return users.withColumn("uplift_group", group).withColumn("planted_uplift", p1 - p0)
+
+
 def simulate_outcomes(
     audience: DataFrame,
     send_date: dt.date,
@@ -169,30 +220,29 @@ def simulate_outcomes(
     """Purchases within `window_days` of the send, and each campaign's planted lift.
 
     Args:
-        audience: `(campaign_id, user_id, variant, persona)` for one send date.
+        audience: `(campaign_id, user_id, variant, persona)` for one send date,
+            and `planted_uplift` for a heterogeneous effect (`planted_uplift`);
+            without it a treated user gets their persona's `lift`.
 
     Returns:
         `(events, truth)`: purchase events `(event_id, user_id, event_type,
         event_ts, amount)`, one per converting user; and per campaign the
-        planted lift, the mean over its treated users of their persona's
-        lift (0 for `no_effect` campaigns).
+        planted lift, the mean over its treated users of their lift (0 for
+        `no_effect` campaigns).
     """
-
-    def by_persona(values: dict[str, float]) -> Column:
-        pairs = [F.lit(x) for kv in values.items() for x in kv]
-        return F.coalesce(F.create_map(*pairs)[F.col("persona")], F.lit(0.0))
-
-    effect = F.when(F.col("campaign_id").isin(*no_effect), F.lit(0.0)).otherwise(by_persona(lift))
+    per_user = "planted_uplift" in audience.columns
+    planted = F.col("planted_uplift") if per_user else _by_persona(lift)
+    effect = F.when(F.col("campaign_id").isin(*no_effect), F.lit(0.0)).otherwise(planted)
     treated = F.col("variant") == TREATMENT
     users = audience.withColumn("_lift", F.when(treated, effect).otherwise(F.lit(0.0)))
     user = F.col(t.USER_ID)
-    converts = _uniform(seed, f"convert {send_date}", user) < by_persona(base) + F.col("_lift")
+    converts = _uniform(seed, f"convert {send_date}", user) < _by_persona(base) + F.col("_lift")
     # Lognormal order value with sigma 0.5 around the persona's mean (Box-Muller).
     z = F.sqrt(-2 * F.log(_uniform(seed, "v1", user))) * F.cos(
         2 * 3.141592653589793 * _uniform(seed, "v2", user)
     )
     sigma = 0.5
-    amount = F.exp(F.log(by_persona(order_value)) - sigma * sigma / 2 + sigma * z)
+    amount = F.exp(F.log(_by_persona(order_value)) - sigma * sigma / 2 + sigma * z)
     day = F.floor(_uniform(seed, "day", user) * window_days).cast("int")
     seconds = F.floor(_uniform(seed, "second", user) * 86400).cast("long")
     ts = (F.unix_timestamp(F.lit(send_date).cast("timestamp")) + (day * 86400) + seconds).cast(
@@ -213,18 +263,12 @@ def simulate_outcomes(
     return events, truth
 
 
-def outcome_sums(
-    audience: DataFrame, outcomes: DataFrame, send_date: dt.date, window_days: int
-) -> DataFrame:
-    """Per campaign, segment and variant: users, converters, revenue and its sum of squares.
-
-    A user converts with at least one purchase in [send date, send date +
-    window_days); revenue is the sum of those purchases' amounts. Rows for
-    segment `(all)` cover each campaign's whole audience.
-    """
+def converted_users(outcomes: DataFrame, send_date: dt.date, window_days: int) -> DataFrame:
+    """`(user_id, revenue, converted = 1)` of the users with a purchase in
+    [send date, send date + window_days)."""
     start = F.lit(send_date).cast("timestamp")
     end = F.lit(send_date + dt.timedelta(days=window_days)).cast("timestamp")
-    per_user = (
+    return (
         outcomes.filter(
             (F.col(t.EVENT_TYPE) == "purchase")
             & (F.col(t.EVENT_TS) >= start)
@@ -234,6 +278,18 @@ def outcome_sums(
         .agg(F.sum(F.coalesce(F.col(t.AMOUNT), F.lit(0.0))).alias("revenue"))
         .withColumn("converted", F.lit(1))
     )
+
+
+def outcome_sums(
+    audience: DataFrame, outcomes: DataFrame, send_date: dt.date, window_days: int
+) -> DataFrame:
+    """Per campaign, segment and variant: users, converters, revenue and its sum of squares.
+
+    A user converts with at least one purchase in [send date, send date +
+    window_days); revenue is the sum of those purchases' amounts. Rows for
+    segment `(all)` cover each campaign's whole audience.
+    """
+    per_user = converted_users(outcomes, send_date, window_days)
     joined = audience.join(per_user, on=t.USER_ID, how="left").select(
         "campaign_id",
         t.SEGMENT_NAME,

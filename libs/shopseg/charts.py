@@ -347,3 +347,54 @@ def propensity_figure(evaluation: pd.DataFrame) -> Figure:
         rel_ax.set_title(f"{target}: reliability (held-out users)")
         rel_ax.legend(fontsize="small")
     return fig
+
+
+# --------------------------------------------------------------------------- uplift models
+
+
+def uplift_eval_data(lake: Lakehouse) -> pd.DataFrame:
+    """The Qini curves and deciles of the latest uplift fit."""
+    return _snapshot(lake.read(t.UPLIFT_EVAL.name)).toPandas()
+
+
+def uplift_targeting_data(lake: Lakehouse) -> pd.DataFrame | None:
+    """The targeting comparison of the latest fit (synthetic data only), or None."""
+    if not lake.exists(t.UPLIFT_TARGETING.name):
+        return None
+    return _snapshot(lake.read(t.UPLIFT_TARGETING.name)).toPandas()
+
+
+def uplift_model_figure(evaluation: pd.DataFrame, targeting: pd.DataFrame | None) -> Figure:
+    """Qini curves of the learners against random targeting, the chosen learner's
+    uplift by decile with intervals, and (synthetic data) the planted incremental
+    conversions of each targeting method at equal contacts."""
+    panels = 3 if targeting is not None and len(targeting) else 2
+    fig = Figure(figsize=(5 * panels, 4.2), layout="constrained")
+    axes = fig.subplots(1, panels)
+    qini = evaluation[evaluation["curve"] == "qini"]
+    end = 0.0
+    for method, rows in qini.groupby("method", sort=True):
+        rows = rows.sort_values("x")
+        axes[0].plot(rows["x"], rows["y"], "-", label=method.replace("_", " "))
+        end = float(rows["y"].iloc[-1])
+    axes[0].plot([0, 1], [0, end], ":", color="grey", label="random")
+    axes[0].set_xlabel("share of held-out users (highest predicted uplift first)")
+    axes[0].set_ylabel("incremental conversions per user")
+    axes[0].set_title("Qini curves")
+    axes[0].legend(fontsize="small")
+    deciles = evaluation[evaluation["curve"] == "decile"].sort_values("x")
+    error = [deciles["y"] - deciles["low"], deciles["high"] - deciles["y"]]
+    axes[1].errorbar(deciles["x"], deciles["y"], yerr=error, fmt="o", capsize=3)
+    axes[1].axhline(0, color="grey", linewidth=1)
+    axes[1].set_xticks(range(1, 11))
+    axes[1].set_xlabel("predicted-uplift decile (1 = highest)")
+    axes[1].set_ylabel("treated minus control conversion")
+    learner = deciles["method"].iloc[0] if len(deciles) else ""
+    axes[1].set_title(f"Measured uplift by decile ({learner.replace('_', ' ')})")
+    if panels == 3:
+        rows = targeting.sort_values("incremental_conversions")
+        axes[2].barh(rows["method"].str.replace("_", " "), rows["incremental_conversions"])
+        contacts = int(rows["contacts"].max())
+        axes[2].set_xlabel(f"planted incremental conversions, {contacts:,} contacts each")
+        axes[2].set_title("Targeting at equal contacts")
+    return fig

@@ -539,6 +539,26 @@ class PropensityCondition:
 
 
 @dataclass
+class UpliftCondition:
+    """Users by their predicted uplift in gold/uplift_scores (the latest scores up to the
+    segments' snapshot).
+
+    gain = uplift x value of a conversion (`uplift.conversion_value`, or the
+    customer's expected order value from gold/customer_value when
+    `uplift.value_from_clv`) - cost of a contact on the campaign's channel
+    (`uplift.contact_cost`).
+    """
+
+    # The campaign whose randomized send trained the scores (their campaign_id);
+    # null = the scores' only campaign.
+    campaign: str | None = None
+    # The share of the scored users with the highest expected gain ...
+    top_share: float | None = None
+    # ... and/or only those whose expected gain is at least this.
+    min_gain: float | None = None
+
+
+@dataclass
 class CampaignTarget:
     """Who a campaign is for: every condition given must hold."""
 
@@ -550,6 +570,12 @@ class CampaignTarget:
     where: str | None = None
     # Deciles of a propensity target (the latest scores up to the segments' snapshot).
     propensity: PropensityCondition | None = None
+    # Users by their predicted uplift (gold/uplift_scores): the top share, or a
+    # minimum expected gain per contact.
+    uplift: UpliftCondition | None = None
+    # Keep this share of the users every other condition selects, by a salted
+    # hash independent of the A/B split (a randomized trial over a broad audience).
+    sample: float | None = None
 
 
 @dataclass
@@ -627,6 +653,29 @@ DEFAULT_ORDER_VALUE = {
 
 
 @dataclass
+class UpliftRule:
+    """A planted group: treated users matching `where` (and no earlier rule) get `lift`."""
+
+    name: str = ""
+    # Spark SQL over the silver/user_features columns of the send date.
+    where: str = ""
+    # Absolute change of the conversion probability when treated (negative: put off).
+    lift: float = 0.0
+
+
+DEFAULT_UPLIFT_RULES = (
+    # Customers who rated their purchases poorly are put off by a contact.
+    ("do_not_disturb", "mean_rating < 3", -0.10),
+    # Heavy buyers buy anyway: a contact changes nothing.
+    ("sure_things", "frequency >= 8", 0.0),
+    # Recent visitors who buy on discount are the persuadable ...
+    ("persuadables", "inactive_days <= 30 AND discount_share >= 0.3", 0.25),
+    # ... and so are recent browsers who rarely buy.
+    ("recent_browsers", "inactive_days <= 14 AND views >= 20 AND frequency <= 2", 0.15),
+)
+
+
+@dataclass
 class SimulateOutcomesConf:
     """Stage `simulate_outcomes` (synthetic data only): purchases after a send, known lift."""
 
@@ -639,6 +688,14 @@ class SimulateOutcomesConf:
     lift: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PLANTED_LIFT))
     # Campaigns whose treatment changes nothing (their planted lift is 0).
     no_effect_campaigns: list[str] = field(default_factory=lambda: ["vip_early_access"])
+    # persona: every treated user gets their persona's `lift`; heterogeneous:
+    # the first of `uplift_rules` whose predicate holds on the user's features
+    # at the send date decides, the persona's lift otherwise. Each user's
+    # planted effect goes to raw/ground_truth/user_uplift.
+    effect: Literal["persona", "heterogeneous"] = "heterogeneous"
+    uplift_rules: list[UpliftRule] = field(
+        default_factory=lambda: [UpliftRule(*rule) for rule in DEFAULT_UPLIFT_RULES]
+    )
     # Mean order value per persona (lognormal, sigma 0.5).
     order_value: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_ORDER_VALUE))
 
@@ -786,6 +843,90 @@ class PropensityConf:
 
 
 @dataclass
+class ExperimentTreatment:
+    """The treatment column of an exported experiment and its two values."""
+
+    column: str = ""
+    treated: str = ""
+    control: str = ""
+
+
+@dataclass
+class ExperimentConf:
+    """A randomized experiment exported from elsewhere, one row per user."""
+
+    path: str = _path_field("")
+    format: Literal["csv", "parquet", "json", "delta"] = "csv"
+    # Reader options (csv: header defaults to true).
+    options: dict[str, str] = field(default_factory=dict)
+    treatment: ExperimentTreatment = field(default_factory=ExperimentTreatment)
+    # Converted (1) or not (0); true/false and yes/no are read as 1/0.
+    outcome: str = ""
+    # The model's inputs: numeric columns as they are, categorical ones one-hot
+    # (the `max_categories` most frequent values, the rest `other`).
+    features: dict[str, Literal["numeric", "categorical"]] = field(default_factory=dict)
+    max_categories: int = 20
+    # A column identifying the rows (kept beside the held-out predictions); optional.
+    id_column: str | None = None
+
+
+DEFAULT_UPLIFT_FEATURES = (
+    *DEFAULT_PROPENSITY_FEATURES,
+    ("mean_rating", None, False),
+)
+
+
+@dataclass
+class UpliftConf:
+    """Stage `uplift`: whom a campaign changes, from a past randomized send."""
+
+    # The randomized campaign trained on (gold/campaign_audiences with its
+    # outcomes from evaluate.outcomes_table); ignored when `experiment` is set.
+    campaign: str = "uplift_trial"
+    # Its send date; default its latest.
+    send_date: dt.date | None = None
+    # Train on an exported experiment instead (conf/uplift_experiment_example.yaml).
+    experiment: ExperimentConf | None = None
+    features: list[SegmentFeature] = field(
+        default_factory=lambda: [
+            SegmentFeature(name, expr, log) for name, expr, log in DEFAULT_UPLIFT_FEATURES
+        ]
+    )
+    # Candidates, chosen by the Qini coefficient on the held-out users:
+    # t_learner (a GBT regression of the outcome per arm, uplift = difference)
+    # and transformed_outcome (one GBT regression of Y (T - e) / (e (1 - e))).
+    learners: list[Literal["t_learner", "transformed_outcome"]] = field(
+        default_factory=lambda: ["t_learner", "transformed_outcome"]
+    )
+    # Spark ML GBTRegressor parameters of every learner.
+    gbt: dict[str, float] = field(
+        default_factory=lambda: {"maxIter": 20, "maxDepth": 3, "stepSize": 0.1}
+    )
+    # Share of the users (by hash, within each arm) held out to choose and measure.
+    validation_share: float = 0.3
+    # Bootstrap resamples of the held-out users for the Qini interval.
+    bootstrap: int = 100
+    confidence: float = 0.95
+    # Targeting compared at equal contacts (synthetic data, against the planted
+    # effect): this share of the scored users, uplift against purchase propensity
+    # (`compare_propensity`), the rule of `compare_campaign` and random.
+    compare_share: float = 0.3
+    compare_propensity: str = "purchase_30d"
+    compare_campaign: str | None = "bargain_picks"
+    # Value of one conversion in the expected gain of a contact ...
+    conversion_value: float = 50.0
+    # ... or each customer's expected order value (gold/customer_value), that value otherwise.
+    value_from_clv: bool = False
+    # Cost of one contact per channel (channels not listed cost nothing).
+    contact_cost: dict[str, float] = field(
+        default_factory=lambda: {"email": 0.05, "app": 0.02, "sms": 0.5, "post": 1.0}
+    )
+    seed: int = 42
+    model_name: str = "shopseg_uplift"
+    alias: str = "champion"
+
+
+@dataclass
 class MaintainConf:
     """Stage `maintain` (not part of `shopseg run`): compaction and vacuum of Delta tables."""
 
@@ -828,6 +969,7 @@ class Config:
     evaluate: EvaluateConf = field(default_factory=EvaluateConf)
     clv: ClvConf = field(default_factory=ClvConf)
     propensity: PropensityConf = field(default_factory=PropensityConf)
+    uplift: UpliftConf = field(default_factory=UpliftConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
@@ -930,6 +1072,12 @@ def _validate(config: Config) -> None:
             origin,
             "probabilities must be within 0..1",
         )
+    for i, rule in enumerate(so.uplift_rules):
+        key = f"simulate_outcomes.uplift_rules[{i}]"
+        _check(bool(rule.name), f"{key}.name", origin, "is required")
+        _check(bool(rule.where), f"{key}.where", origin, "is required (Spark SQL)")
+        _check(-1 <= rule.lift <= 1, f"{key}.lift", origin, "must be within -1..1")
+    _validate_uplift(config)
     c = config.clv
     _check(c.horizon_days > 0, "clv.horizon_days", origin, "must be positive")
     _check(
@@ -1235,6 +1383,39 @@ def _validate_propensity(config: Config) -> None:
                    f"not a grid parameter of {model.kind}; use one of {list(allowed)}")  # fmt: skip
             _check(bool(values), f"propensity.models[{i}].params.{param}", origin,
                    "needs at least one value")  # fmt: skip
+
+
+def _validate_uplift(config: Config) -> None:
+    origin = config.source
+    u = config.uplift
+    _check(bool(u.learners), "uplift.learners", origin, "needs at least one learner")
+    _check(0 < u.validation_share < 1, "uplift.validation_share", origin,
+           "must be within 0..1 (exclusive)")  # fmt: skip
+    _check(0 < u.compare_share <= 1, "uplift.compare_share", origin, "must be within 0..1")
+    _check(u.bootstrap >= 20, "uplift.bootstrap", origin, "must be at least 20")
+    _check(0.5 < u.confidence < 1, "uplift.confidence", origin, "must be within 0.5..1")
+    _check(u.conversion_value > 0, "uplift.conversion_value", origin, "must be positive")
+    allowed = ("maxIter", "maxDepth", "stepSize", "minInstancesPerNode", "subsamplingRate")
+    for param in u.gbt:
+        _check(param in allowed, f"uplift.gbt.{param}", origin,
+               f"not a GBTRegressor parameter shopseg sets; one of {list(allowed)}")  # fmt: skip
+    _check_features(u.features, "uplift.features", origin)
+    e = u.experiment
+    if e is not None:
+        _check(bool(e.path), "uplift.experiment.path", origin, "is required")
+        for key in ("column", "treated", "control"):
+            _check(bool(getattr(e.treatment, key)), f"uplift.experiment.treatment.{key}",
+                   origin, "is required")  # fmt: skip
+        _check(e.treatment.treated != e.treatment.control, "uplift.experiment.treatment",
+               origin, "treated and control values must differ")  # fmt: skip
+        _check(bool(e.outcome), "uplift.experiment.outcome", origin, "is required")
+        _check(bool(e.features), "uplift.experiment.features", origin,
+               "needs at least one column")  # fmt: skip
+        both = sorted({e.treatment.column, e.outcome} & set(e.features))
+        _check(not both, "uplift.experiment.features", origin,
+               f"{both} are the treatment or outcome column")  # fmt: skip
+        _check(e.max_categories >= 1, "uplift.experiment.max_categories", origin,
+               "must be positive")  # fmt: skip
 
 
 def _validate_segment(config: Config) -> None:
@@ -1707,11 +1888,26 @@ def load_campaigns(path: str | os.PathLike[str]) -> list[CampaignConf]:
         )
         target = campaign.target
         _check(
-            bool(target.segments or target.rfm_segments or target.where or target.propensity),
+            bool(
+                target.segments
+                or target.rfm_segments
+                or target.where
+                or target.propensity
+                or target.uplift
+                or target.sample
+            ),
             "target",
             where,
-            "needs segments, rfm_segments, where and/or propensity",
+            "needs segments, rfm_segments, where, propensity, uplift and/or sample",
         )
+        _check(target.sample is None or 0 < target.sample <= 1, "target.sample", where,
+               "must be within 0..1")  # fmt: skip
+        if target.uplift is not None:
+            cond = target.uplift
+            _check(cond.top_share is not None or cond.min_gain is not None, "target.uplift",
+                   where, "needs top_share and/or min_gain")  # fmt: skip
+            _check(cond.top_share is None or 0 < cond.top_share <= 1, "target.uplift.top_share",
+                   where, "must be within 0..1")  # fmt: skip
         if target.propensity is not None:
             cond = target.propensity
             _check(bool(cond.target), "target.propensity.target", where,

@@ -93,6 +93,11 @@ STAGES: tuple[Stage, ...] = (
         "shopseg.stages.evaluate",
     ),
     Stage(
+        "uplift",
+        "T-learner / transformed-outcome GBT from a randomized send: gold/uplift_scores, eval",
+        "shopseg.stages.uplift",
+    ),
+    Stage(
         "report",
         "one self-contained HTML report with the charts of the gold tables (reports/)",
         "shopseg.stages.report",

@@ -399,6 +399,15 @@ CAMPAIGN_LIFT = TableSpec(
     "The planted conversion uplift of each campaign: the mean lift of its treated users "
     "(evaluation only).",
 )
+USER_UPLIFT = TableSpec(
+    "raw/ground_truth/user_uplift",
+    ("send_date", USER_ID, PERSONA, "uplift_group", "planted_uplift"),
+    "simulate_outcomes",
+    "Every user's planted treatment effect at a send date: the change of their conversion "
+    "probability if contacted (`uplift_group`: the simulate_outcomes.uplift_rules rule that "
+    "set it, or `persona`). Evaluation only.",
+    partition_by=("send_date",),
+)
 CUSTOMER_VALUE = TableSpec(
     "gold/customer_value",
     (
@@ -440,6 +449,41 @@ PROPENSITY_EVAL = TableSpec(
     "selected by score, y share of all positives among them; methods model, rfm, bgnbd) and "
     "`reliability` (x mean predicted, y observed rate per probability bin; methods "
     "model_before / model_after calibration, on the users the calibration was not fitted on).",
+    partition_by=(AS_OF_DATE,),
+)
+UPLIFT_SCORES = TableSpec(
+    "gold/uplift_scores",
+    (USER_ID, AS_OF_DATE, "campaign_id", "uplift", "decile", MODEL_VERSION),
+    "uplift",
+    "Per user and snapshot: the predicted change of their conversion probability if the "
+    "campaign `campaign_id` (whose randomized send trained the model) contacts them, its "
+    "decile (1 = largest uplift) and the registered model version.",
+    partition_by=(AS_OF_DATE,),
+)
+UPLIFT_EVAL = TableSpec(
+    "gold/uplift_eval",
+    (AS_OF_DATE, "campaign_id", "curve", "method", "x", "y", "low", "high", "users"),
+    "uplift",
+    "The uplift fit on held-out users of the randomized send: `qini` (x share of users by "
+    "predicted uplift, y incremental conversions per held-out user; one method per learner) "
+    "and `decile` (x decile, y treated minus control conversion with its interval low..high).",
+    partition_by=(AS_OF_DATE,),
+)
+UPLIFT_TARGETING = TableSpec(
+    "gold/uplift_targeting",
+    (
+        AS_OF_DATE,
+        "campaign_id",
+        "method",
+        "contacts",
+        "incremental_conversions",
+        "share_of_optimum",
+        "do_not_disturb_contacts",
+    ),
+    "uplift",
+    "Synthetic data: at equal contacts, the planted incremental conversions of targeting by "
+    "predicted uplift, by purchase propensity, by a segment rule and at random, against the "
+    "planted effect's own optimum.",
     partition_by=(AS_OF_DATE,),
 )
 CAMPAIGN_RESULTS = TableSpec(
@@ -497,7 +541,11 @@ TABLES: tuple[TableSpec, ...] = (
     CAMPAIGN_AUDIENCES,
     SIMULATED_OUTCOMES,
     CAMPAIGN_LIFT,
+    USER_UPLIFT,
     CAMPAIGN_RESULTS,
+    UPLIFT_SCORES,
+    UPLIFT_EVAL,
+    UPLIFT_TARGETING,
 )
 
 

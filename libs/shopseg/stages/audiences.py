@@ -24,7 +24,8 @@ from shopseg.config import CampaignConf, ConfigError, load_campaigns, local_dir
 from shopseg.pipeline import StageContext, latest
 
 
-def _users(ctx: StageContext) -> tuple[DataFrame, object]:
+def snapshot_users(ctx: StageContext) -> tuple[DataFrame, object]:
+    """The users of the latest segment snapshot with their features, and its date."""
     segments = ctx.read(t.USER_SEGMENTS.name)
     as_of = latest(segments, t.AS_OF_DATE)
     if as_of is None:
@@ -72,6 +73,64 @@ def with_propensity_deciles(
         )
         users = users.join(deciles, on=t.USER_ID, how="left")
     return users
+
+
+def with_uplift_picks(
+    ctx: StageContext, users: DataFrame, as_of: object, campaigns: list[CampaignConf]
+) -> tuple[DataFrame, list[CampaignConf]]:
+    """The users with `uplift_pick_<campaign>` for each campaign targeting by uplift,
+    and the campaigns that can run.
+
+    Gain of a contact = predicted uplift x value of a conversion - the cost of a
+    contact on the campaign's channel. A campaign whose scores do not exist yet
+    (the uplift stage runs after the first send) is left out with a warning.
+    """
+    wanted = [c for c in campaigns if c.target.uplift]
+    if not wanted:
+        return users, campaigns
+    conf = ctx.config.uplift
+    scores = ctx.read(t.UPLIFT_SCORES.name) if ctx.lakehouse.exists(t.UPLIFT_SCORES.name) else None
+    scored_as_of = latest(scores, t.AS_OF_DATE, as_of) if scores is not None else None
+    if scored_as_of is None:
+        ctx.log.warning(
+            "campaign(s) %s target by uplift but %s has no scores up to %s: left out of "
+            "this send (run the uplift stage after a randomized send)",
+            [c.id for c in wanted], t.UPLIFT_SCORES.name, as_of,
+        )  # fmt: skip
+        return users, [c for c in campaigns if not c.target.uplift]
+    scores = scores.filter(F.col(t.AS_OF_DATE) == F.lit(scored_as_of))
+    present = sorted(r["campaign_id"] for r in scores.select("campaign_id").distinct().collect())
+    value = F.lit(conf.conversion_value)
+    if conf.value_from_clv and ctx.lakehouse.exists(t.CUSTOMER_VALUE.name):
+        values = ctx.read(t.CUSTOMER_VALUE.name)
+        values = values.filter(
+            F.col(t.AS_OF_DATE) == F.lit(latest(values, t.AS_OF_DATE, as_of))
+        ).select(t.USER_ID, F.col("expected_mean_value").alias("_value"))
+        scores = scores.join(values, on=t.USER_ID, how="left")
+        value = F.coalesce(F.col("_value"), value)
+    for campaign in wanted:
+        cond = campaign.target.uplift
+        source = cond.campaign or (present[0] if len(present) == 1 else None)
+        if source not in present:
+            raise ValueError(
+                f"campaign {campaign.id} targets by the uplift of {cond.campaign!r}; "
+                f"{t.UPLIFT_SCORES.name} ({scored_as_of}) scores {present}"
+            )
+        cost = conf.contact_cost.get(campaign.channel, 0.0)
+        gains = scores.filter(F.col("campaign_id") == source).select(
+            t.USER_ID, (F.col("uplift") * value - F.lit(cost)).alias("_gain")
+        )
+        pick = F.lit(True)
+        if cond.min_gain is not None:
+            pick = pick & (F.col("_gain") >= F.lit(cond.min_gain))
+        if cond.top_share is not None and cond.top_share < 1:
+            [threshold] = gains.approxQuantile("_gain", [1 - cond.top_share], 0.001)
+            pick = pick & (F.col("_gain") >= F.lit(threshold))
+        picked = gains.select(t.USER_ID, pick.alias(cp.uplift_pick_column(campaign.id)))
+        ctx.log.info("campaign %s: uplift of %s (scores of %s), contact cost %.2f on %s",
+                     campaign.id, source, scored_as_of, cost, campaign.channel)  # fmt: skip
+        users = users.join(picked, on=t.USER_ID, how="left")
+    return users, campaigns
 
 
 def _recommendations(ctx: StageContext, as_of: object) -> DataFrame | None:
@@ -124,8 +183,10 @@ def run(ctx: StageContext) -> None:
         raise ConfigError("audiences.campaigns_file is not set (for example campaigns.yaml)")
     campaigns = load_campaigns(conf.campaigns_file)
     ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
-    users, as_of = _users(ctx)
-    users = with_propensity_deciles(ctx, users, as_of, campaigns).cache()
+    users, as_of = snapshot_users(ctx)
+    users = with_propensity_deciles(ctx, users, as_of, campaigns)
+    users, campaigns = with_uplift_picks(ctx, users, as_of, campaigns)
+    users = users.cache()
     send_date = conf.send_date or as_of
     history = (
         ctx.read(t.CAMPAIGN_AUDIENCES.name)

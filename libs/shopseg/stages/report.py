@@ -85,6 +85,19 @@ def sections(ctx: StageContext) -> list[Section]:
             lambda: charts.uplift_figure(charts.uplift_data(lake)),
         ),
         Section(
+            "Whom a campaign changes",
+            "The uplift models learned from a randomized send, on its held-out users: "
+            "the Qini curve of each learner (incremental conversions when contacting "
+            "the highest predicted uplift first) against random targeting; the chosen "
+            "learner's measured uplift per predicted-uplift decile; on synthetic data, "
+            "the planted incremental conversions of targeting by uplift, by purchase "
+            "propensity, by a segment rule and at random, at equal contacts.",
+            (t.UPLIFT_EVAL.name,),
+            lambda: charts.uplift_model_figure(
+                charts.uplift_eval_data(lake), charts.uplift_targeting_data(lake)
+            ),
+        ),
+        Section(
             "Who will buy, who will churn",
             "Per propensity target, on the latest labelled cut-off (out of time): the share "
             "of positives reached by contacting the users with the highest scores first "

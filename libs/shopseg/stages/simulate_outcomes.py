@@ -2,11 +2,19 @@
 
 For the latest send date in `gold/campaign_audiences`, each audience member
 buys within `window_days` with their planted persona's base probability,
-plus the persona's lift when treated by a campaign that has an effect.
+plus their planted effect when treated by a campaign that has an effect.
+With `effect: heterogeneous` (the default) the effect varies within
+personas: the first of `uplift_rules` whose predicate holds on the user's
+features at the send date sets it (a "do not disturb" group is put off,
+heavy buyers buy anyway, recent discount browsers are persuadable), the
+persona's lift otherwise; every user's effect goes to
+`raw/ground_truth/user_uplift`. With `effect: persona` every treated user
+gets their persona's lift.
+
 Writes the purchases to `raw/simulated/outcome_events` (what `evaluate`
 reads on the embedded default) and the planted lift per campaign to
-`raw/ground_truth/campaign_lift`, so the measured uplift can be checked
-against the truth.
+`raw/ground_truth/campaign_lift`, so measured uplift and uplift models can
+be checked against the truth.
 """
 
 from __future__ import annotations
@@ -30,9 +38,35 @@ def run(ctx: StageContext) -> None:
     if send_date is None:
         raise ValueError(f"{t.CAMPAIGN_AUDIENCES.name} is empty; run `audiences` first")
     personas = ctx.read(t.USER_PERSONAS.name).select(t.USER_ID, t.PERSONA)
-    audience = audiences.filter(F.col("send_date") == F.lit(send_date)).join(
-        personas, on=t.USER_ID, how="left"
-    )
+    audience = audiences.filter(F.col("send_date") == F.lit(send_date))
+    if conf.effect == "heterogeneous":
+        as_of = latest(audience, t.AS_OF_DATE)
+        snapshot = ctx.read(t.USER_FEATURES.name).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+        users = cp.planted_uplift(
+            snapshot.join(personas, on=t.USER_ID, how="inner"),
+            conf.base_conversion,
+            conf.lift,
+            conf.uplift_rules,
+        ).select(t.USER_ID, t.PERSONA, "uplift_group", "planted_uplift")
+        result = ctx.write(
+            users.withColumn("send_date", F.lit(send_date)).select(*t.USER_UPLIFT.columns),
+            t.USER_UPLIFT.name,
+            "overwrite_partitions",
+            partition_by=t.USER_UPLIFT.partition_by,
+        )
+        groups = (
+            ctx.read_back(result)
+            .filter(F.col("send_date") == F.lit(send_date))
+            .groupBy("uplift_group")
+            .agg(F.count(F.lit(1)).alias("users"), F.avg("planted_uplift").alias("mean"))
+            .collect()
+        )
+        for g in sorted(groups, key=lambda r: r.uplift_group):
+            ctx.log.info("planted group %-16s %7d users, mean effect %+.3f (features of %s)",
+                         g.uplift_group, g.users, g.mean, as_of)  # fmt: skip
+        audience = audience.join(users, on=t.USER_ID, how="left")
+    else:
+        audience = audience.join(personas, on=t.USER_ID, how="left")
     events, truth = cp.simulate_outcomes(
         audience,
         send_date,

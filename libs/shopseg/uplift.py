@@ -1,0 +1,381 @@
+"""Uplift: whom a campaign changes, learned from a randomized send.
+
+Pure functions over DataFrames and plain values; the stage
+(`shopseg.stages.uplift`) reads the tables, calls these and writes gold.
+
+Rows are the users of one randomized campaign (or an exported experiment):
+`treated` (1 treated, 0 control), `label` (1 converted) and the features of
+the send date. Two learners, each one Spark ML `PipelineModel` whose output
+column `uplift` is the predicted change of the conversion probability:
+
+- `t_learner`: the feature preparation, then a `GBTRegressor` of the
+  outcome fitted on the treated rows and one fitted on the control rows;
+  uplift = the first's prediction minus the second's.
+- `transformed_outcome`: one `GBTRegressor` of Z = Y (T - e) / (e (1 - e)),
+  e the treated share, whose expectation given the features is the uplift.
+
+Both are measured on held-out users of both arms by the Qini curve: users
+sorted by predicted uplift, at each share x of them the incremental
+conversions Q(x) = Y_t(x) - Y_c(x) N_t(x) / N_c(x) (per held-out user).
+`qini` is the area between that curve and random targeting's straight line
+to Q(1); `auuc` the area under the uplift curve (the difference of the
+conversion rates at x times the users at x). The interval of the Qini comes
+from a Poisson bootstrap of the held-out users. The curve is built on
+`bins` quantiles of the predicted uplift (one sort-free pass per resample).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pyspark.ml import PipelineModel
+from pyspark.ml.feature import SQLTransformer
+from pyspark.ml.regression import GBTRegressor
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from shopseg import campaigns as cp
+from shopseg import segment as sg
+from shopseg import tables as t
+from shopseg.config import ExperimentConf, SegmentFeature
+
+TREATED = "treated"
+LABEL = "label"
+UPLIFT = "uplift"
+_P_TREATED = "_uplift_p_treated"
+_P_CONTROL = "_uplift_p_control"
+LEARNERS = ("t_learner", "transformed_outcome")
+# Cumulative probabilities of Poisson(1) at 0..7: a bootstrap weight from a uniform draw.
+_POISSON_CDF = (0.367879, 0.735759, 0.919699, 0.981012, 0.996340, 0.999406, 0.999917, 0.999990)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def holdout(key: Column, share: float, seed: int) -> Column:
+    """True for the held-out rows: a hashed share, the same in each arm in expectation."""
+    return cp.bucket(f"uplift holdout {seed}", "rows", key) < F.lit(share)
+
+
+def _slug(value: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", str(value).lower()).strip("_") or "blank"
+
+
+def _sql_text(value: str) -> str:
+    """A value inside a Spark SQL string literal."""
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def experiment_features(
+    rows: DataFrame, conf: ExperimentConf
+) -> tuple[list[SegmentFeature], dict[str, list[str]]]:
+    """The model's features for an exported experiment: numeric columns cast to
+    double; categorical ones one indicator per frequent value (`<column>_<value>`)
+    plus `<column>_other` for the rest. Returns the features and each
+    categorical column's kept values."""
+    features: list[SegmentFeature] = []
+    kept: dict[str, list[str]] = {}
+    for column, kind in conf.features.items():
+        quoted = f"`{column}`"
+        if kind == "numeric":
+            features.append(SegmentFeature(_slug(column), f"CAST({quoted} AS DOUBLE)"))
+            continue
+        top = (
+            rows.groupBy(F.col(column).cast("string").alias("v"))
+            .count()
+            .filter(F.col("v").isNotNull())
+            .orderBy(F.desc("count"), "v")
+            .limit(conf.max_categories)
+            .collect()
+        )
+        values = [r["v"] for r in top]
+        kept[column] = values
+        literals = ", ".join(f"'{_sql_text(v)}'" for v in values)
+        for v in values:
+            text = _sql_text(v)
+            features.append(
+                SegmentFeature(
+                    f"{_slug(column)}_{_slug(v)}",
+                    f"CASE WHEN CAST({quoted} AS STRING) = '{text}' THEN 1.0 ELSE 0.0 END",
+                )
+            )
+        features.append(
+            SegmentFeature(
+                f"{_slug(column)}_other",
+                f"CASE WHEN CAST({quoted} AS STRING) IN ({literals}) THEN 0.0 ELSE 1.0 END",
+            )
+        )
+    return features, kept
+
+
+def binary(column: Column) -> Column:
+    """1.0 / 0.0 from 1/0, true/false, yes/no (any case); null for anything else."""
+    text = F.lower(F.trim(column.cast("string")))
+    return (
+        F.when(text.isin("1", "1.0", "true", "t", "yes", "y"), F.lit(1.0))
+        .when(text.isin("0", "0.0", "false", "f", "no", "n"), F.lit(0.0))
+        .otherwise(F.lit(None).cast("double"))
+    )
+
+
+# --------------------------------------------------------------------------- learners
+
+
+def _regressor(params: Mapping[str, float], seed: int, label: str, prediction: str) -> GBTRegressor:
+    estimator = GBTRegressor(
+        featuresCol=sg.SCALED, labelCol=label, predictionCol=prediction, seed=seed
+    )
+    for name, value in params.items():
+        estimator.set(estimator.getParam(name), value)
+    return estimator
+
+
+def fit_t_learner(
+    prep: PipelineModel, vectors: DataFrame, params: Mapping[str, float], seed: int
+) -> PipelineModel:
+    """Two outcome regressions, one per arm, on the prepared rows (`seg_scaled`,
+    `treated`, `label`); one PipelineModel from the raw features to `uplift`."""
+    treated = _regressor(params, seed, LABEL, _P_TREATED).fit(vectors.filter(F.col(TREATED) == 1))
+    control = _regressor(params, seed, LABEL, _P_CONTROL).fit(vectors.filter(F.col(TREATED) == 0))
+    difference = SQLTransformer(
+        statement=f"SELECT *, {_P_TREATED} - {_P_CONTROL} AS {UPLIFT} FROM __THIS__"
+    )
+    return PipelineModel([*prep.stages, treated, control, difference])
+
+
+def fit_transformed_outcome(
+    prep: PipelineModel,
+    vectors: DataFrame,
+    treated_share: float,
+    params: Mapping[str, float],
+    seed: int,
+) -> PipelineModel:
+    """One regression of Z = Y (T - e) / (e (1 - e)): E[Z | x] is the uplift at x."""
+    e = treated_share
+    z = F.col(LABEL) * (F.col(TREATED) - F.lit(e)) / F.lit(e * (1 - e))
+    model = _regressor(params, seed, "_z", UPLIFT).fit(vectors.withColumn("_z", z))
+    return PipelineModel([*prep.stages, model])
+
+
+def fit(
+    learner: str,
+    prep: PipelineModel,
+    vectors: DataFrame,
+    treated_share: float,
+    params: Mapping[str, float],
+    seed: int,
+) -> PipelineModel:
+    if learner == "t_learner":
+        return fit_t_learner(prep, vectors, params, seed)
+    if learner == "transformed_outcome":
+        return fit_transformed_outcome(prep, vectors, treated_share, params, seed)
+    raise ValueError(f"unknown uplift learner {learner!r}; known: {list(LEARNERS)}")
+
+
+# --------------------------------------------------------------------------- measures
+
+
+def bin_sums(
+    scored: DataFrame, bins: int = 100, replicates: int = 0, seed: int = 0
+) -> pd.DataFrame:
+    """Per resample and uplift bin (0 = highest predicted uplift): weighted users
+    and conversions of each arm. Resample 0 is the data itself; 1..`replicates`
+    are Poisson(1) bootstrap resamples.
+
+    Args:
+        scored: `uplift`, `treated`, `label`.
+    """
+    probabilities = [1 - (i + 1) / bins for i in range(bins - 1)]
+    thresholds = scored.approxQuantile(UPLIFT, probabilities, 0.0005)
+    position = F.lit(0)
+    for thr in thresholds:
+        position = position + F.when(F.col(UPLIFT) < F.lit(thr), 1).otherwise(0)
+    rows = scored.select(position.alias("bin"), TREATED, LABEL)
+    if replicates:
+        rows = rows.withColumn("rep", F.explode(F.sequence(F.lit(0), F.lit(replicates))))
+        u = F.rand(seed)
+        weight = sum((F.when(u > F.lit(c), 1).otherwise(0) for c in _POISSON_CDF), F.lit(0))
+        rows = rows.withColumn("w", F.when(F.col("rep") == 0, 1).otherwise(weight))
+    else:
+        rows = rows.withColumn("rep", F.lit(0)).withColumn("w", F.lit(1))
+    sums = (
+        rows.groupBy("rep", "bin")
+        .agg(
+            F.sum(F.col("w") * F.col(TREATED)).alias("n_t"),
+            F.sum(F.col("w") * F.col(TREATED) * F.col(LABEL)).alias("y_t"),
+            F.sum(F.col("w") * (1 - F.col(TREATED))).alias("n_c"),
+            F.sum(F.col("w") * (1 - F.col(TREATED)) * F.col(LABEL)).alias("y_c"),
+        )
+        .toPandas()
+    )
+    return sums.astype({"n_t": float, "y_t": float, "n_c": float, "y_c": float}).sort_values(
+        ["rep", "bin"], ignore_index=True
+    )
+
+
+@dataclass(frozen=True)
+class Curves:
+    """The Qini and uplift curves of one resample (x: share of users targeted)."""
+
+    x: np.ndarray
+    qini: np.ndarray  # incremental conversions per user, Y_t - Y_c N_t / N_c, over all users
+    uplift: np.ndarray  # (rate_t - rate_c) x users targeted, over all users
+
+
+def curves(bins: pd.DataFrame) -> Curves:
+    """Cumulative curves from one resample's bins, starting at (0, 0)."""
+    b = bins.sort_values("bin")
+    n_t, y_t = b["n_t"].cumsum().to_numpy(), b["y_t"].cumsum().to_numpy()
+    n_c, y_c = b["n_c"].cumsum().to_numpy(), b["y_c"].cumsum().to_numpy()
+    total = n_t[-1] + n_c[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qini = np.where(n_c > 0, y_t - y_c * n_t / n_c, 0.0)
+        rates = np.where((n_t > 0) & (n_c > 0), y_t / n_t - y_c / n_c, 0.0)
+    return Curves(
+        np.concatenate([[0.0], (n_t + n_c) / total]),
+        np.concatenate([[0.0], qini / total]),
+        np.concatenate([[0.0], rates * (n_t + n_c) / total]),
+    )
+
+
+def _area(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+
+
+def qini_coefficient(c: Curves) -> float:
+    """Area between the Qini curve and random targeting's line from (0, 0) to (1, Q(1))."""
+    return _area(c.x, c.qini) - c.qini[-1] / 2
+
+
+def auuc(c: Curves) -> float:
+    """Area under the uplift curve."""
+    return _area(c.x, c.uplift)
+
+
+def top_share_uplift(bins: pd.DataFrame, share: float) -> float:
+    """Treated minus control conversion among the `share` of users with the highest
+    predicted uplift (the first bins reaching that share)."""
+    b = bins.sort_values("bin")
+    users = (b["n_t"] + b["n_c"]).cumsum()
+    top = b[users.shift(fill_value=0) < share * users.iloc[-1] - 1e-9]
+    n_t, n_c = top["n_t"].sum(), top["n_c"].sum()
+    if n_t == 0 or n_c == 0:
+        return float("nan")
+    return float(top["y_t"].sum() / n_t - top["y_c"].sum() / n_c)
+
+
+def deciles(bins: pd.DataFrame, n_bins: int, z: float) -> pd.DataFrame:
+    """Treated minus control conversion per predicted-uplift decile (1 = highest),
+    with a normal interval (`n_bins` quantile bins, a multiple of 10)."""
+    grouped = bins.assign(decile=bins["bin"] * 10 // n_bins + 1).groupby("decile")[
+        ["n_t", "y_t", "n_c", "y_c"]
+    ]
+    rows = []
+    for decile, r in grouped.sum().iterrows():
+        if r.n_t == 0 or r.n_c == 0:
+            continue
+        p_t, p_c, diff, low, high = cp.uplift(r.n_t, r.y_t, r.n_c, r.y_c, z)
+        rows.append((int(decile), int(r.n_t + r.n_c), p_t, p_c, diff, low, high))
+    return pd.DataFrame(
+        rows, columns=["decile", "users", "treated_rate", "control_rate", "uplift", "low", "high"]
+    )
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    curve: Curves
+    deciles: pd.DataFrame
+
+
+def evaluate(
+    scored: DataFrame, replicates: int, confidence: float, seed: int, bins: int = 100
+) -> Evaluation:
+    """Qini (with its bootstrap interval), AUUC, uplift in the top 30%, ATE and deciles."""
+    from scipy.stats import norm
+
+    sums = bin_sums(scored, bins, replicates, seed)
+    data = sums[sums["rep"] == 0]
+    curve = curves(data)
+    qinis = np.array([qini_coefficient(curves(g)) for rep, g in sums.groupby("rep") if rep != 0])
+    tail = (1 - confidence) / 2
+    z = float(norm.ppf(0.5 + confidence / 2))
+    n_t, y_t, n_c, y_c = (data[c].sum() for c in ("n_t", "y_t", "n_c", "y_c"))
+    _, _, ate, ate_low, ate_high = cp.uplift(n_t, y_t, n_c, y_c, z)
+    metrics = {
+        "qini": qini_coefficient(curve),
+        "qini_low": float(np.quantile(qinis, tail)) if len(qinis) else float("nan"),
+        "qini_high": float(np.quantile(qinis, 1 - tail)) if len(qinis) else float("nan"),
+        "auuc": auuc(curve),
+        "auuc_random": float(curve.uplift[-1] / 2),
+        "uplift_top_30pct": top_share_uplift(data, 0.3),
+        "ate": ate,
+        "ate_low": ate_low,
+        "ate_high": ate_high,
+        "heldout_treated": float(n_t),
+        "heldout_control": float(n_c),
+    }
+    return Evaluation(metrics, curve, deciles(data, bins, z))
+
+
+# --------------------------------------------------------------------------- targeting
+
+
+def top_n(users: DataFrame, score: str, n: int) -> DataFrame:
+    """The `n` users with the highest `score` (ties broken by a hash of the user id)."""
+    tie = F.xxhash64(F.lit("uplift ties"), F.col(t.USER_ID))
+    return users.filter(F.col(score).isNotNull()).orderBy(F.desc(score), tie).limit(n)
+
+
+def targeting_sums(chosen: DataFrame, group: str) -> tuple[int, float, int]:
+    """Contacts, planted incremental conversions and contacts in `group`."""
+    row = chosen.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum("planted_uplift").alias("gain"),
+        F.sum(F.when(F.col("uplift_group") == group, 1).otherwise(0)).alias("g"),
+    ).first()
+    return int(row["n"]), float(row["gain"] or 0.0), int(row["g"] or 0)
+
+
+def compare_targeting(
+    population: DataFrame,
+    n: int,
+    scores: Mapping[str, str],
+    rule: DataFrame | None,
+    group: str,
+) -> pd.DataFrame:
+    """Planted incremental conversions of `n` contacts chosen by each method.
+
+    Args:
+        population: one row per user with `planted_uplift`, `uplift_group` and
+            the score columns named in `scores` (method -> column).
+        rule: the users a segment rule targets (`user_id`), filled to `n` by
+            a hash order (random within the rule); None: not compared.
+        group: the planted group whose contacts are counted (do not disturb).
+
+    Returns:
+        One row per method (`planted_optimum`: by the planted effect itself;
+        `random`: the expectation of a uniform draw): contacts, incremental
+        conversions, their share of the optimum, contacts in `group`.
+    """
+    rows = []
+    for method, column in {"planted_optimum": "planted_uplift", **scores}.items():
+        rows.append((method, *targeting_sums(top_n(population, column, n), group)))
+    if rule is not None:
+        ruled = population.join(rule.select(t.USER_ID).distinct(), t.USER_ID, "left_semi")
+        rows.append(
+            ("segment_rule", *targeting_sums(top_n(ruled.withColumn("_one", F.lit(1)), "_one", n),
+                                             group))
+        )  # fmt: skip
+    total, gain, in_group = targeting_sums(population, group)
+    rows.append(("random", n, gain * n / total, int(round(in_group * n / total))))
+    frame = pd.DataFrame(
+        rows, columns=["method", "contacts", "incremental_conversions", "do_not_disturb_contacts"]
+    )
+    best = frame.loc[frame["method"] == "planted_optimum", "incremental_conversions"].iloc[0]
+    frame["share_of_optimum"] = frame["incremental_conversions"] / best if best else float("nan")
+    return frame
