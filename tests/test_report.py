@@ -44,6 +44,7 @@ def test_report_embeds_every_chart_and_is_logged(default_lake, report_file):
         "RFM grid",
         "Recommendations against baselines",
         "Campaign uplift",
+        "Whom a campaign changes",
         "Who will buy, who will churn",
         "Customer value by segment",
     ]
@@ -62,7 +63,7 @@ def test_report_embeds_every_chart_and_is_logged(default_lake, report_file):
         order_by=["attributes.start_time DESC"],
         max_results=1,
     )
-    assert runs[0].data.metrics["charts"] == 9
+    assert runs[0].data.metrics["charts"] == 10
     logged = client.download_artifacts(runs[0].info.run_id, "report.html")
     assert Path(logged).read_text() == page
 
@@ -86,7 +87,7 @@ def test_report_renders_in_a_headless_browser(report_file, tmp_path):
     )
     assert dom.returncode == 0, dom.stderr[-2000:]
     # The page's own script counts the charts the browser decoded after load.
-    assert 'data-charts-rendered="9"' in dom.stdout, dom.stdout[:300]
+    assert 'data-charts-rendered="10"' in dom.stdout, dom.stdout[:300]
 
     shot = tmp_path / "report.png"
     done = subprocess.run(

@@ -196,6 +196,8 @@ def test_the_stage_learns_the_dependence_planted_in_an_exported_experiment(spark
     root = tmp_path / "lake"
     conf = REPO / "conf" / "uplift_experiment_example.yaml"
     args = ["--conf", str(conf), "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
+    # Half the default rounds and bootstrap resamples: the planted effects are large.
+    args += ["--set", "uplift.gbt={maxIter: 10, maxDepth: 3}", "--set", "uplift.bootstrap=40"]
     assert main(["uplift", *args, "--set", "spark.master=local[2]"]) == 0
 
     curves = DeltaTable(str(root / t.UPLIFT_EVAL.name)).to_pandas()
@@ -220,7 +222,7 @@ def test_the_stage_learns_the_dependence_planted_in_an_exported_experiment(spark
 
 
 @pytest.mark.slow
-def test_uplift_targeting_on_the_default_pipeline(default_lake):
+def test_uplift_targeting_on_the_default_pipeline(default_lake, capsys):
     """The trial of conf/campaigns.yaml trains the models; against the planted effect,
     uplift targeting beats propensity, the segment rule and random at equal contacts."""
     import mlflow
@@ -239,7 +241,7 @@ def test_uplift_targeting_on_the_default_pipeline(default_lake):
     mlflow.set_tracking_uri(f"sqlite:///{default_lake}/mlflow.db")
     client = MlflowClient()
     champion = client.get_model_version_by_alias("shopseg_uplift", "champion")
-    assert set(scores["model_version"]) == {champion.version}
+    assert set(scores["model_version"]) == {str(champion.version)}
     metrics = client.get_run(champion.run_id).data.metrics
     assert 0 < metrics["qini_low"] < metrics["qini"], metrics
     assert metrics["uplift_top_30pct"] > metrics["ate"] > 0
@@ -255,3 +257,20 @@ def test_uplift_targeting_on_the_default_pipeline(default_lake):
     assert gain["planted_optimum"] >= gain["uplift"]
     dnd = by["do_not_disturb_contacts"]
     assert dnd["uplift"] < dnd["random"], dnd
+
+    # A later send targets by the scores: 30% of the scored users by expected gain.
+    import datetime as dt
+    import re
+
+    from shopseg.cli import main
+
+    from .conftest import FAST_WRITER, LOCAL_CONF
+
+    later = scores["as_of_date"].max() + dt.timedelta(days=7)
+    args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={default_lake}"]
+    args += ["--set", FAST_WRITER, "--set", "spark.master=local[2]"]
+    capsys.readouterr()
+    assert main(["audiences", "--dry-run", *args, "--set", f"audiences.send_date={later}"]) == 0
+    line = re.search(r"persuadable_discount +targeted +([0-9,]+)", capsys.readouterr().out)
+    assert line, "the uplift campaign joins a send after the scores"
+    assert int(line.group(1).replace(",", "")) == pytest.approx(0.3 * len(scores), rel=0.02)

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -76,26 +78,33 @@ def with_propensity_deciles(
 
 
 def with_uplift_picks(
-    ctx: StageContext, users: DataFrame, as_of: object, campaigns: list[CampaignConf]
+    ctx: StageContext,
+    users: DataFrame,
+    send_date: dt.date,
+    campaigns: list[CampaignConf],
 ) -> tuple[DataFrame, list[CampaignConf]]:
     """The users with `uplift_pick_<campaign>` for each campaign targeting by uplift,
     and the campaigns that can run.
 
     Gain of a contact = predicted uplift x value of a conversion - the cost of a
-    contact on the campaign's channel. A campaign whose scores do not exist yet
-    (the uplift stage runs after the first send) is left out with a warning.
+    contact on the campaign's channel. The scores are the latest from before the
+    send date: the uplift stage runs after `audiences` (it learns from a send's
+    outcomes), so a rerun of the same send gives the same audiences. A campaign
+    without such scores (the first send) is left out with a warning.
     """
     wanted = [c for c in campaigns if c.target.uplift]
     if not wanted:
         return users, campaigns
     conf = ctx.config.uplift
     scores = ctx.read(t.UPLIFT_SCORES.name) if ctx.lakehouse.exists(t.UPLIFT_SCORES.name) else None
-    scored_as_of = latest(scores, t.AS_OF_DATE, as_of) if scores is not None else None
+    if scores is not None:
+        scores = scores.filter(F.col(t.AS_OF_DATE) < F.lit(send_date))
+    scored_as_of = latest(scores, t.AS_OF_DATE) if scores is not None else None
     if scored_as_of is None:
         ctx.log.warning(
-            "campaign(s) %s target by uplift but %s has no scores up to %s: left out of "
-            "this send (run the uplift stage after a randomized send)",
-            [c.id for c in wanted], t.UPLIFT_SCORES.name, as_of,
+            "campaign(s) %s target by uplift but %s has no scores from before the %s send: "
+            "left out of it (the uplift stage learns from a randomized send's outcomes)",
+            [c.id for c in wanted], t.UPLIFT_SCORES.name, send_date,
         )  # fmt: skip
         return users, [c for c in campaigns if not c.target.uplift]
     scores = scores.filter(F.col(t.AS_OF_DATE) == F.lit(scored_as_of))
@@ -104,7 +113,7 @@ def with_uplift_picks(
     if conf.value_from_clv and ctx.lakehouse.exists(t.CUSTOMER_VALUE.name):
         values = ctx.read(t.CUSTOMER_VALUE.name)
         values = values.filter(
-            F.col(t.AS_OF_DATE) == F.lit(latest(values, t.AS_OF_DATE, as_of))
+            F.col(t.AS_OF_DATE) == F.lit(latest(values, t.AS_OF_DATE, send_date))
         ).select(t.USER_ID, F.col("expected_mean_value").alias("_value"))
         scores = scores.join(values, on=t.USER_ID, how="left")
         value = F.coalesce(F.col("_value"), value)
@@ -184,10 +193,10 @@ def run(ctx: StageContext) -> None:
     campaigns = load_campaigns(conf.campaigns_file)
     ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
     users, as_of = snapshot_users(ctx)
-    users = with_propensity_deciles(ctx, users, as_of, campaigns)
-    users, campaigns = with_uplift_picks(ctx, users, as_of, campaigns)
-    users = users.cache()
     send_date = conf.send_date or as_of
+    users = with_propensity_deciles(ctx, users, as_of, campaigns)
+    users, campaigns = with_uplift_picks(ctx, users, send_date, campaigns)
+    users = users.cache()
     history = (
         ctx.read(t.CAMPAIGN_AUDIENCES.name)
         if ctx.lakehouse.exists(t.CAMPAIGN_AUDIENCES.name)
