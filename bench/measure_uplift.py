@@ -131,5 +131,5 @@ def qini_scores(spark, uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -
     ours = ul.evaluate(spark.createDataFrame(frame), replicates=0, confidence=0.95, seed=0)
     return {
         "sklift_qini_auc": round(float(qini_auc_score(y, uplift, treated)), 4),
-        "qini": round(ours.metrics["qini"], 5),
+        "qini": round(float(ours.metrics["qini"]), 5),
     }

@@ -442,7 +442,7 @@ def bench_uplift(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         peer_seconds,
         quality=quality,
         peer_quality=peer_quality,
-        equal_quality=abs(quality["qini"] - peer_quality["qini"]) <= 0.005,
+        equal_quality=bool(abs(quality["qini"] - peer_quality["qini"]) <= 0.005),
         throughput=len(y) / median(seconds),
         throughput_unit="training rows/s",
         mem=(spark_mem, peer_mem),
