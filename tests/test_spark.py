@@ -105,7 +105,12 @@ def test_without_maven_central_the_run_falls_back_to_delta_rs_with_one_warning(t
         capture_output=True,
         text=True,
         timeout=300,
-        env={**os.environ, "JAVA_TOOL_OPTIONS": unreachable},
+        # An empty jar cache too: the jars an earlier start cached would skip Ivy.
+        env={
+            **os.environ,
+            "JAVA_TOOL_OPTIONS": unreachable,
+            "SHOPSEG_JARS_DIR": str(tmp_path / "no-jars"),
+        },
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Connection refused" in done.stderr, "the download was attempted and refused"
@@ -113,3 +118,46 @@ def test_without_maven_central_the_run_falls_back_to_delta_rs_with_one_warning(t
     assert len(warnings) == 1, done.stdout
     assert "io.delta:delta-spark_2.13" in warnings[0] and "delta-rs" in warnings[0]
     assert "writer delta-rs" in done.stdout
+
+
+CACHED_START = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(levelname)s %(message)s")
+from shopseg.config import SparkConf
+from shopseg.delta import Lakehouse
+from shopseg.spark import get_spark
+settings = SparkConf(master="local[1]", driver_memory="1g", conf={"spark.jars.ivy": sys.argv[2]})
+spark = get_spark("cached", settings)
+print("packages", spark.sparkContext.getConf().get("spark.jars.packages", "none"))
+print("writer", Lakehouse(spark, sys.argv[1]).writer)
+"""
+
+
+@pytest.mark.slow
+def test_delta_jars_resolved_once_start_the_next_session_without_ivy(spark, tmp_path):
+    """The suite's session resolved Delta's package and cached its jars; a new process
+    starts from them with no package to resolve (an empty Ivy home proves it: Ivy
+    would have to download everything) and writes through Spark's Delta writer."""
+    import os
+    import subprocess
+    import sys
+
+    from shopseg.spark import cached_jars, delta_package, jars_cache_dir
+
+    jars = cached_jars(delta_package())
+    assert jars, f"no Delta jars cached under {jars_cache_dir()}"
+    assert any("delta-spark_2.13" in j for j in jars) and all(j.endswith(".jar") for j in jars)
+    unreachable = " ".join(
+        f"-D{scheme}.proxyHost=127.0.0.1 -D{scheme}.proxyPort=9" for scheme in ("http", "https")
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", CACHED_START, str(tmp_path / "lh"), str(tmp_path / "empty-ivy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "JAVA_TOOL_OPTIONS": unreachable},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"Delta Lake's jars from {jars_cache_dir()}" in done.stdout, done.stdout
+    assert "packages none" in done.stdout
+    assert "writer spark" in done.stdout, done.stdout

@@ -11,10 +11,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from shopseg.config import SparkConf
@@ -146,6 +148,53 @@ def with_delta_package(props: dict[str, str]) -> tuple[dict[str, str], str | Non
     return {**props, **DELTA_SQL_PROPERTIES, "spark.jars.packages": packages}, package
 
 
+def jars_cache_dir() -> Path:
+    """Where Delta's resolved jars are kept between runs (`SHOPSEG_JARS_DIR`)."""
+    default = Path.home() / ".cache" / "shopseg" / "jars"
+    return Path(os.environ.get("SHOPSEG_JARS_DIR", default))
+
+
+MANIFEST = "jars.txt"
+
+
+def cached_jars(package: str) -> list[str] | None:
+    """The jars a package resolved to on an earlier start, when every one is still there."""
+    manifest = jars_cache_dir() / package.replace(":", "_") / MANIFEST
+    if not manifest.is_file():
+        return None
+    jars = [line for line in manifest.read_text().splitlines() if line]
+    return jars if jars and all(Path(j).is_file() for j in jars) else None
+
+
+def remember_jars(spark: SparkSession, package: str) -> list[str]:
+    """Copy the jars Ivy resolved for this session into the cache, with a manifest.
+
+    The next local start names them in `spark.jars` and skips Ivy's resolution
+    (`cached_jars`). Returns the cached paths ([] when Spark reports none).
+    """
+    resolved = [
+        j.removeprefix("file://").removeprefix("file:")
+        for j in spark.sparkContext.getConf().get("spark.jars", "").split(",")
+        if j
+    ]
+    if not resolved:
+        return []
+    folder = jars_cache_dir() / package.replace(":", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    kept = []
+    for jar in resolved:
+        target = folder / Path(jar).name
+        if not target.is_file():
+            partial = target.with_suffix(f".{os.getpid()}.part")
+            shutil.copyfile(jar, partial)
+            partial.replace(target)
+        kept.append(str(target))
+    manifest = folder / f"{MANIFEST}.{os.getpid()}"
+    manifest.write_text("\n".join(kept) + "\n")
+    manifest.replace(folder / MANIFEST)
+    return kept
+
+
 def delta_classes_available(spark: SparkSession) -> bool:
     """True when the JVM has Delta Lake's Spark classes (Databricks, or --packages io.delta)."""
     try:
@@ -184,8 +233,11 @@ def _build(props: dict[str, str]) -> SparkSession:
 
 
 def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
-    """A local session, with Delta's package fetched when `delta` and not already named.
+    """A local session, with Delta's package when `delta` and not already named.
 
+    The first start resolves the package through Ivy (Maven Central, then
+    Ivy's cache) and copies the jars it resolved into `jars_cache_dir()`;
+    later starts name those jars in `spark.jars` and skip the resolution.
     When the package cannot be resolved (no Maven Central, a proxy), the
     session starts without it and the lakehouse falls back to delta-rs, with
     one warning saying why.
@@ -194,11 +246,17 @@ def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
     # Under spark-submit the JVM is already running: packages come from its
     # own --packages.
     if delta and "PYSPARK_GATEWAY_PORT" not in os.environ:
+        package = delta_package() if not _names_delta_jars(props) else None
+        jars = cached_jars(package) if package else None
+        if jars:
+            named = ",".join(j for j in (props.get("spark.jars"), *jars) if j)
+            log.info("Delta Lake's jars from %s", Path(jars[0]).parent)
+            return _build({**props, **DELTA_SQL_PROPERTIES, "spark.jars": named})
         props, package = with_delta_package(props)
     if package is None:
         return _build(props)
     try:
-        return _build(props)
+        spark = _build(props)
     except Exception as exc:  # noqa: BLE001 - the JVM exits; its stderr says why
         plain = {k: v for k, v in props.items() if k not in DELTA_SQL_PROPERTIES}
         rest = [p for p in plain.get("spark.jars.packages", "").split(",") if p and p != package]
@@ -213,6 +271,11 @@ def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
             str(exc).splitlines()[0] if str(exc) else "no message",
         )
         return _build(plain)
+    try:
+        remember_jars(spark, package)
+    except OSError as exc:  # a read-only home: the next start resolves again
+        log.warning("could not cache Delta Lake's jars in %s: %s", jars_cache_dir(), exc)
+    return spark
 
 
 def get_spark(
