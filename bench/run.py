@@ -29,6 +29,13 @@ timed runs are reported, the warm-up runs' seconds kept beside them:
 - recommend_all: top-20 for every user from the ALS factors,
   `recommend.score_top_n` against a NumPy matrix product + argpartition in
   blocks; quality = share of 1,000 sampled users with the same top-20 set.
+- ingest: the ingest stage on the raw event files of the size (events
+  source only, a fresh lakehouse each run: listing, hashing, parsing,
+  validation, deduplication, bronze/events, the quarantine and the log)
+  against a DuckDB script applying the same rules to the same files and
+  writing loaded rows and quarantine as Parquet (`ingest_peer.py`);
+  quality = records read, loaded and quarantined per reason, compared count
+  by count (`differing_counts` must be 0).
 - propensity: the propensity stage's default GBT (20 depth-4 trees, rate
   0.1) on its `purchase_30d` training rows against LightGBM with the same
   shape on the same vectors (`measure_propensity.py`); quality = average
@@ -84,7 +91,7 @@ ALS_RANK, ALS_REG, ALS_ALPHA, ALS_ITER = 32, 0.05, 5.0, 10
 # the peer runs at 10 (checked again at every size by the bench itself).
 PEER_ALS_ALPHA = 10.0
 TOP_N = 20
-ORDER = ["startup", "features", "kmeans", "als", "recommend_all", "propensity", "uplift"]
+ORDER = ["startup", "ingest", "features", "kmeans", "als", "recommend_all", "propensity", "uplift"]
 SAMPLE_USERS = 1_000
 
 
@@ -407,6 +414,88 @@ def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int 
             "features": int(x.shape[1]),
             "positive_share": round(float(y.mean()), 4),
             "params": GBT_PARAMS,
+        },
+    )
+
+
+def stage_accounting(root: Path) -> dict:
+    """Records read, loaded and quarantined per reason, from what the stage wrote."""
+    from deltalake import DeltaTable
+
+    log = DeltaTable(str(root / "bronze" / "ingest_log")).to_pandas()
+    quarantine = DeltaTable(str(root / "bronze" / "quarantine")).to_pandas()
+    return {
+        "records_read": int(log["records_read"].sum()),
+        "loaded": int(log["loaded"].sum()),
+        "quarantined": {k: int(v) for k, v in quarantine["reason"].value_counts().items()},
+    }
+
+
+def differing_counts(a: dict, b: dict) -> int:
+    keys = set(a["quarantined"]) | set(b["quarantined"])
+    differ = sum(a["quarantined"].get(k, 0) != b["quarantined"].get(k, 0) for k in keys)
+    return differ + (a["records_read"] != b["records_read"]) + (a["loaded"] != b["loaded"])
+
+
+def bench_ingest(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
+    import shutil
+    import tempfile
+
+    from ingest_peer import run as peer_ingest
+
+    from shopseg.cli import main as shopseg
+
+    events = Path(lake.root) / "raw" / "events"
+    work = Path(tempfile.mkdtemp(prefix="ingest-", dir=BENCH / "data"))
+    runs = iter(range(1_000))
+
+    def spark_ingest() -> Path:
+        root = work / f"spark-{next(runs)}"
+        args = ["ingest", "--conf", str(REPO / "conf" / "local.yaml")]
+        for item in (f"lakehouse.root={root}", "ingest.sources=[events]",
+                     f"sources.events.path={events}"):  # fmt: skip
+            args += ["--set", item]
+        if shopseg(args) != 0:
+            raise RuntimeError(f"ingest into {root} failed")
+        return root
+
+    def peer() -> dict:
+        return peer_ingest(f"{events}/*/*.txt", config.sources["events"], work / "duckdb")
+
+    try:
+        with Peaks(jvm) as spark_mem:
+            seconds, root, warm = timed(spark_ingest, repeats)
+        ours = stage_accounting(root)
+        with Peaks(None) as peer_mem:
+            peer_seconds, theirs, peer_warm = timed(peer, repeats)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    differ = differing_counts(ours, theirs)
+    return row(
+        "ingest",
+        n_events,
+        seconds,
+        "duckdb",
+        peer_seconds,
+        quality={
+            "records": ours["records_read"],
+            "loaded": ours["loaded"],
+            "differing_counts": differ,
+        },  # fmt: skip
+        peer_quality={
+            "records": theirs["records_read"],
+            "loaded": theirs["loaded"],
+            "differing_counts": differ,
+        },  # fmt: skip
+        equal_quality=differ == 0,
+        throughput=ours["records_read"] / median(seconds),
+        throughput_unit="records/s",
+        mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
+        detail={
+            "files": len(list(events.glob("*/*.txt"))),
+            "quarantined": ours["quarantined"],
+            "peer_quarantined": theirs["quarantined"],
         },
     )
 
@@ -792,7 +881,9 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
     rows: list[dict] = []
     for stage in stages:
         started = time.perf_counter()
-        if stage == "features":
+        if stage == "ingest":
+            rows.append(bench_ingest(spark, lake, config, n_events, repeats, jvm))
+        elif stage == "features":
             rows.append(bench_features(spark, lake, config, n_events, repeats, jvm))
         elif stage == "kmeans":
             rows.append(bench_kmeans(spark, lake, config, n_events, repeats, jvm))
@@ -916,7 +1007,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1m,10m"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="startup,features,kmeans,als,propensity,uplift")
+    parser.add_argument("--stages", default="startup,ingest,features,kmeans,als,propensity,uplift")
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
