@@ -366,7 +366,39 @@ def test_stage_recovers_planted_groups_names_them_and_refits_the_same_way(spark,
     refit = client.get_model_version_by_alias("shopseg_segmentation", "champion").version
     assert int(refit) == int(version.version) + 1
 
-    # Scoring a later snapshot with this model: the drift test below.
+    # gold/user_segments_current: one row per user, the refit's model version on each.
+    current = lake.read("gold/user_segments_current").toPandas()
+    assert len(current) == len(rows) and current.user_id.is_unique
+    assert set(current.model_version.astype(str)) == {str(refit)}
+    assert set(current.since) == {PLANTED_AS_OF}
+
+    # A day later ten new customers have become loyal buyers. Scored with the
+    # champion, only the users whose segment or outlier flag moved are merged.
+    later = PLANTED_AS_OF + dt.timedelta(days=1)
+    converts = {r[0] for r in rows if r[-1] == "new"}
+    converts = set(sorted(converts)[:10])
+    next_rows = [
+        (r[0], later, 15, 110.0, 1650.0, 2, 400, "loyal")
+        if r[0] in converts
+        else (r[0], later, *r[2:])
+        for r in rows
+    ]
+    write_planted(spark, lake_root, next_rows, mode="append")
+    assert main(["segment", *segment_args(lake_root, "segment.mode=score")]) == 0
+    today = snapshot(lake, "gold/user_segments", later).select(
+        "user_id", F.col("segment_name").alias("now"), F.col("is_outlier").alias("now_out")
+    )
+    moved = {
+        r.user_id
+        for r in after.join(today, "user_id")
+        .filter((F.col("segment_name") != F.col("now")) | (F.col("is_outlier") != F.col("now_out")))
+        .collect()
+    }
+    assert converts <= moved and len(moved) < len(rows) / 20
+    current = lake.read("gold/user_segments_current").toPandas().set_index("user_id")
+    assert len(current) == len(rows)
+    assert set(current.index[current.since == later]) == moved
+    assert set(current.loc[sorted(converts), "segment_name"]) == {"High-value loyal"}
 
 
 def test_score_mode_without_a_registered_model_says_what_to_run(spark, lake_root):

@@ -3,6 +3,7 @@
     shopseg run [--conf FILE] [--stages a,b,...] [--set key=value ...]
     shopseg <stage> [--conf FILE] [--set key=value ...]
     shopseg summary [--conf FILE] [--set key=value ...]
+    shopseg stream [--conf FILE] [--set key=value ...]
     shopseg cluster up|down|run [--folder DIR] [--conf FILE] [--set key=value ...]
 
 `jobs/<stage>.py` calls `main([<stage>, ...])`, so `spark-submit` runs the
@@ -82,6 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
                 help="print each campaign's eligible, treated and control counts; write nothing",
             )
     _common(sub.add_parser("summary", help="print the lakehouse's tables, runs and models"))
+    _common(
+        sub.add_parser(
+            "stream",
+            help="Structured Streaming from the events' landing folder into bronze, the "
+            "users' totals and gold/user_segments_current (conf `stream`)",
+        )
+    )
     cluster = sub.add_parser(
         "cluster",
         help="a local cluster (Spark standalone, S3 store, MLflow server): up, run, down",
@@ -136,6 +144,18 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream(config) -> int:
+    from shopseg import stream
+
+    try:
+        stream.run(config)
+    except Exception as exc:
+        log.exception("shopseg stream failed")
+        print(f"shopseg stream failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `shopseg` console script and of `jobs/<stage>.py`."""
     args = build_parser().parse_args(argv)
@@ -149,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "run":
             default = ",".join(config.pipeline.stages or [])
             names = parse_stages(args.stages or default or None)
-        elif args.command == "summary":
+        elif args.command in ("summary", "stream"):
             names = []
         else:
             names = [args.command]
@@ -160,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from shopseg.pipeline import format_summary, open_lakehouse, run_stages
 
+    if args.command == "stream":
+        return _stream(config)
     if not names:
         _, lakehouse = open_lakehouse(config)
         format_summary(config, lakehouse)

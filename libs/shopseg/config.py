@@ -280,10 +280,18 @@ class ItemsFromEvents:
     category: str | None = None
 
 
+FEATURE_MODES = ("auto", "full", "incremental")
+
+
 @dataclass
 class FeaturesConf:
     """Stage `features`: silver events, user features, interactions."""
 
+    # full: rebuild silver/events and every user's features from bronze;
+    # incremental: add the new ingest batches' events and recompute only the
+    # users whose window changed (README: Daily increments); auto: incremental
+    # when the state of an earlier run matches this configuration, else full.
+    mode: str = "auto"
     # Snapshot date; default the day after the last event.
     as_of_date: dt.date | None = None
     # Days of history before as_of_date; null = all.
@@ -949,6 +957,23 @@ class PipelineConf:
 
 
 @dataclass
+class StreamConf:
+    """`shopseg stream`: Structured Streaming from a source's landing folder."""
+
+    # The source whose folder the stream watches (a line-based one: json, csv, ...).
+    source: str = "events"
+    # availableNow: process the files there and stop (for schedulers); or a
+    # processing-time interval such as "5 seconds".
+    trigger: str = "availableNow"
+    max_files_per_trigger: int = 1
+    # Default: <lakehouse.root>/_checkpoints/stream.
+    checkpoint: str | None = _path_field(None)
+    # Score the changed users with the segment champion and merge them into
+    # gold/user_segments_current.
+    segments: bool = True
+
+
+@dataclass
 class Config:
     """The whole configuration of one shopseg invocation."""
 
@@ -971,6 +996,7 @@ class Config:
     propensity: PropensityConf = field(default_factory=PropensityConf)
     uplift: UpliftConf = field(default_factory=UpliftConf)
     maintain: MaintainConf = field(default_factory=MaintainConf)
+    stream: StreamConf = field(default_factory=StreamConf)
     # Where the values came from (for messages); not a configuration key.
     source: str = field(default="<defaults>", metadata={"internal": True})
 
@@ -1078,6 +1104,7 @@ def _validate(config: Config) -> None:
         _check(bool(rule.where), f"{key}.where", origin, "is required (Spark SQL)")
         _check(-1 <= rule.lift <= 1, f"{key}.lift", origin, "must be within -1..1")
     _validate_uplift(config)
+    _validate_stream(config)
     c = config.clv
     _check(c.horizon_days > 0, "clv.horizon_days", origin, "must be positive")
     _check(
@@ -1287,6 +1314,9 @@ def _validate_features(config: Config) -> None:
         _check(f.lookback_days > 0, "features.lookback_days", origin, "must be positive")
     _check(f.top_categories_n > 0, "features.top_categories_n", origin, "must be positive")
     _check(
+        f.mode in FEATURE_MODES, "features.mode", origin, f"must be one of {list(FEATURE_MODES)}"
+    )
+    _check(
         all(w >= 0 for w in f.interaction_weights.values()),
         "features.interaction_weights",
         origin,
@@ -1383,6 +1413,20 @@ def _validate_propensity(config: Config) -> None:
                    f"not a grid parameter of {model.kind}; use one of {list(allowed)}")  # fmt: skip
             _check(bool(values), f"propensity.models[{i}].params.{param}", origin,
                    "needs at least one value")  # fmt: skip
+
+
+STREAM_INTERVAL = re.compile(r"^\d+(\.\d+)? (second|seconds|minute|minutes)$")
+
+
+def _validate_stream(config: Config) -> None:
+    origin, st = config.source, config.stream
+    _check(
+        st.trigger == "availableNow" or bool(STREAM_INTERVAL.match(st.trigger)),
+        "stream.trigger",
+        origin,
+        "must be availableNow or an interval such as '5 seconds'",
+    )
+    _check(st.max_files_per_trigger > 0, "stream.max_files_per_trigger", origin, "must be positive")
 
 
 def _validate_uplift(config: Config) -> None:

@@ -604,6 +604,18 @@ class _DeltaRsWriter:
         doomed = {r._file for r in found}
         return self._remove_actions(table, lambda p, _values: p.rsplit("/", 1)[-1] in doomed)
 
+    def merge(
+        self, changed: DataFrame, path: str, key: Sequence[str], metadata: dict[str, str]
+    ) -> tuple[int, int, int]:
+        """The table rewritten in one commit: its rows without `changed`'s keys, and
+        `changed` (deltalake's own MERGE takes its source on the driver)."""
+        current = self.read(path, None, None)
+        merged = current.join(changed.select(*key), list(key), "left_anti").unionByName(
+            changed.select(*current.columns)
+        )
+        version, _rows, files = self.write(merged, path, "overwrite", [], metadata, False)
+        return version, changed.count(), files
+
     def _version_of(self, path: str, write_id: str) -> int:
         for entry in self._table(path).history(50):
             if entry.get(f"{META_PREFIX}write_id") == write_id:
@@ -805,19 +817,40 @@ class _SparkDeltaWriter:
                 f"{path}: concurrent write conflict: another write committed first; nothing "
                 f"was committed. Run it again. ({type(exc).__name__})"
             ) from None
+        version, metrics = self._committed(path, metadata)
+        return version, int(metrics.get("numOutputRows", 0)), int(metrics.get("numFiles", 0))
+
+    def _committed(self, path: str, metadata: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """The version and operation metrics of the commit carrying `metadata`'s write id."""
         write_id = metadata[f"{META_PREFIX}write_id"]
         log_ = self._log(path)
         rows = log_.history(50) if log_ is not None else self._table(path).history(50).collect()
         for row in rows:
             meta = self._user_metadata(row)
             if meta.get(f"{META_PREFIX}write_id") == write_id:
-                metrics = _field(row, "operationMetrics") or {}
-                return (
-                    int(row["version"]),
-                    int(metrics.get("numOutputRows", 0)),
-                    int(metrics.get("numFiles", 0)),
-                )
+                return int(row["version"]), _field(row, "operationMetrics") or {}
         raise DeltaError(f"{path}: commit {write_id} not found in the table history")
+
+    def merge(
+        self, changed: DataFrame, path: str, key: Sequence[str], metadata: dict[str, str]
+    ) -> tuple[int, int, int]:
+        """One Delta MERGE: `changed`'s rows update the rows with their key or are inserted."""
+        on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in key)
+        settings = {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata)}
+        with session_conf(self.spark, settings):
+            (
+                self._table(path)
+                .alias("t")
+                .merge(changed.alias("s"), on)
+                .whenMatchedUpdateAll()
+                .whenNotMatchedInsertAll()
+                .execute()
+            )
+        version, metrics = self._committed(path, metadata)
+        rows = int(metrics.get("numTargetRowsInserted", 0)) + int(
+            metrics.get("numTargetRowsUpdated", 0)
+        )
+        return version, rows, int(metrics.get("numTargetFilesAdded", 0))
 
     @staticmethod
     def _user_metadata(row: Any) -> dict[str, Any]:
@@ -1092,6 +1125,62 @@ class Lakehouse:
             rows,
             files,
             mode,
+            self.writer,
+            result.seconds,
+        )
+        return result
+
+    def upsert(
+        self,
+        df: DataFrame,
+        table: str,
+        key: Sequence[str],
+        *,
+        compare: Sequence[str],
+        commit: CommitInfo | None = None,
+    ) -> WriteResult:
+        """Make `table` hold `df`'s row for each key (a table a CRM reads, one row per
+        key): keys not in the table are inserted, rows whose `compare` columns
+        differ are updated, the others are left as they are.
+
+        On the Spark writer one Delta MERGE of the changed rows; on the
+        delta-rs writer one overwrite commit of the merged rows. Either way the
+        result's `rows` counts the rows inserted or updated.
+        """
+        from pyspark.sql import functions as F
+
+        if not self.exists(table):
+            return self.write(df, table, "overwrite", commit=commit)
+        self._check_types(table, df)
+        current = self.read(table)
+        theirs = {c: f"_t_{c}" for c in (*key, *compare)}
+        target = current.select(*[F.col(c).alias(a) for c, a in theirs.items()])
+        same = [df[k] == target[theirs[k]] for k in key]
+        same += [df[c].eqNullSafe(target[theirs[c]]) for c in compare]
+        changed = df.join(target, same, "left_anti").cache()
+        path = self.path(table)
+        write_id = uuid.uuid4().hex
+        metadata = (commit or CommitInfo()).metadata(write_id, "merge")
+        start = time.perf_counter()
+        with session_conf(self.spark, file_sizing(self.target_file_bytes)):
+            version, rows, files = self._impl.merge(changed, path, list(key), metadata)
+        changed.unpersist()
+        result = WriteResult(
+            table=table,
+            path=path,
+            version=version,
+            rows=rows,
+            files=files,
+            mode="merge",
+            writer=self.writer,
+            seconds=time.perf_counter() - start,
+        )
+        log.info(
+            "merged into %s v%d by %s: %d rows inserted or updated (%s) in %.1f s",
+            table,
+            version,
+            ", ".join(key),
+            rows,
             self.writer,
             result.seconds,
         )

@@ -89,7 +89,12 @@ def build_silver_events(bronze_events: DataFrame) -> DataFrame:
     amount is what it refunded, positive whatever sign the export writes
     (cancellation lines often carry negative quantities).
     """
-    types = {**SILVER_EVENT_TYPES, **_text_ids(bronze_events), t.RECORD_ID: T.StringType()}
+    types = {
+        **SILVER_EVENT_TYPES,
+        **_text_ids(bronze_events),
+        t.BATCH_ID: T.StringType(),
+        t.RECORD_ID: T.StringType(),
+    }
     df = with_missing_columns(bronze_events, types)
     kind = F.col(t.EVENT_TYPE)
     paid = F.coalesce(F.col(t.AMOUNT), F.col(t.PRICE) * F.coalesce(F.col(t.QUANTITY), F.lit(1)))
@@ -159,16 +164,39 @@ def order_key(event_type: Column, order_id: Column) -> Column:
     return F.when((event_type == "purchase") & order_id.isNotNull(), F.xxhash64(order_id))
 
 
-def _daily(events: DataFrame, n_categories: int, orders: bool = False) -> DataFrame:
-    """Per (user, day) sums, with `new_sessions`: sessions whose first day it is, and
-    `orders`: orders whose first day it is (purchase lines without an order id
-    count one each).
+SUMS = (
+    "n_events",
+    "views",
+    "carts",
+    "purchases",
+    "amount",
+    "returns",
+    "returned_amount",
+    "discounted",
+    "dwell_sum",
+    "dwell_n",
+    "reviews",
+    "rating_sum",
+    "rating_n",
+)
+ACTIVITY_KEYS = (t.USER_ID, t.EVENT_DATE, SESSION_KEY, ORDER_KEY)
 
-    `events` must be partitioned by user and carry `SESSION_KEY`, with
-    `orders` `ORDER_KEY` and, with categories, `CATEGORY_INDEX`. The sums are
-    taken per (user, day, session[, order]) first, so that distinct sessions
-    and orders come from the same pass over the events rather than a second
-    scan and shuffle.
+
+def category_sums(n_categories: int) -> list[str]:
+    return [f"_cat{i}" for i in range(n_categories)]
+
+
+def session_days(
+    events: DataFrame, n_categories: int, orders: bool = False, by_batch: bool = False
+) -> DataFrame:
+    """Per (user, day, session, order) sums of the events: the mergeable activity state.
+
+    Every column is a count or a sum, so the rows of two sets of events with
+    the same key add up to the rows of their union (`collapse_activity`).
+    `events` must carry `SESSION_KEY`, with `orders` `ORDER_KEY` (otherwise
+    the column is null) and, with categories, `CATEGORY_INDEX`. `by_batch`
+    keeps the ingest batch in the key (silver/user_activity: a failed run's rows
+    are replaced by batch).
     """
     kind = F.col(t.EVENT_TYPE)
     purchase = kind == "purchase"
@@ -176,7 +204,7 @@ def _daily(events: DataFrame, n_categories: int, orders: bool = False) -> DataFr
     returned = kind == "return"
 
     def count_if(cond: Column) -> Column:
-        return F.sum(F.when(cond, 1).otherwise(0))
+        return F.sum(F.when(cond, 1).otherwise(0)).cast("long")
 
     sums = {
         "n_events": F.count(F.lit(1)),
@@ -190,14 +218,33 @@ def _daily(events: DataFrame, n_categories: int, orders: bool = False) -> DataFr
         "dwell_sum": F.sum(t.DWELL_SECONDS),
         "dwell_n": F.count(t.DWELL_SECONDS),
         "reviews": count_if(review),
-        "rating_sum": F.sum(F.when(review, F.col(t.RATING))),
+        "rating_sum": F.sum(F.when(review, F.col(t.RATING))).cast("long"),
         "rating_n": F.count(F.when(review, F.col(t.RATING))),
         **{f"_cat{i}": count_if(F.col(CATEGORY_INDEX) == i) for i in range(n_categories)},
     }
-    keys = [t.USER_ID, t.EVENT_DATE, SESSION_KEY, *([ORDER_KEY] if orders else [])]
-    per_session_day = events.groupBy(*keys).agg(
-        *[value.alias(name) for name, value in sums.items()]
+    if not orders:
+        events = events.withColumn(ORDER_KEY, F.lit(None).cast("long"))
+    keys = [*ACTIVITY_KEYS, *([t.BATCH_ID] if by_batch else [])]
+    return events.groupBy(*keys).agg(*[value.alias(name) for name, value in sums.items()])
+
+
+def collapse_activity(activity: DataFrame, n_categories: int) -> DataFrame:
+    """One row per key: activity rows appended by several increments, summed."""
+    return activity.groupBy(*ACTIVITY_KEYS).agg(
+        *[F.sum(c).alias(c) for c in (*SUMS, *category_sums(n_categories))]
     )
+
+
+def _daily(per_session_day: DataFrame, n_categories: int, orders: bool = False) -> DataFrame:
+    """Per (user, day) sums from `session_days` rows, with `new_sessions`: sessions
+    whose first day it is, and `orders`: orders whose first day it is (purchase
+    lines without an order id count one each).
+
+    The sums are taken per (user, day, session, order) first, so that distinct
+    sessions and orders come from the same pass over the events rather than a
+    second scan and shuffle.
+    """
+    sums = [*SUMS, *category_sums(n_categories)]
     session = Window.partitionBy(t.USER_ID, SESSION_KEY).orderBy(t.EVENT_DATE)
     first_day = F.col(SESSION_KEY).isNotNull() & (F.row_number().over(session) == 1)
     per_session_day = per_session_day.withColumn("_new_session", F.when(first_day, 1).otherwise(0))
@@ -361,21 +408,48 @@ def build_user_metrics(
     # the purchase-gap window, per user, sessions), where grouping by (user,
     # day) first shuffled twice: 15.7 s -> 11.1 s on 10M events, 2 cores
     # (bench/run.py, docs/benchmarks.md).
+    events, categories = keyed_events(events, items, categories, orders)
+    activity = session_days(events.repartition(t.USER_ID), len(categories), orders)
+    totals = user_totals(activity, len(categories), orders, lifetime)
+    return metrics_from_totals(totals, users, as_of, categories, demographics)
+
+
+def keyed_events(
+    events: DataFrame, items: DataFrame | None, categories: Sequence[str], orders: bool
+) -> tuple[DataFrame, list[str]]:
+    """Events with the grouping keys `session_days` needs, and the categories kept
+    (none without a catalogue)."""
     events = events.withColumn(SESSION_KEY, session_key(F.col(t.SESSION_ID)))
     if orders:
         events = events.withColumn(ORDER_KEY, order_key(F.col(t.EVENT_TYPE), F.col(t.ORDER_ID)))
-    if items is not None and categories:
-        index = F.broadcast(category_index(items, categories))
-        events = events.join(index, t.ITEM_ID, "left")
-    else:
-        categories = []
-    events = events.repartition(t.USER_ID)
-    per_user = _per_user(_daily(events, len(categories), orders), len(categories))
-    if lifetime is not None:
-        per_user = per_user.drop(*LIFETIME_DATES).join(
-            lifetime.select(t.USER_ID, *LIFETIME_DATES), t.USER_ID, "full"
-        )
+    if items is None or not categories:
+        return events, []
+    index = F.broadcast(category_index(items, categories))
+    return events.join(index, t.ITEM_ID, "left"), list(categories)
 
+
+def user_totals(
+    activity: DataFrame, n_categories: int, orders: bool, lifetime: DataFrame | None
+) -> DataFrame:
+    """Per-user counts and sums from `session_days` rows of the window, with the
+    lifetime dates (`build_lifetime_dates` or `lifetime_from_activity`) when given."""
+    per_user = _per_user(_daily(activity, n_categories, orders), n_categories)
+    if lifetime is None:
+        return per_user
+    return per_user.drop(*LIFETIME_DATES).join(
+        lifetime.select(t.USER_ID, *LIFETIME_DATES), t.USER_ID, "full"
+    )
+
+
+def metrics_from_totals(
+    per_user: DataFrame,
+    users: DataFrame | None,
+    as_of: dt.date,
+    categories: Sequence[str],
+    demographics: Mapping[str, Sequence[str]],
+) -> DataFrame:
+    """The metrics of `build_user_metrics` from per-user totals (`user_totals`):
+    ratios, recency and tenure at `as_of`, profiles and one-hot demographics."""
     profile_cols = [t.SIGNUP_TS, t.AGE, t.GENDER, t.REGION, t.CHANNEL]
     if users is not None:
         profiles = with_missing_columns(
@@ -507,7 +581,19 @@ def build_user_features(
     lifetime = build_lifetime_dates(filter_window(events, as_of, None))
     metrics = build_user_metrics(
         window, users, items, as_of, categories, demographics, lifetime, orders
-    ).cache()
+    )
+    return scored_snapshot(metrics, rfm_rules, no_purchase_segment, quantile_error)
+
+
+def scored_snapshot(
+    metrics: DataFrame,
+    rfm_rules: Sequence[RfmRule],
+    no_purchase_segment: str,
+    quantile_error: float,
+) -> FeatureSnapshot:
+    """The snapshot of `metrics` with RFM scores from quintile cuts among its buyers;
+    the metrics are cached until `unpersist()`."""
+    metrics = metrics.cache()
     cuts = rfm_cuts(metrics, quantile_error)
     scored = with_rfm_scores(metrics, cuts, rfm_rules, no_purchase_segment)
     return FeatureSnapshot(scored.select(*user_feature_columns(scored)), cuts, metrics)

@@ -174,24 +174,35 @@ class StageContext:
         """Write one version of `table`, recording stage, run id and config hash in the commit.
 
         `replace_rows`: see `Lakehouse.write`."""
-        commit = CommitInfo(
-            stage=self.name,
-            run_id=self.run.run_id,
-            config_hash=self.config.fingerprint(),
-            extra={"pipeline_id": self.pipeline_id},
-        )
         result = self.lakehouse.write(
             df,
             table,
             mode,
             partition_by=partition_by,
-            commit=commit,
+            commit=self._commit(),
             overwrite_schema=overwrite_schema,
             replace_rows=replace_rows,
         )
         self.run.log_output(result)
         self.writes.append(result)
         return result
+
+    def upsert(
+        self, df: DataFrame, table: str, key: Sequence[str], *, compare: Sequence[str]
+    ) -> WriteResult:
+        """Insert or update `table`'s rows by `key` (see `Lakehouse.upsert`)."""
+        result = self.lakehouse.upsert(df, table, key, compare=compare, commit=self._commit())
+        self.run.log_output(result)
+        self.writes.append(result)
+        return result
+
+    def _commit(self) -> CommitInfo:
+        return CommitInfo(
+            stage=self.name,
+            run_id=self.run.run_id,
+            config_hash=self.config.fingerprint(),
+            extra={"pipeline_id": self.pipeline_id},
+        )
 
     def record_files(self, path: str, fmt: str, rows: int) -> None:
         """Report plain files the stage wrote (not Delta): logged and in the summary."""

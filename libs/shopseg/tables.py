@@ -180,10 +180,12 @@ SILVER_EVENTS = TableSpec(
         RATING,
         DWELL_SECONDS,
         SOURCE,
+        BATCH_ID,
     ),
     "features",
     "Clean, typed, deduplicated events; amount is what a purchase paid or a return "
-    "refunded (positive either way); order_id groups the lines of one order.",
+    "refunded (positive either way); order_id groups the lines of one order; batch_id "
+    "is the ingest batch that loaded the event.",
 )
 USER_FEATURES = TableSpec(
     "silver/user_features",
@@ -229,6 +231,83 @@ USER_FEATURES = TableSpec(
     "one-hot demographics (<column>_<value>).",
     partition_by=(AS_OF_DATE,),
 )
+USER_ACTIVITY = TableSpec(
+    "silver/user_activity",
+    (
+        USER_ID,
+        EVENT_DATE,
+        "_session",
+        "_order",
+        "n_events",
+        "views",
+        "carts",
+        "purchases",
+        "amount",
+        "returns",
+        "returned_amount",
+        "discounted",
+        "dwell_sum",
+        "dwell_n",
+        "reviews",
+        "rating_sum",
+        "rating_n",
+    ),
+    "features",
+    "State of the daily increments: per (user, day, session, order) counts and sums of the "
+    "events by ingest batch (`_cat<i>`: events in the i-th category of "
+    "silver/feature_runs.categories); each run appends the sums of its new events, rows "
+    "with one key add up.",
+)
+USER_TOTALS = TableSpec(
+    "silver/user_totals",
+    (
+        USER_ID,
+        AS_OF_DATE,
+        "first_event_date",
+        "last_event_date",
+        "last_purchase_date",
+        "frequency",
+        "lines",
+        "purchased_amount",
+        "returns",
+        "returned_amount",
+        "purchase_days",
+        "mean_days_between_purchases",
+        "std_days_between_purchases",
+        "active_days",
+        "sessions",
+        "views",
+        "carts",
+        "discounted",
+        "dwell_sum",
+        "dwell_n",
+        "reviews",
+        "rating_sum",
+        "rating_n",
+        "n_events",
+    ),
+    "features",
+    "State of the daily increments: one row per user with the window's counts and sums and "
+    "the lifetime dates at as_of_date; an increment recomputes only the changed users.",
+)
+FEATURE_RUNS = TableSpec(
+    "silver/feature_runs",
+    (
+        "run_at",
+        AS_OF_DATE,
+        "mode",
+        "lookback_days",
+        "categories",
+        "orders",
+        "batches",
+        "events_added",
+        "users_recomputed",
+        "users",
+    ),
+    "features",
+    "One row per features run: full or incremental, its as-of date and window, the "
+    "categories of the share columns, the ingest batches whose events it added.",
+)
 ITEMS = TableSpec(
     "silver/items",
     (ITEM_ID, ITEM_NAME, CATEGORY, PRICE, "events", "last_event_ts"),
@@ -251,6 +330,14 @@ USER_SEGMENTS = TableSpec(
     "One row per user and as-of date: segment, distance to its centroid (scaled feature "
     "space), outlier flag.",
     partition_by=(AS_OF_DATE,),
+)
+USER_SEGMENTS_CURRENT = TableSpec(
+    "gold/user_segments_current",
+    (USER_ID, SEGMENT_ID, SEGMENT_NAME, "is_outlier", MODEL_VERSION, "since"),
+    "segment",
+    "One row per user: the segment of the latest snapshot, for a CRM; merged by user_id, "
+    "only the users whose segment, outlier flag or model changed are rewritten (since: "
+    "the as-of date of that change).",
 )
 SEGMENT_PROFILES = TableSpec(
     "gold/segment_profiles",
@@ -526,11 +613,15 @@ TABLES: tuple[TableSpec, ...] = (
     INGEST_LOG,
     SILVER_EVENTS,
     USER_FEATURES,
+    USER_ACTIVITY,
+    USER_TOTALS,
+    FEATURE_RUNS,
     INTERACTIONS,
     CUSTOMER_VALUE,
     PROPENSITY_SCORES,
     PROPENSITY_EVAL,
     USER_SEGMENTS,
+    USER_SEGMENTS_CURRENT,
     SEGMENT_PROFILES,
     SEGMENT_TRANSITIONS,
     SEGMENT_TREE,

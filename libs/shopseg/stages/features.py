@@ -1,18 +1,27 @@
 """Stage `features`: bronze -> silver/events, silver/user_features, silver/interactions
 (and silver/items, when the catalogue is derived from the event lines).
 
-silver/events is rebuilt from the committed bronze events on every run.
-User features and interactions are snapshots partitioned by `as_of_date`:
-a rerun for the same date replaces that date's rows and keeps the others,
-so later stages can compare snapshots.
+A full run rebuilds silver/events from the committed bronze events and every
+user's features from them. An incremental run (`features.mode`, README: Daily
+increments) appends only the events of ingest batches no earlier run added and
+recomputes only the users whose window changed (`shopseg.increments`); its
+snapshot equals a full run's on the same data. User features and interactions
+are snapshots partitioned by `as_of_date`: a rerun for the same date replaces
+that date's rows and keeps the others, so later stages can compare snapshots.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from shopseg import features as fx
+from shopseg import increments as inc
 from shopseg import tables as t
+from shopseg.delta import WriteResult
 from shopseg.ingest import committed_rows
 from shopseg.pipeline import StageContext
 
@@ -55,42 +64,35 @@ def run(ctx: StageContext) -> None:
         if items is None:
             items = ctx.read(t.ITEMS.name)
 
-    # Rebuilt from bronze on every run: its schema is this version's (a lakehouse
-    # written before order_id existed gains the column).
-    ctx.write(
-        fx.build_silver_events(bronze_events),
-        t.SILVER_EVENTS.name,
-        "overwrite",
-        overwrite_schema=True,
-    )
     # Order ids group purchase lines into orders where the source maps them.
     orders = t.ORDER_ID in bronze_events.columns
-    events = ctx.read(t.SILVER_EVENTS.name)
-    as_of = conf.as_of_date or fx.default_as_of(events)
-    window = fx.filter_window(events, as_of, conf.lookback_days).cache()
-    categories = conf.top_categories
-    if categories is None:
-        categories = fx.top_categories(window, items, conf.top_categories_n) if items else []
+    batches, state, reason = _state(ctx, log, orders)
+    if conf.mode == "incremental" and reason is not None:
+        raise ValueError(f"features.mode is incremental, but {reason}: run with mode full")
+    if conf.mode == "full" or reason is not None:
+        ctx.log.info("full run: %s", "features.mode is full" if conf.mode == "full" else reason)
+        built = full_state(ctx, bronze_events, items, orders)
+    else:
+        assert state is not None
+        new_batches = [b for b in batches if b not in state.batches]
+        ctx.log.info(
+            "incremental run after %s: %d new ingest batches", state.as_of, len(new_batches)
+        )
+        built = incremental_state(ctx, state, bronze_events, new_batches, items, orders)
+    as_of, categories, mode = built.as_of, built.categories, built.mode
+
     ctx.log.info(
         "as of %s, lookback %s days; category shares for %s",
         as_of,
         conf.lookback_days if conf.lookback_days is not None else "all",
         ", ".join(categories) or "none",
     )
-    ctx.run.log_params({"as_of_date": as_of.isoformat(), "categories": categories})
-
-    snapshot = fx.build_user_features(
-        events,
-        users,
-        items,
-        as_of,
-        lookback_days=conf.lookback_days,
-        categories=categories,
-        demographics=conf.demographics,
-        rfm_rules=conf.rfm.segments,
-        no_purchase_segment=conf.rfm.no_purchase_segment,
-        quantile_error=conf.rfm.quantile_error,
-        orders=orders,
+    ctx.run.log_params({"as_of_date": as_of.isoformat(), "categories": categories, "mode": mode})
+    metrics = fx.metrics_from_totals(
+        ctx.read_back(built.totals), users, as_of, categories, conf.demographics
+    )
+    snapshot = fx.scored_snapshot(
+        metrics, conf.rfm.segments, conf.rfm.no_purchase_segment, conf.rfm.quantile_error
     )
     ctx.log.info("RFM quintile cuts among buyers: %s", snapshot.cuts)
     ctx.run.log_dict(snapshot.cuts, "rfm_cuts.json")
@@ -107,8 +109,19 @@ def run(ctx: StageContext) -> None:
         .count()
         .collect()
     )
-    ctx.run.log_metrics({f"rfm_users.{r['rfm_segment']}": r["count"] for r in segments})
+    counts = {r["rfm_segment"]: r["count"] for r in segments}
+    ctx.run.log_metrics({f"rfm_users.{name}": n for name, n in counts.items()})
+    added, recomputed = built.added, built.recomputed
+    ctx.run.log_metrics({"events_added": added, "users_recomputed": recomputed})
+    ctx.log.info(
+        "%s run: %d events added, %d of %d users recomputed",
+        mode,
+        added,
+        recomputed,
+        sum(counts.values()),
+    )
 
+    window = fx.filter_window(ctx.read_back(built.events), as_of, conf.lookback_days)
     interactions = fx.build_interactions(
         window, as_of, conf.interaction_weights, conf.interaction_half_life_days
     )
@@ -119,4 +132,211 @@ def run(ctx: StageContext) -> None:
         partition_by=t.INTERACTIONS.partition_by,
     )
     snapshot.unpersist()
-    window.unpersist()
+    run = inc.run_row(
+        ctx.spark,
+        as_of=as_of,
+        mode=mode,
+        lookback_days=conf.lookback_days,
+        categories=categories,
+        orders=orders,
+        batches=batches,
+        events_added=added,
+        users_recomputed=recomputed,
+        users=sum(counts.values()),
+        events_version=built.events.version,
+        activity_version=built.activity.version,
+    )
+    ctx.write(run, t.FEATURE_RUNS.name, "overwrite" if mode == "full" else "append")
+    if built.changed is not None:
+        built.changed.unpersist()
+
+
+def _state(
+    ctx: StageContext, log: DataFrame, orders: bool
+) -> tuple[list[str], inc.FeatureState | None, str | None]:
+    """The committed ingest batches, the last run's state and why an increment
+    cannot continue it (None when it can)."""
+    conf = ctx.config.features
+    batches = sorted(r[t.BATCH_ID] for r in log.select(t.BATCH_ID).distinct().collect())
+    state_tables = all(
+        ctx.lakehouse.exists(spec.name)
+        for spec in (t.FEATURE_RUNS, t.USER_ACTIVITY, t.USER_TOTALS, t.SILVER_EVENTS)
+    )
+    state = inc.load_state(ctx.read(t.FEATURE_RUNS.name)) if state_tables else None
+    reason = inc.why_not_incremental(
+        state,
+        lookback_days=conf.lookback_days,
+        categories=conf.top_categories,
+        orders=orders,
+        as_of=conf.as_of_date,
+        derive_items=conf.items_from_events is not None,
+        state_tables=state_tables,
+    )
+    return batches, state, reason
+
+
+def advance(ctx: StageContext) -> Built:
+    """`shopseg stream`'s step: the events of batches no run has added go to
+    silver/events and user_activity and the changed users' totals are
+    recomputed, without a snapshot; recorded in silver/feature_runs as mode
+    `stream`. The caller unpersists `changed`."""
+    conf = ctx.config.features
+    log = ingest_log(ctx)
+    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name, log)
+    if bronze_events is None or log is None:
+        raise FileNotFoundError(f"the stream needs {t.BRONZE_EVENTS.name}; run `ingest` first")
+    orders = t.ORDER_ID in bronze_events.columns
+    batches, state, reason = _state(ctx, log, orders)
+    if reason is not None:
+        raise ValueError(
+            f"the stream continues the state of a features run, but {reason}: run "
+            "`shopseg features` first"
+        )
+    assert state is not None
+    items = bronze_table(ctx, t.BRONZE_ITEMS.name, log)
+    new_batches = [b for b in batches if b not in state.batches]
+    built = incremental_state(ctx, state, bronze_events, new_batches, items, orders)
+    run = inc.run_row(
+        ctx.spark,
+        as_of=built.as_of,
+        mode="stream",
+        lookback_days=conf.lookback_days,
+        categories=built.categories,
+        orders=orders,
+        batches=batches,
+        events_added=built.added,
+        users_recomputed=built.recomputed,
+        users=built.totals.rows,
+        events_version=built.events.version,
+        activity_version=built.activity.version,
+    )
+    ctx.write(run, t.FEATURE_RUNS.name, "append")
+    return built
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a full or incremental run wrote before the snapshot."""
+
+    mode: str
+    as_of: dt.date
+    categories: list[str]
+    # The writes of silver/events, user_activity and user_totals.
+    events: WriteResult
+    activity: WriteResult
+    totals: WriteResult
+    added: int
+    recomputed: int
+    # Incremental: the users recomputed (cached; the caller unpersists).
+    changed: DataFrame | None = None
+
+
+def full_state(
+    ctx: StageContext, bronze_events: DataFrame, items: DataFrame | None, orders: bool
+) -> Built:
+    """silver/events, user_activity and user_totals rebuilt from all committed events.
+
+    Every user is recomputed.
+    """
+    conf = ctx.config.features
+    # Rebuilt from bronze: its schema is this version's (a lakehouse written
+    # before order_id existed gains the column).
+    written = ctx.write(
+        fx.build_silver_events(bronze_events),
+        t.SILVER_EVENTS.name,
+        "overwrite",
+        overwrite_schema=True,
+    )
+    events = ctx.read_back(written)
+    as_of = conf.as_of_date or fx.default_as_of(events)
+    categories = conf.top_categories
+    if categories is None:
+        window = fx.filter_window(events, as_of, conf.lookback_days)
+        categories = fx.top_categories(window, items, conf.top_categories_n) if items else []
+    keyed, categories = fx.keyed_events(events, items, categories, orders)
+    activity = fx.session_days(keyed.repartition(t.USER_ID), len(categories), orders, by_batch=True)
+    activity_written = ctx.write(activity, t.USER_ACTIVITY.name, "overwrite", overwrite_schema=True)
+    totals = inc.totals_at(
+        ctx.read_back(activity_written), as_of, conf.lookback_days, len(categories), orders
+    )
+    written_totals = ctx.write(totals, t.USER_TOTALS.name, "overwrite", overwrite_schema=True)
+    return Built(
+        "full",
+        as_of,
+        categories,
+        written,
+        activity_written,
+        written_totals,
+        written.rows,
+        written_totals.rows,
+    )
+
+
+def incremental_state(
+    ctx: StageContext,
+    state: inc.FeatureState,
+    bronze_events: DataFrame,
+    new_batches: list[str],
+    items: DataFrame | None,
+    orders: bool,
+) -> Built:
+    """The new batches' events appended to silver/events and user_activity, the
+    changed users' totals recomputed."""
+    conf = ctx.config.features
+    new_bronze = bronze_events.filter(F.col(t.BATCH_ID).isin(new_batches))
+    silver = ctx.read(t.SILVER_EVENTS.name)
+    # A run that failed after appending left rows of these batches and no
+    # record: they are replaced by batch, not counted again (the check costs a
+    # scan on the delta-rs writer, so only then).
+    replace = None
+    if state.interrupted(
+        ctx.lakehouse.version(t.SILVER_EVENTS.name), ctx.lakehouse.version(t.USER_ACTIVITY.name)
+    ):
+        ctx.log.warning("an earlier attempt left rows without a record: replacing them by batch")
+        replace = (t.BATCH_ID, new_batches)
+        silver = silver.filter(F.col(t.BATCH_ID).isNull() | ~F.col(t.BATCH_ID).isin(new_batches))
+    # An event id already in silver (a re-export of an old event) is not added twice.
+    known = silver.select(t.EVENT_ID)
+    new_events = fx.build_silver_events(new_bronze).join(known, t.EVENT_ID, "left_anti").cache()
+    events = ctx.write(new_events, t.SILVER_EVENTS.name, "append", replace_rows=replace)
+    last = new_events.agg(F.max(t.EVENT_DATE)).first()[0]
+    as_of = conf.as_of_date or max(
+        state.as_of, last + dt.timedelta(days=1) if last else state.as_of
+    )
+    if as_of < state.as_of:
+        raise ValueError(f"features.as_of_date {as_of} is before the last run's {state.as_of}")
+    keyed, _ = fx.keyed_events(new_events, items, state.categories, orders)
+    new_activity = fx.session_days(keyed, len(state.categories), orders, by_batch=True)
+    activity_written = ctx.write(new_activity, t.USER_ACTIVITY.name, "append", replace_rows=replace)
+    activity = ctx.read_back(activity_written)
+    changed = inc.changed_users(
+        activity,
+        new_events.select(t.USER_ID),
+        state.as_of,
+        as_of,
+        conf.lookback_days,
+    ).cache()
+    recomputed = changed.count()
+    totals = inc.advance_totals(
+        ctx.read(t.USER_TOTALS.name),
+        activity,
+        changed,
+        as_of,
+        conf.lookback_days,
+        len(state.categories),
+        orders,
+    )
+    written = ctx.write(totals, t.USER_TOTALS.name, "overwrite")
+    new_events.unpersist()
+    categories = list(state.categories)
+    return Built(
+        "incremental",
+        as_of,
+        categories,
+        events,
+        activity_written,
+        written,
+        events.rows,
+        recomputed,
+        changed,
+    )

@@ -25,7 +25,7 @@ import datetime as dt
 import os
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from pyspark.sql import DataFrame, SparkSession
@@ -153,16 +153,24 @@ def _check_new_files(spark: SparkSession, plan: SourcePlan) -> None:
 
 
 def plan_source(
-    spark: SparkSession, name: str, src: SourceConf, logged: DataFrame | None
+    spark: SparkSession,
+    name: str,
+    src: SourceConf,
+    logged: DataFrame | None,
+    only: set[str] | None = None,
 ) -> SourcePlan:
     """Which of a source's files to ingest, and why the others are skipped.
 
     A file logged before with the same path, size and modification time is
     skipped without being read. The others are hashed (streamed); a file whose
     content this source already ingested, or that another file of this batch
-    holds too, is skipped (the first by path is read).
+    holds too, is skipped (the first by path is read). With `only`, the files
+    not in it are left for later.
     """
-    plan = SourcePlan(name, src, _list_files(spark, name, src.path))
+    listed = _list_files(spark, name, src.path)
+    if only is not None:
+        listed = [f for f in listed if f.path in only]
+    plan = SourcePlan(name, src, listed)
     if not plan.files:
         return plan
     seen: set[tuple[str, int, dt.datetime]] = set()
@@ -372,25 +380,30 @@ def _log_row(
     }
 
 
-def run(ctx: StageContext) -> None:
+def run(ctx: StageContext, only: Mapping[str, set[str]] | None = None) -> None:
+    """Ingest every source's new files (with `only`: of the named sources, only
+    the listed files; `shopseg stream` passes each micro-batch's files)."""
     # One ingest at a time per lakehouse: two would both see the same files as
     # new, and one could take the other's half-written batch for a dead one.
     try:
         with files.exclusive_lock(ctx.lakehouse.local_path("_locks"), "ingest"):
-            _ingest(ctx)
+            _ingest(ctx, only)
     except files.LockHeld as exc:
         raise IngestError(str(exc)) from None
 
 
-def _ingest(ctx: StageContext) -> None:
+def _ingest(ctx: StageContext, only: Mapping[str, set[str]] | None = None) -> None:
     config = ctx.config
-    names = config.ingest.sources or list(config.sources)
+    names = list(only) if only is not None else config.ingest.sources or list(config.sources)
     if not names:
         ctx.log.warning("no sources configured (conf `sources`); nothing to ingest")
         return
     hash_key = _hash_key(config, names)
     log = ctx.read(t.INGEST_LOG.name) if ctx.lakehouse.exists(t.INGEST_LOG.name) else None
-    plans = [plan_source(ctx.spark, n, config.sources[n], log) for n in names]
+    plans = [
+        plan_source(ctx.spark, n, config.sources[n], log, only.get(n) if only else None)
+        for n in names
+    ]
     for plan in plans:
         ctx.log.info(
             "source %s (%s, %s): %d files, %d new, %d already ingested, %d skipped as copies",

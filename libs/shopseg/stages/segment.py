@@ -244,6 +244,33 @@ def _propensity_scores(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
     return scores.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
 
 
+def update_current(ctx: StageContext, segments: DataFrame, as_of: dt.date) -> None:
+    """Merge the snapshot's segments into gold/user_segments_current by user_id.
+
+    Only users whose segment, outlier flag or model version changed are
+    rewritten; a snapshot older than the table's latest change is not merged
+    (a rerun of an old date must not undo newer segments).
+    """
+    name = t.USER_SEGMENTS_CURRENT.name
+    if ctx.lakehouse.exists(name):
+        newest = ctx.lakehouse.read(name).agg(F.max("since")).first()[0]
+        if newest is not None and newest > as_of:
+            ctx.log.info(
+                "%s holds segments since %s: the %s snapshot is not merged", name, newest, as_of
+            )
+            return
+    current = segments.select(
+        t.USER_ID,
+        t.SEGMENT_ID,
+        t.SEGMENT_NAME,
+        "is_outlier",
+        t.MODEL_VERSION,
+        F.col(t.AS_OF_DATE).alias("since"),
+    )
+    compare = [t.SEGMENT_ID, t.SEGMENT_NAME, "is_outlier", t.MODEL_VERSION]
+    ctx.upsert(current, name, [t.USER_ID], compare=compare)
+
+
 def run(ctx: StageContext) -> None:
     conf = ctx.config.segment
     snapshot, as_of, features_version = _snapshot(ctx)
@@ -280,6 +307,7 @@ def run(ctx: StageContext) -> None:
         partition_by=t.USER_SEGMENTS.partition_by,
     )
     written = ctx.read_back(result).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
+    update_current(ctx, written, as_of)
 
     started = time.perf_counter()
     sample = sg.sample(scored, conf.tree_sample, scored.count(), conf.seed)
