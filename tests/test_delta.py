@@ -440,3 +440,25 @@ def test_equality_filters_on_strings_find_their_rows_through_arrow_datasets(lake
     con.register("t", DeltaTable(lake.path("t")).to_pyarrow_dataset())
     assert con.sql("SELECT n FROM t WHERE seg = '(all)'").fetchall() == [(1,)]
     assert con.sql("SELECT n FROM t WHERE seg > 'a'").fetchall() == [(2,)]
+
+
+def test_upsert_inserts_new_keys_updates_changed_rows_and_leaves_the_others(lake, spark):
+    schema = "user_id long, segment string, since date"
+    day1, day2 = dt.date(2025, 6, 1), dt.date(2025, 6, 2)
+    first = [(1, "a", day1), (2, "b", day1), (3, None, day1)]
+    assert (
+        lake.upsert(
+            spark.createDataFrame(first, schema), "cur", ["user_id"], compare=["segment"]
+        ).version
+        == 0
+    )
+    # User 1 unchanged (its new `since` must not be written), 2 moves, 3 stays
+    # null (null equals null), 4 is new.
+    later = [(1, "a", day2), (2, "c", day2), (3, None, day2), (4, "a", day2)]
+    result = lake.upsert(
+        spark.createDataFrame(later, schema), "cur", ["user_id"], compare=["segment"]
+    )
+    assert (result.version, result.rows, result.mode) == (1, 2, "merge")
+    got = {r.user_id: (r.segment, r.since) for r in lake.read("cur").collect()}
+    assert got == {1: ("a", day1), 2: ("c", day2), 3: (None, day1), 4: ("a", day2)}
+    assert lake.read("cur", version=0).count() == 3

@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 
 from shopseg import stream
 from shopseg import tables as t
+from shopseg.config import ConfigError
 from shopseg.pipeline import run_stages
 
 from .test_increments import hold_back
@@ -65,7 +66,7 @@ def loyal_purchases(user_id: int, day: str, n: int) -> list[str]:
 def test_landed_files_move_their_users_and_a_restart_counts_each_file_once(
     spark, small_config, lake_root, tmp_path
 ):
-    sizes = ("generate.users=300", "segment.k_max=7")
+    sizes = ("generate.users=300", "segment.algorithms=[kmeans]", "segment.k_max=7")
     run_stages(small_config(*sizes), ["generate"])
     held = hold_back(lake_root / t.RAW_EVENTS, 4, tmp_path / "held")
     run_stages(small_config(*sizes), ["ingest", "features", "segment"])
@@ -134,3 +135,21 @@ def test_landed_files_move_their_users_and_a_restart_counts_each_file_once(
     silver = spark.read.format("delta").load(str(lake_root / t.SILVER_EVENTS.name))
     assert silver.count() == silver.select(t.EVENT_ID).distinct().count() == log.loaded.sum()
     print(f"latency from a file landing to its users' segment rows: {latencies} s")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("stream.source=nowhere", "'nowhere' is not a configured source"),
+        ("stream.source=items", "items is parquet; the stream reads line-based sources"),
+    ],
+)
+def test_a_stream_on_a_source_it_cannot_read_says_why(small_config, override, message):
+    with pytest.raises(ConfigError, match=message):
+        stream.start(small_config(override))
+
+
+@pytest.mark.parametrize("trigger", ["5s", "now", "every 5 seconds"])
+def test_a_trigger_that_is_neither_available_now_nor_an_interval_is_refused(small_config, trigger):
+    with pytest.raises(ConfigError, match="stream.trigger"):
+        small_config(f"stream.trigger={trigger}")

@@ -190,7 +190,8 @@ def _fit(
     return model, version, names, chosen.algorithm, chosen.k, sweep_df
 
 
-def _load(ctx: StageContext) -> tuple[PipelineModel, str, dict[int, str], str, int]:
+def load_champion(ctx: StageContext) -> tuple[PipelineModel, str, dict[int, str], str, int]:
+    """The model behind `segment.alias`: model, version, names, algorithm, k."""
     from mlflow import MlflowClient
 
     conf = ctx.config.segment
@@ -279,7 +280,7 @@ def run(ctx: StageContext) -> None:
     if conf.mode == "fit":
         model, version, names, algorithm, k, sweep_df = _fit(ctx, snapshot, as_of, features_version)
     else:
-        model, version, names, algorithm, k = _load(ctx)
+        model, version, names, algorithm, k = load_champion(ctx)
 
     clusterer = model.stages[-1]
     features_col = clusterer.getFeaturesCol()
