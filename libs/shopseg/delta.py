@@ -1108,6 +1108,13 @@ class Lakehouse:
                 overwrite_schema,
                 replace_rows,
             )
+        return self._written(table, path, (version, rows, files), mode, start)
+
+    def _written(
+        self, table: str, path: str, committed: tuple[int, int, int], mode: str, start: float
+    ) -> WriteResult:
+        """The result of one commit (version, rows, files), logged."""
+        version, rows, files = committed
         result = WriteResult(
             table=table,
             path=path,
@@ -1163,28 +1170,9 @@ class Lakehouse:
         metadata = (commit or CommitInfo()).metadata(write_id, "merge")
         start = time.perf_counter()
         with session_conf(self.spark, file_sizing(self.target_file_bytes)):
-            version, rows, files = self._impl.merge(changed, path, list(key), metadata)
+            committed = self._impl.merge(changed, path, list(key), metadata)
         changed.unpersist()
-        result = WriteResult(
-            table=table,
-            path=path,
-            version=version,
-            rows=rows,
-            files=files,
-            mode="merge",
-            writer=self.writer,
-            seconds=time.perf_counter() - start,
-        )
-        log.info(
-            "merged into %s v%d by %s: %d rows inserted or updated (%s) in %.1f s",
-            table,
-            version,
-            ", ".join(key),
-            rows,
-            self.writer,
-            result.seconds,
-        )
-        return result
+        return self._written(table, path, committed, "merge", start)
 
     def _check_types(self, table: str, df: DataFrame) -> None:
         """Refuse a column whose type differs from the table's, naming both types."""

@@ -164,21 +164,7 @@ def order_key(event_type: Column, order_id: Column) -> Column:
     return F.when((event_type == "purchase") & order_id.isNotNull(), F.xxhash64(order_id))
 
 
-SUMS = (
-    "n_events",
-    "views",
-    "carts",
-    "purchases",
-    "amount",
-    "returns",
-    "returned_amount",
-    "discounted",
-    "dwell_sum",
-    "dwell_n",
-    "reviews",
-    "rating_sum",
-    "rating_n",
-)
+SUMS = t.ACTIVITY_SUMS
 ACTIVITY_KEYS = (t.USER_ID, t.EVENT_DATE, SESSION_KEY, ORDER_KEY)
 
 
@@ -287,20 +273,7 @@ def _per_user(daily: DataFrame, n_categories: int) -> DataFrame:
             F.stddev_samp("_gap").alias("std_days_between_purchases"),
             F.count(F.lit(1)).alias("active_days"),
             F.sum("new_sessions").alias("sessions"),
-            *[
-                F.sum(c).alias(c)
-                for c in (
-                    "views",
-                    "carts",
-                    "discounted",
-                    "dwell_sum",
-                    "dwell_n",
-                    "reviews",
-                    "rating_sum",
-                    "rating_n",
-                    "n_events",
-                )
-            ],
+            *[F.sum(c).alias(c) for c in t.TOTALS_SUMS],
             *[F.sum(f"_cat{i}").alias(f"_cat{i}") for i in range(n_categories)],
         )
     )

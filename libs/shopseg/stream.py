@@ -76,7 +76,7 @@ def score_changed(ctx: StageContext, built: Any) -> int:
     users = bronze_table(ctx, t.BRONZE_USERS.name, ingest_log(ctx))
     every = fx.metrics_from_totals(
         totals, users, built.as_of, built.categories, conf.features.demographics
-    )
+    ).cache()
     # RFM cuts among all users (one row each), scores for the changed ones.
     cuts = fx.rfm_cuts(every, conf.features.rfm.quantile_error)
     changed = every.join(built.changed, t.USER_ID, "left_semi")
@@ -107,7 +107,9 @@ def score_changed(ctx: StageContext, built: Any) -> int:
         )
     )
     compare = [t.SEGMENT_ID, t.SEGMENT_NAME, "is_outlier", t.MODEL_VERSION]
-    return ctx.upsert(current, t.USER_SEGMENTS_CURRENT.name, [t.USER_ID], compare=compare).rows
+    merged = ctx.upsert(current, t.USER_SEGMENTS_CURRENT.name, [t.USER_ID], compare=compare)
+    every.unpersist()
+    return merged.rows
 
 
 def process(

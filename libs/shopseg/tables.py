@@ -231,27 +231,37 @@ USER_FEATURES = TableSpec(
     "one-hot demographics (<column>_<value>).",
     partition_by=(AS_OF_DATE,),
 )
+# The sums silver/user_activity holds per key, and those silver/user_totals
+# adds up per user under their own names.
+ACTIVITY_SUMS = (
+    "n_events",
+    "views",
+    "carts",
+    "purchases",
+    "amount",
+    "returns",
+    "returned_amount",
+    "discounted",
+    "dwell_sum",
+    "dwell_n",
+    "reviews",
+    "rating_sum",
+    "rating_n",
+)
+TOTALS_SUMS = (
+    "views",
+    "carts",
+    "discounted",
+    "dwell_sum",
+    "dwell_n",
+    "reviews",
+    "rating_sum",
+    "rating_n",
+    "n_events",
+)
 USER_ACTIVITY = TableSpec(
     "silver/user_activity",
-    (
-        USER_ID,
-        EVENT_DATE,
-        "_session",
-        "_order",
-        "n_events",
-        "views",
-        "carts",
-        "purchases",
-        "amount",
-        "returns",
-        "returned_amount",
-        "discounted",
-        "dwell_sum",
-        "dwell_n",
-        "reviews",
-        "rating_sum",
-        "rating_n",
-    ),
+    (USER_ID, EVENT_DATE, "_session", "_order", BATCH_ID, *ACTIVITY_SUMS),
     "features",
     "State of the daily increments: per (user, day, session, order) counts and sums of the "
     "events by ingest batch (`_cat<i>`: events in the i-th category of "
@@ -276,15 +286,7 @@ USER_TOTALS = TableSpec(
         "std_days_between_purchases",
         "active_days",
         "sessions",
-        "views",
-        "carts",
-        "discounted",
-        "dwell_sum",
-        "dwell_n",
-        "reviews",
-        "rating_sum",
-        "rating_n",
-        "n_events",
+        *TOTALS_SUMS,
     ),
     "features",
     "State of the daily increments: one row per user with the window's counts and sums and "

@@ -225,10 +225,14 @@ class Built:
     events: WriteResult
     activity: WriteResult
     totals: WriteResult
-    added: int
     recomputed: int
     # Incremental: the users recomputed (cached; the caller unpersists).
     changed: DataFrame | None = None
+
+    @property
+    def added(self) -> int:
+        """Events added to silver/events (a full run: all of them)."""
+        return self.events.rows
 
 
 def full_state(
@@ -267,7 +271,6 @@ def full_state(
         written,
         activity_written,
         written_totals,
-        written.rows,
         written_totals.rows,
     )
 
@@ -336,7 +339,6 @@ def incremental_state(
         events,
         activity_written,
         written,
-        events.rows,
         recomputed,
         changed,
     )
