@@ -4,29 +4,26 @@
 # MAGIC
 # MAGIC Generates the synthetic shop (users CSV, catalogue Parquet, events JSON lines by
 # MAGIC day) with planted personas, ingests it into bronze, and shows what was
-# MAGIC quarantined and why. Parameters: `conf` (YAML file) and `set` (`;`-separated
-# MAGIC `key=value` overrides, for example `generate.users=5000;lakehouse.root=/tmp/lh`).
+# MAGIC quarantined and why. Parameters: `conf` (YAML file), `set` (`;`-separated
+# MAGIC `key=value` overrides, for example `generate.users=5000;lakehouse.root=/tmp/lh`)
+# MAGIC and `run` (`yes`/`no`: `no` only reads what the stages last wrote).
 
 # COMMAND ----------
 
 from pyspark.sql import functions as F
 
-from shopseg.notebook import notebook_config, notebook_params, show
-from shopseg.pipeline import open_lakehouse, run_stages
+from shopseg.notebook import notebook_config, notebook_params, run_notebook_stages, show
+from shopseg.pipeline import open_lakehouse
 from shopseg.tables import INGEST_LOG, QUARANTINE, RAW_EVENTS, USER_PERSONAS
 
-params = notebook_params(globals().get("dbutils"), {"conf": "conf/local.yaml", "set": ""})
+params = notebook_params(
+    globals().get("dbutils"), {"conf": "conf/local.yaml", "set": "", "run": "yes"}
+)
 config = notebook_config(params)
 
 # COMMAND ----------
 
-report = run_stages(config, ["generate", "ingest"])
-for stage in report.stages:
-    print(f"{stage.name}: {stage.seconds:.1f} s, MLflow run {stage.run_id}")
-    for files in stage.files:
-        print(f"  {files.path}: {files.rows:,} rows ({files.format})")
-    for write in stage.writes:
-        print(f"  {write.table} v{write.version}: {write.rows:,} rows")
+run_notebook_stages(params, config, ["generate", "ingest"])
 
 # COMMAND ----------
 

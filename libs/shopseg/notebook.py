@@ -60,7 +60,7 @@ def run_requested(params: Mapping[str, str]) -> bool:
 
 def run_notebook_stages(params: Mapping[str, str], config: Config, stages: list[str]) -> None:
     """A notebook's stage cell: runs `stages` (unless the `run` parameter is `no`) and
-    prints each one's time and MLflow run."""
+    prints each one's time, MLflow run, the files it wrote and the table versions."""
     if not run_requested(params):
         print(f"run=no: reading what {', '.join(stages)} last wrote")
         return
@@ -68,6 +68,10 @@ def run_notebook_stages(params: Mapping[str, str], config: Config, stages: list[
 
     for stage in run_stages(config, stages).stages:
         print(f"{stage.name}: {stage.seconds:.1f} s, MLflow run {stage.run_id}")
+        for files in stage.files:
+            print(f"  {files.path}: {files.rows:,} rows ({files.format})")
+        for write in stage.writes:
+            print(f"  {write.table} v{write.version}: {write.rows:,} rows")
 
 
 def figures_folder(config: Config) -> str:
