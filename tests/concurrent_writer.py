@@ -39,7 +39,7 @@ def main(root: str, tag: str, barrier: Path, classpath: str) -> None:
         },
     )
     spark = get_spark(f"race-{tag}", settings, delta=False)
-    commit = delta._DeltaRsWriter._commit  # noqa: SLF001 - the hook the race needs
+    commit = delta.DeltaRsWriter._commit  # noqa: SLF001 - the hook the race needs
 
     def commit_together(self, *args, **kwargs):
         (barrier / tag).touch()
@@ -48,7 +48,7 @@ def main(root: str, tag: str, barrier: Path, classpath: str) -> None:
             time.sleep(0.05)
         return commit(self, *args, **kwargs)
 
-    delta._DeltaRsWriter._commit = commit_together  # noqa: SLF001
+    delta.DeltaRsWriter._commit = commit_together  # noqa: SLF001
     lake = delta.Lakehouse(spark, root, "delta-rs")
     rows = spark.createDataFrame(
         [(u, DAY, tag) for u in range(3)], "user_id long, d date, tag string"

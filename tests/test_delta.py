@@ -360,7 +360,7 @@ def test_concurrent_partition_overwrites_one_wins_the_other_fails(lake, spark, m
 
 
 def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
-    from shopseg.delta import _DeltaRsWriter
+    from shopseg.delta import DeltaRsWriter
 
     lake = Lakehouse(spark, str(lake_root), "delta-rs")
     lake.write(spark.range(2), "t", "append")
@@ -374,7 +374,7 @@ def test_concurrent_appends_both_commit(spark, lake_root, monkeypatch):
             other.write(spark.range(10, 12), "t", "append")  # lands after the snapshot
         return table
 
-    monkeypatch.setattr(_DeltaRsWriter, "_table", stale_table)
+    monkeypatch.setattr(DeltaRsWriter, "_table", stale_table)
     lake.write(spark.range(20, 22), "t", "append")
     assert sorted(DeltaTable(lake.path("t")).to_pandas()["id"]) == [0, 1, 10, 11, 20, 21]
 

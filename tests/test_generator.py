@@ -12,6 +12,7 @@ from pyspark.sql import functions as F
 from shopseg import generator as g
 from shopseg import tables as t
 from shopseg.config import DriftConf, GenerateConf
+from shopseg.plant import PERSONA_NAMES
 
 CONF = GenerateConf(seed=7, users=3000, items=400, events_per_user=30, dirty_fraction=0.0)
 
@@ -120,7 +121,7 @@ def test_sizes_follow_the_conf(shop):
 def test_every_persona_is_there_in_proportion(per_persona):
     weights = g._persona_weights(CONF)
     total = sum(weights)
-    for name, weight in zip(g.PERSONA_NAMES, weights, strict=True):
+    for name, weight in zip(PERSONA_NAMES, weights, strict=True):
         share = per_persona[name]["users"] / CONF.users
         assert share == pytest.approx(weight / total, abs=0.03), name
 

@@ -191,7 +191,7 @@ def champion_metrics(root, target: str) -> dict[str, float]:
 def test_propensity_on_the_default_data_beats_its_baselines(default_lake):
     from deltalake import DeltaTable
 
-    from shopseg import generator
+    from shopseg import plant
     from shopseg import tables as t
 
     scores = DeltaTable(str(default_lake / t.PROPENSITY_SCORES.name)).to_pandas()
@@ -218,7 +218,7 @@ def test_propensity_on_the_default_data_beats_its_baselines(default_lake):
     assert m["spearman_planted_rate"] > 0.5, m
     personas = DeltaTable(str(default_lake / t.USER_PERSONAS.name)).to_pandas()
     mean = purchase.merge(personas, on="user_id").groupby("persona")["probability"].mean()
-    rates = generator.planted_purchase_rates()
+    rates = plant.planted_purchase_rates()
     assert mean.idxmax() == max(rates, key=rates.get)
     assert mean[["dormant", "one_time_buyer"]].max() < mean["loyal_high_value"] / 2
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from pyspark.sql import Column, DataFrame
@@ -29,22 +28,11 @@ from pyspark.sql import functions as F
 
 from shopseg import tables as t
 from shopseg.config import GenerateConf
+from shopseg.plant import CATEGORIES, PERSONA_NAMES, PERSONAS
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-CATEGORIES = (
-    "electronics",
-    "home",
-    "fashion",
-    "beauty",
-    "sports",
-    "books",
-    "toys",
-    "grocery",
-    "garden",
-    "music",
-)
 CATEGORY_BASE_PRICE = (220.0, 65.0, 48.0, 22.0, 55.0, 16.0, 28.0, 9.0, 38.0, 14.0)
 ITEMS_PER_GROUP = 20
 MIN_ITEMS = ITEMS_PER_GROUP * len(CATEGORIES)
@@ -74,107 +62,6 @@ DIRTY_EVENT_KINDS = (
     "price_not_a_number",
 )
 DIRTY_USER_KINDS = ("missing_user", "age_not_a_number", "negative_age")
-
-
-@dataclass(frozen=True)
-class Persona:
-    """Behaviour planted for one persona."""
-
-    name: str
-    # Signup between these many days before the window end (long ago .. recent).
-    signup_days_before_end: tuple[int, int]
-    # Quiet days at the end of the window (dormant customers stop buying).
-    quiet_days: int
-    sessions_per_30_days: float
-    min_sessions: int
-    p_no_sessions: float
-    views_per_session: float
-    p_cart: float
-    p_buy_given_cart: float
-    extra_quantity: float
-    p_discount: float
-    dwell_seconds: float
-    p_review: float
-    rating_mean: float
-    age_mean: float
-    age_sd: float
-    channel_weights: tuple[float, float, float]
-    category_weights: tuple[float, ...]
-    p_taste: float
-    # One purchase in the first session, none after (one-time buyers).
-    single_purchase: bool = False
-
-    def events_per_session(self) -> float:
-        """Expected events of one session (views + cart + purchase + review)."""
-        p_buy = 1.0 if self.single_purchase else self.p_cart * self.p_buy_given_cart
-        return self.views_per_session - 0.5 + self.p_cart + p_buy * (1 + self.p_review)
-
-
-def _weights(**by_category: float) -> tuple[float, ...]:
-    raw = [by_category.get(c, 0.0) for c in CATEGORIES]
-    total = sum(raw)
-    return tuple(w / total for w in raw)
-
-
-PERSONAS: tuple[Persona, ...] = (
-    Persona(
-        "loyal_high_value", (700, 120), 0, 3.0, 4, 0.0, 4.0, 0.65, 0.85, 0.8, 0.05, 45, 0.35,
-        4.5, 44, 10, (0.3, 0.6, 0.1),
-        _weights(electronics=30, home=20, fashion=20, sports=10, beauty=5, books=5, toys=4,
-                 grocery=2, garden=2, music=2),
-        0.6,
-    ),
-    Persona(
-        "bargain_hunter", (700, 90), 0, 2.0, 2, 0.0, 6.0, 0.5, 0.75, 1.5, 0.75, 70, 0.15,
-        3.6, 33, 11, (0.3, 0.2, 0.5),
-        _weights(grocery=30, beauty=15, books=15, music=10, toys=10, fashion=10, home=5,
-                 sports=2, electronics=2, garden=1),
-        0.6,
-    ),
-    Persona(
-        "one_time_buyer", (240, 60), 0, 1.5, 3, 0.0, 3.0, 0.3, 0.0, 0.3, 0.2, 40, 0.1,
-        3.2, 38, 14, (0.5, 0.1, 0.4),
-        _weights(books=20, music=20, toys=15, fashion=15, beauty=10, home=8, sports=5,
-                 grocery=3, electronics=2, garden=2),
-        0.6, single_purchase=True,
-    ),
-    Persona(
-        "dormant", (700, 240), 180, 3.5, 3, 0.0, 4.0, 0.5, 0.8, 0.3, 0.15, 40, 0.2,
-        3.0, 46, 13, (0.6, 0.2, 0.2),
-        _weights(home=25, garden=25, books=15, electronics=10, fashion=8, sports=7, music=4,
-                 toys=3, beauty=2, grocery=1),
-        0.6,
-    ),
-    Persona(
-        "window_shopper", (700, 60), 0, 3.5, 3, 0.0, 9.0, 0.12, 0.08, 0.2, 0.2, 150, 0.3,
-        4.0, 26, 6, (0.3, 0.65, 0.05),
-        _weights(fashion=35, electronics=25, beauty=15, sports=10, home=5, toys=4, music=3,
-                 books=1, grocery=1, garden=1),
-        0.6,
-    ),
-    Persona(
-        "new_customer", (30, 1), 0, 4.0, 1, 0.1, 4.0, 0.35, 0.5, 0.3, 0.3, 55, 0.2,
-        4.0, 30, 9, (0.35, 0.5, 0.15),
-        _weights(beauty=20, fashion=20, home=15, toys=15, sports=10, electronics=8, books=5,
-                 music=3, grocery=2, garden=2),
-        0.6,
-    ),
-)  # fmt: skip
-PERSONA_NAMES = tuple(p.name for p in PERSONAS)
-
-
-def planted_purchase_rates() -> dict[str, float]:
-    """Expected purchase sessions per 30 days of each persona at the window's end.
-
-    Dormant users are quiet at the end and one-time buyers never buy again: 0.
-    (Per user the rate also scales with a random activity level.)
-    """
-    return {
-        pe.name: 0.0
-        if pe.quiet_days > 0 or pe.single_purchase
-        else pe.sessions_per_30_days * pe.p_cart * pe.p_buy_given_cart
-        for pe in PERSONAS
-    }
 
 
 # --------------------------------------------------------------------------- column functions

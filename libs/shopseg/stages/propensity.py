@@ -34,7 +34,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from shopseg import charts, generator, tracking
+from shopseg import charts, plant, tracking
 from shopseg import features as fx
 from shopseg import propensity as pr
 from shopseg import tables as t
@@ -341,7 +341,7 @@ def _planted_rank_correlation(
     persona's planted purchase rate."""
     if target.kind != "purchase" or not ctx.lakehouse.exists(t.USER_PERSONAS.name):
         return
-    rates = generator.planted_purchase_rates()
+    rates = plant.planted_purchase_rates()
     personas = ctx.read(t.USER_PERSONAS.name)
     rate = F.create_map(*[x for p, r in rates.items() for x in (F.lit(p), F.lit(r))])
     joined = scores.filter(F.col("target") == target.name).join(
