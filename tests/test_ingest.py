@@ -19,6 +19,7 @@ from shopseg import tables as t
 from shopseg.cli import main
 from shopseg.config import ColumnConf, SourceConf
 from shopseg.delta import Lakehouse
+from shopseg.pipeline import committed_rows
 
 from .conftest import REPO
 
@@ -215,8 +216,13 @@ def test_keyed_hash_is_hmac_sha256(spark):
 def test_committed_rows_hide_batches_without_a_log_entry(spark):
     bronze = spark.createDataFrame([(1, "b1"), (2, "b2")], "id long, batch_id string")
     log = spark.createDataFrame([("b1",)], "batch_id string")
-    assert [r.id for r in ingest.committed_rows(bronze, log).collect()] == [1]
-    assert ingest.committed_rows(bronze, None).count() == 0
+    assert [r.id for r in committed_rows(bronze, log).collect()] == [1]
+    assert committed_rows(bronze, None).count() == 0
+    # Which tables a log commits: every bronze table but the log itself.
+    assert t.committed_by(t.BRONZE_EVENTS.name) == t.INGEST_LOG.name
+    assert t.committed_by("bronze/orders") == t.INGEST_LOG.name
+    assert t.committed_by(t.INGEST_LOG.name) is None
+    assert t.committed_by(t.SILVER_EVENTS.name) is None
 
 
 # --------------------------------------------------------------------------- the stage

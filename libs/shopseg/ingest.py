@@ -542,18 +542,6 @@ def quarantine_rows(validated: DataFrame, meta: Mapping[str, Column]) -> DataFra
     )
 
 
-def committed_rows(df: DataFrame, log: DataFrame | None) -> DataFrame:
-    """Bronze rows of committed batches: those with rows in bronze/ingest_log.
-
-    The ingest log is written last in a batch, so rows of a batch that failed
-    between its writes have no log entry and stay invisible.
-    """
-    if log is None:
-        return df.limit(0)
-    batches = log.select(t.BATCH_ID).distinct()
-    return df.join(F.broadcast(batches), t.BATCH_ID, "left_semi")
-
-
 def with_record_id(df: DataFrame, batch_id: str) -> DataFrame:
     """A row id unique within the lakehouse: the batch id and a per-batch number."""
     return df.withColumn(

@@ -128,6 +128,16 @@ class FilesOutput:
     rows: int
 
 
+def committed_rows(df: DataFrame, log: DataFrame | None) -> DataFrame:
+    """The rows of `df` whose batch has rows in `log` (none without a log)."""
+    from pyspark.sql import functions as F
+
+    if log is None:
+        return df.limit(0)
+    batches = log.select(tables.BATCH_ID).distinct()
+    return df.join(F.broadcast(batches), tables.BATCH_ID, "left_semi")
+
+
 @dataclass
 class StageContext:
     """What a stage gets: config, session, lakehouse, its MLflow run, its logger."""
@@ -143,7 +153,11 @@ class StageContext:
     files: list[FilesOutput] = field(default_factory=list)
 
     def read(self, table: str, version: int | None = None) -> DataFrame:
-        """Read a table (pinned to a version, so what is logged is what is read)."""
+        """Read a table (pinned to a version, so what is logged is what is read).
+
+        A table whose rows a log commits (`tables.committed_by`: every bronze
+        table, by bronze/ingest_log) holds only the rows of committed batches.
+        """
         if version is None:
             version = self.lakehouse.version(table)
             if version is None:
@@ -154,7 +168,20 @@ class StageContext:
         df = self.lakehouse.read(table, version=version)
         rows = self.lakehouse.row_count(table, version)
         self.run.log_input(table, version, rows)
-        self.log.info("read %s v%d (%d rows)", table, version, rows)
+        committed = ""
+        log_table = tables.committed_by(table)
+        if log_table is not None:
+            log_version = self.lakehouse.version(log_table)
+            log = (
+                None if log_version is None else self.lakehouse.read(log_table, version=log_version)
+            )
+            df = committed_rows(df, log)
+            committed = (
+                f", no batch committed: {log_table} does not exist"
+                if log_version is None
+                else f", the batches committed in {log_table} v{log_version}"
+            )
+        self.log.info("read %s v%d (%d rows%s)", table, version, rows, committed)
         return df
 
     def read_back(self, result: WriteResult) -> DataFrame:

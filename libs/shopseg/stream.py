@@ -67,13 +67,13 @@ def checkpoint_path(config: Config, lakehouse: Lakehouse) -> str:
 def score_changed(ctx: StageContext, built: Any) -> int:
     """Score the users `built` recomputed with the segment champion and merge them
     into gold/user_segments_current. Returns the rows inserted or updated."""
-    from shopseg.stages.features import bronze_table, ingest_log
+    from shopseg.stages.features import bronze_table
     from shopseg.stages.segment import load_champion
 
     conf = ctx.config
     model, version, names, _algorithm, _k = load_champion(ctx)
     totals = ctx.read_back(built.totals)
-    users = bronze_table(ctx, t.BRONZE_USERS.name, ingest_log(ctx))
+    users = bronze_table(ctx, t.BRONZE_USERS.name)
     every = fx.metrics_from_totals(
         totals, users, built.as_of, built.categories, conf.features.demographics
     ).cache()

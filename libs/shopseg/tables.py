@@ -161,6 +161,21 @@ INGEST_LOG = TableSpec(
     "a file skipped as a copy names the file that holds its content in duplicate_of.",
 )
 
+
+def committed_by(table: str) -> str | None:
+    """The log whose batches make `table`'s rows visible: bronze/ingest_log for every
+    bronze table but the log itself, else None.
+
+    Ingest writes a batch's bronze rows first and its ingest log rows last, so a
+    batch that died between its writes has rows in bronze and none in the log:
+    every stage's read (`StageContext.read`) leaves them out, and the rerun
+    ingests the batch's files again.
+    """
+    if table.startswith("bronze/") and table != INGEST_LOG.name:
+        return INGEST_LOG.name
+    return None
+
+
 # Silver.
 SILVER_EVENTS = TableSpec(
     "silver/events",

@@ -22,7 +22,6 @@ from shopseg import features as fx
 from shopseg import increments as inc
 from shopseg import tables as t
 from shopseg.delta import WriteResult
-from shopseg.ingest import committed_rows
 from shopseg.pipeline import StageContext
 
 
@@ -33,21 +32,21 @@ def ingest_log(ctx: StageContext) -> DataFrame | None:
     return ctx.read(t.INGEST_LOG.name)
 
 
-def bronze_table(ctx: StageContext, table: str, log: DataFrame | None) -> DataFrame | None:
-    """The committed rows of a bronze table (None when it does not exist)."""
+def bronze_table(ctx: StageContext, table: str) -> DataFrame | None:
+    """The committed rows of a bronze table (`StageContext.read`), None when it does not exist."""
     if not ctx.lakehouse.exists(table):
         return None
-    return committed_rows(ctx.read(table), log)
+    return ctx.read(table)
 
 
 def run(ctx: StageContext) -> None:
     conf = ctx.config.features
     log = ingest_log(ctx)
-    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name, log)
+    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name)
     if bronze_events is None:
         raise FileNotFoundError(f"stage features needs {t.BRONZE_EVENTS.name}; run `ingest` first")
-    users = bronze_table(ctx, t.BRONZE_USERS.name, log)
-    items = bronze_table(ctx, t.BRONZE_ITEMS.name, log)
+    users = bronze_table(ctx, t.BRONZE_USERS.name)
+    items = bronze_table(ctx, t.BRONZE_ITEMS.name)
     derive = conf.items_from_events
     if derive is not None:
         named = {"name": derive.name, "price": derive.price, "category": derive.category}
@@ -182,7 +181,7 @@ def advance(ctx: StageContext) -> Built:
     `stream`. The caller unpersists `changed`."""
     conf = ctx.config.features
     log = ingest_log(ctx)
-    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name, log)
+    bronze_events = bronze_table(ctx, t.BRONZE_EVENTS.name)
     if bronze_events is None or log is None:
         raise FileNotFoundError(f"the stream needs {t.BRONZE_EVENTS.name}; run `ingest` first")
     orders = t.ORDER_ID in bronze_events.columns
@@ -193,7 +192,7 @@ def advance(ctx: StageContext) -> Built:
             "`shopseg features` first"
         )
     assert state is not None
-    items = bronze_table(ctx, t.BRONZE_ITEMS.name, log)
+    items = bronze_table(ctx, t.BRONZE_ITEMS.name)
     new_batches = [b for b in batches if b not in state.batches]
     built = incremental_state(ctx, state, bronze_events, new_batches, items, orders)
     run = inc.run_row(

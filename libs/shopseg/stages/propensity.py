@@ -41,7 +41,7 @@ from shopseg import tables as t
 from shopseg.config import PropensityTarget
 from shopseg.pipeline import StageContext, latest
 from shopseg.spark import checkpointed
-from shopseg.stages.features import bronze_table, ingest_log
+from shopseg.stages.features import bronze_table
 
 # The snapshot is back-tested when the events cover this share of a target's
 # horizon after it (CDNOW's log ends 181 days after 1998-01-01, its target is 182 days).
@@ -53,10 +53,9 @@ class _Snapshots:
 
     def __init__(self, ctx: StageContext, events: DataFrame):
         self.ctx, self.events, self.built = ctx, events, {}
-        log = ingest_log(ctx)
-        self.users = bronze_table(ctx, t.BRONZE_USERS.name, log)
+        self.users = bronze_table(ctx, t.BRONZE_USERS.name)
         self.categories = ctx.config.features.top_categories or []
-        self.items = bronze_table(ctx, t.BRONZE_ITEMS.name, log) if self.categories else None
+        self.items = bronze_table(ctx, t.BRONZE_ITEMS.name) if self.categories else None
 
     def at(self, cutoff: dt.date) -> DataFrame:
         if cutoff not in self.built:
