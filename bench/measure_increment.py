@@ -9,7 +9,8 @@ size's: the last `days` day folders of events are held back; `ingest` and
 back days arrive one at a time and `ingest`, `features` (mode auto, which
 runs incrementally) and `segment` (mode score) run for each. Every stage's
 seconds come from its own report; one process, one SparkSession
-(conf/local.yaml). Prints one JSON object.
+(conf/local.yaml). Prints one JSON object. The lakehouse after the full run
+is kept in `increment-full-<days>/`; `--reuse-full` starts from it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import statistics
 from pathlib import Path
 
 from shopseg.config import load_config
+from shopseg.logs import setup_logging
 from shopseg.pipeline import run_stages
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="1m")
     parser.add_argument("--days", type=int, default=1)
+    parser.add_argument(
+        "--reuse-full",
+        action="store_true",
+        help="start from the lakehouse the last full run of this size and --days left",
+    )
     args = parser.parse_args()
     data = REPO / "bench" / "data" / args.size
     if not (data / "raw" / "events").is_dir():
@@ -49,7 +56,19 @@ def main() -> None:
         (root / "raw" / "events" / day.name).symlink_to(day)
 
     config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}"])
-    full = stage_seconds(run_stages(config, ["ingest", "features", "segment"]))
+    setup_logging(config.logging.level)
+    # The lakehouse after the full run is kept beside it, so that changes to
+    # the increments can be measured again without the full run (--reuse-full).
+    kept = root.with_name(f"increment-full-{args.days}")
+    if args.reuse_full and (kept / "full.json").exists():
+        shutil.rmtree(root)
+        shutil.copytree(kept, root, symlinks=True)
+        full = json.loads((kept / "full.json").read_text())
+    else:
+        full = stage_seconds(run_stages(config, ["ingest", "features", "segment"]))
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(root, kept, symlinks=True)
+        (kept / "full.json").write_text(json.dumps(full))
     increments = []
     score = load_config(
         REPO / "conf" / "local.yaml", [f"lakehouse.root={root}", "segment.mode=score"]

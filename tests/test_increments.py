@@ -33,6 +33,8 @@ LOOKBACK = 45
 CATEGORIES = ["fashion", "electronics", "home", "books"]
 # Floats are sums of the same values in another order: equal to 1e-9 relative.
 RTOL = 1e-9
+WEIGHTS = {"view": 1.0, "cart": 3.0, "purchase": 5.0, "review": 2.0}
+HALF_LIFE = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,17 @@ def full(events: DataFrame, items, users, as_of: dt.date) -> pd.DataFrame:
     return out.toPandas().sort_values(t.USER_ID, ignore_index=True)
 
 
+def interactions(events: DataFrame, as_of: dt.date) -> DataFrame:
+    """silver/interactions as the direct path builds it from the window's events."""
+    return fx.build_interactions(
+        fx.filter_window(events, as_of, LOOKBACK), as_of, WEIGHTS, HALF_LIFE
+    )
+
+
+def pairs(frame: DataFrame) -> pd.DataFrame:
+    return frame.toPandas().sort_values([t.USER_ID, t.ITEM_ID], ignore_index=True)
+
+
 def test_thirty_daily_increments_equal_a_full_recomputation(spark, shop):
     events, items, users = shop
     start = FIRST_NEW_DAY - dt.timedelta(days=1)
@@ -102,12 +115,11 @@ def test_thirty_daily_increments_equal_a_full_recomputation(spark, shop):
         totals = inc.advance_totals(
             totals, activity, changed, as_of, LOOKBACK, len(CATEGORIES), False
         ).localCheckpoint()
+        known = events.filter(F.col(t.BATCH_ID) <= arrived.isoformat())
         if day in (9, DAYS - 1):
             # Day 10 carries the late events of March; the last day ends the month.
             got = metrics(totals, users, as_of)
-            want = full(
-                events.filter(F.col(t.BATCH_ID) <= arrived.isoformat()), items, users, as_of
-            )
+            want = full(known, items, users, as_of)
             assert list(got.columns) == list(want.columns)
             assert len(got) == len(want) > 300
             pd.testing.assert_frame_equal(got, want, check_dtype=False, rtol=RTOL)
@@ -117,6 +129,34 @@ def test_thirty_daily_increments_equal_a_full_recomputation(spark, shop):
     users_total = users.count()
     assert max(recomputed) < users_total
     assert sum(recomputed) / (DAYS * users_total) < 0.6
+
+
+def test_a_week_of_batches_continues_the_interactions_of_the_last_snapshot(spark, shop):
+    """A week's batches at once (the late ones of March among them): the changed
+    users' pairs are rebuilt, everyone else's only age by seven days of decay,
+    and the result equals the direct sums over the new window."""
+    events, items, _ = shop
+    previous, as_of = dt.date(2025, 4, 6), dt.date(2025, 4, 13)
+    history = batch(events, None, previous - dt.timedelta(days=1))
+    known = batch(events, None, as_of - dt.timedelta(days=1))
+    activity = activity_of(known, items)
+    new = activity_of(batch(events, previous, as_of - dt.timedelta(days=1)), items)
+    changed = inc.changed_users(activity, new, previous, as_of, LOOKBACK).cache()
+    got = inc.advance_interactions(
+        interactions(history, previous),
+        fx.filter_window(known, as_of, LOOKBACK),
+        changed,
+        previous,
+        as_of,
+        WEIGHTS,
+        HALF_LIFE,
+    )
+    want = pairs(interactions(known, as_of))
+    # Some users kept their pairs untouched (only decayed), some were rebuilt.
+    assert 0 < changed.count() < want[t.USER_ID].nunique()
+    assert len(want) > 1000
+    pd.testing.assert_frame_equal(pairs(got), want, check_dtype=False, rtol=RTOL)
+    changed.unpersist()
 
 
 def test_the_late_events_reach_the_users_they_belong_to(spark, shop):
@@ -257,6 +297,22 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
     pd.testing.assert_frame_equal(
         got.sort_values(t.USER_ID, ignore_index=True),
         want.sort_values(t.USER_ID, ignore_index=True),
+        check_dtype=False,
+        rtol=RTOL,
+    )
+    # So do the interactions, continued from the earlier runs' snapshots.
+    assert third["interactions"] == second["interactions"] is not None
+    strengths = spark.read.format("delta").load(str(lake_root / t.INTERACTIONS.name))
+    want_pairs = fx.build_interactions(
+        fx.filter_window(silver, as_of, conf.lookback_days),
+        as_of,
+        conf.interaction_weights,
+        conf.interaction_half_life_days,
+    )
+    assert conf.interaction_half_life_days
+    pd.testing.assert_frame_equal(
+        pairs(strengths.filter(F.col(t.AS_OF_DATE) == F.lit(as_of))),
+        pairs(want_pairs),
         check_dtype=False,
         rtol=RTOL,
     )

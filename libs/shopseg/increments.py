@@ -22,7 +22,8 @@ date because `features.metrics_from_totals` derives them from the dates.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -46,6 +47,9 @@ RUN_SCHEMA = T.StructType(
         T.StructField("users", T.LongType()),
         T.StructField("events_version", T.LongType()),
         T.StructField("activity_version", T.LongType()),
+        # The interaction weights and half-life the run's snapshot was built
+        # with (JSON): a later run continues that snapshot only with the same.
+        T.StructField("interactions", T.StringType()),
     ]
 )
 
@@ -63,6 +67,11 @@ class FeatureState:
     # The versions of silver/events and silver/user_activity the run left.
     events_version: int | None = None
     activity_version: int | None = None
+    # `full`, `incremental` (both wrote a snapshot) or `stream` (did not).
+    mode: str = "full"
+    interactions: str | None = None
+    # Columns of RUN_SCHEMA the table lacks (written by an earlier version).
+    missing_columns: tuple[str, ...] = ()
 
     def interrupted(self, events_version: int | None, activity_version: int | None) -> bool:
         """A later attempt wrote to the state tables without recording its run."""
@@ -87,6 +96,9 @@ def load_state(runs: DataFrame) -> FeatureState | None:
         batches=frozenset(r["b"] for r in batches),
         events_version=latest["events_version"],
         activity_version=latest["activity_version"],
+        mode=latest["mode"],
+        interactions=latest["interactions"] if "interactions" in runs.columns else None,
+        missing_columns=tuple(c for c in RUN_SCHEMA.names if c not in runs.columns),
     )
 
 
@@ -103,6 +115,11 @@ def why_not_incremental(
     """Why this run cannot add to the last run's state (None when it can)."""
     if state is None or not state_tables:
         return "no state of an earlier run (silver/feature_runs, user_activity, user_totals)"
+    if state.missing_columns:
+        return (
+            f"silver/feature_runs lacks {list(state.missing_columns)} (written by an earlier "
+            "version)"
+        )
     if derive_items:
         return "features.items_from_events rebuilds the catalogue from all events"
     if lookback_days != state.lookback_days:
@@ -193,6 +210,7 @@ def run_row(
     users: int,
     events_version: int,
     activity_version: int,
+    interactions: str | None,
 ) -> DataFrame:
     """One silver/feature_runs row."""
     row = (
@@ -208,5 +226,40 @@ def run_row(
         users,
         events_version,
         activity_version,
+        interactions,
     )
     return spark.createDataFrame([row], RUN_SCHEMA)
+
+
+def interaction_settings(weights: Mapping[str, float], half_life_days: float | None) -> str:
+    """The settings silver/interactions depends on, as recorded in silver/feature_runs."""
+    return json.dumps({"weights": dict(weights), "half_life_days": half_life_days}, sort_keys=True)
+
+
+def advance_interactions(
+    previous: DataFrame,
+    window: DataFrame,
+    changed: DataFrame,
+    previous_as_of: dt.date,
+    as_of: dt.date,
+    weights: Mapping[str, float],
+    half_life_days: float | None,
+) -> DataFrame:
+    """silver/interactions at `as_of` from the snapshot at `previous_as_of`.
+
+    The changed users (`changed_users`: new events, days entering or leaving
+    the window) get their pairs rebuilt from their windowed events; every other
+    user's pairs are the previous ones, their strength decayed by the days
+    between the snapshots (each event's weight is 0.5 ** (age / half-life), so
+    every term of a sum ages by the same factor).
+    """
+    kept = previous.join(changed, t.USER_ID, "left_anti")
+    days = (as_of - previous_as_of).days
+    if half_life_days and days:
+        kept = kept.withColumn(
+            t.STRENGTH, F.col(t.STRENGTH) * F.lit(0.5 ** (days / half_life_days))
+        )
+    rebuilt = fx.build_interactions(
+        window.join(changed, t.USER_ID, "left_semi"), as_of, weights, half_life_days
+    )
+    return kept.withColumn(t.AS_OF_DATE, F.lit(as_of)).select(*rebuilt.columns).unionByName(rebuilt)

@@ -442,8 +442,14 @@ def with_dedup_reasons(
     rank = F.when(valid, F.row_number().over(order))
     out = validated.withColumn("_rank", rank)
     if loaded is not None:
-        known = loaded.select(*key, content_hash(compared).alias("_loaded_hash")).dropDuplicates(
-            list(key)
+        # Only the loaded rows whose key the batch carries are hashed and
+        # deduplicated: a day's file against a year of bronze reads the keys
+        # once (a broadcast semi join) instead of shuffling every loaded row.
+        batch_keys = validated.filter(valid).select(*key).distinct()
+        known = (
+            loaded.join(batch_keys, list(key), "left_semi")
+            .select(*key, content_hash(compared).alias("_loaded_hash"))
+            .dropDuplicates(list(key))
         )
         out = out.join(known, list(key), "left")
     else:

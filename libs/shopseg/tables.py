@@ -320,10 +320,12 @@ FEATURE_RUNS = TableSpec(
         "events_added",
         "users_recomputed",
         "users",
+        "interactions",
     ),
     "features",
-    "One row per features run: full or incremental, its as-of date and window, the "
-    "categories of the share columns, the ingest batches whose events it added.",
+    "One row per features run: full, incremental or stream, its as-of date and window, "
+    "the categories of the share columns, the ingest batches whose events it added, the "
+    "settings of its interactions snapshot.",
 )
 ITEMS = TableSpec(
     "silver/items",

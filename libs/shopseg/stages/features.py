@@ -120,12 +120,9 @@ def run(ctx: StageContext) -> None:
         sum(counts.values()),
     )
 
-    window = fx.filter_window(ctx.read_back(built.events), as_of, conf.lookback_days)
-    interactions = fx.build_interactions(
-        window, as_of, conf.interaction_weights, conf.interaction_half_life_days
-    )
+    settings = inc.interaction_settings(conf.interaction_weights, conf.interaction_half_life_days)
     ctx.write(
-        interactions,
+        _interactions(ctx, built, state, settings),
         t.INTERACTIONS.name,
         "overwrite_partitions",
         partition_by=t.INTERACTIONS.partition_by,
@@ -144,10 +141,43 @@ def run(ctx: StageContext) -> None:
         users=sum(counts.values()),
         events_version=built.events.version,
         activity_version=built.activity.version,
+        interactions=settings,
     )
-    ctx.write(run, t.FEATURE_RUNS.name, "overwrite" if mode == "full" else "append")
+    if mode == "full":
+        ctx.write(run, t.FEATURE_RUNS.name, "overwrite", overwrite_schema=True)
+    else:
+        ctx.write(run, t.FEATURE_RUNS.name, "append")
     if built.changed is not None:
         built.changed.unpersist()
+
+
+def _interactions(
+    ctx: StageContext, built: Built, state: inc.FeatureState | None, settings: str
+) -> DataFrame:
+    """silver/interactions at the run's as-of date: an incremental run continues
+    the last run's snapshot when that run wrote one with the same settings
+    (only the changed users' pairs are rebuilt), any other run builds it from
+    the window's events."""
+    conf = ctx.config.features
+    window = fx.filter_window(ctx.read_back(built.events), built.as_of, conf.lookback_days)
+    weights, half_life = conf.interaction_weights, conf.interaction_half_life_days
+    if built.changed is None or state is None:
+        return fx.build_interactions(window, built.as_of, weights, half_life)
+    if state.mode == "stream" or state.interactions != settings:
+        ctx.log.info(
+            "silver/interactions rebuilt from the window: the last run %s",
+            "wrote no snapshot (stream)" if state.mode == "stream" else "used other settings",
+        )
+        return fx.build_interactions(window, built.as_of, weights, half_life)
+    previous = ctx.read(t.INTERACTIONS.name).filter(F.col(t.AS_OF_DATE) == F.lit(state.as_of))
+    ctx.log.info(
+        "silver/interactions continues the %s snapshot: %d users' pairs rebuilt",
+        state.as_of,
+        built.recomputed,
+    )
+    return inc.advance_interactions(
+        previous, window, built.changed, state.as_of, built.as_of, weights, half_life
+    )
 
 
 def _state(
@@ -208,6 +238,8 @@ def advance(ctx: StageContext) -> Built:
         users=built.totals.rows,
         events_version=built.events.version,
         activity_version=built.activity.version,
+        # No snapshot: the next features run rebuilds silver/interactions.
+        interactions=None,
     )
     ctx.write(run, t.FEATURE_RUNS.name, "append")
     return built
@@ -297,9 +329,14 @@ def incremental_state(
         ctx.log.warning("an earlier attempt left rows without a record: replacing them by batch")
         replace = (t.BATCH_ID, new_batches)
         silver = silver.filter(F.col(t.BATCH_ID).isNull() | ~F.col(t.BATCH_ID).isin(new_batches))
-    # An event id already in silver (a re-export of an old event) is not added twice.
-    known = silver.select(t.EVENT_ID)
-    new_events = fx.build_silver_events(new_bronze).join(known, t.EVENT_ID, "left_anti").cache()
+    # An event id already in silver (a re-export of an old event) is not added
+    # twice. The new events are materialized first, so that Spark plans with
+    # their real size: a day's ids are broadcast against silver's id column
+    # (a scan) instead of a year's ids being shuffled for the anti join.
+    candidates = fx.build_silver_events(new_bronze).cache()
+    candidates.count()
+    known = silver.select(t.EVENT_ID).join(candidates.select(t.EVENT_ID), t.EVENT_ID, "left_semi")
+    new_events = candidates.join(known, t.EVENT_ID, "left_anti").cache()
     events = ctx.write(new_events, t.SILVER_EVENTS.name, "append", replace_rows=replace)
     last = new_events.agg(F.max(t.EVENT_DATE)).first()[0]
     as_of = conf.as_of_date or max(
@@ -330,6 +367,7 @@ def incremental_state(
     )
     written = ctx.write(totals, t.USER_TOTALS.name, "overwrite")
     new_events.unpersist()
+    candidates.unpersist()
     categories = list(state.categories)
     return Built(
         "incremental",
