@@ -83,17 +83,17 @@ def read_sample() -> pd.DataFrame:
     return raw
 
 
-def cdnow_calibration() -> pd.DataFrame:
+def cdnow_calibration(end: pd.Timestamp = CALIBRATION_END) -> pd.DataFrame:
     """Per customer x, t_x, T (weeks) and mean repeat spend, with pandas from the raw file."""
     raw = read_sample()
-    days = raw[raw.day <= CALIBRATION_END].groupby(["cid", "day"], as_index=False).usd.sum()
+    days = raw[raw.day <= end].groupby(["cid", "day"], as_index=False).usd.sum()
     first = days.groupby("cid").day.transform("min")
     per = days.assign(repeat=np.where(days.day > first, days.usd, np.nan)).groupby("cid")
     out = pd.DataFrame(
         {
             "x": per.size() - 1,
             "t_x": (per.day.max() - per.day.min()).dt.days / 7,
-            "T": (CALIBRATION_END - per.day.min()).dt.days / 7,
+            "T": (end - per.day.min()).dt.days / 7,
             "m": per.repeat.mean(),
         }
     )
@@ -225,3 +225,24 @@ def test_clv_stage_on_the_cdnow_sample_matches_the_paper(spark, tmp_path):
         assert np.allclose(got[ours].to_numpy(float), want[theirs].to_numpy(float), equal_nan=True)
     assert values.p_alive.between(0, 1).all() and (values.clv >= 0).all()
     assert set(values.churn_risk) <= {"high", "medium", "low"}
+
+    # Score mode: the same customers nine months later, valued by the
+    # registered model without a refit (x, t_x and T from the later end).
+    later = pd.Timestamp("1998-06-30")
+    score = [*args[1:], "--set", "clv.mode=score", "--set", "clv.holdout_end=null"]
+    assert main(["clv", *score, "--set", f"clv.calibration_end={later.date()}"]) == 0
+    assert len(client.search_model_versions("name='shopseg_clv'")) == 1
+    values = DeltaTable(str(root / t.CUSTOMER_VALUE.name)).to_pandas()
+    assert set(values.as_of_date) == {dt.date(1997, 9, 30), later.date()}
+    scored = values[values.as_of_date == later.date()].set_index("user_id").sort_index()
+    assert set(scored.model_version) == {str(version.version)}
+    want = cdnow_calibration(later).sort_index()
+    assert list(scored.index) == list(want.index)
+    assert np.array_equal(scored.x.to_numpy(), want.x.to_numpy())
+    assert np.allclose(scored["T"].to_numpy(float), want["T"].to_numpy(float))
+    fitted_gg = clv.GammaGamma(*(metrics[f"gg_{n}"] for n in ("p", "q", "gamma")), 0.0, 0, 0, 0.0)
+    settings = clv.ValueSettings(7.0, 364, 0.10, 1.0, (0.3, 0.7))
+    by_hand = clv.score_batch(want.rename(columns={"m": "mean_value"}), fitted, fitted_gg, settings)
+    for column in ("p_alive", "expected_transactions", "clv"):
+        assert np.allclose(scored[column].to_numpy(float), by_hand[column].to_numpy(float),
+                           rtol=1e-9), column  # fmt: skip

@@ -69,6 +69,9 @@ def test_value_rules_name_the_key(tmp_path: Path):
     path = write(tmp_path, "generate:\n  personas: {martian: 1.0}\n")
     with pytest.raises(ConfigError, match="unknown persona"):
         load_config(path)
+    path = write(tmp_path, "clv:\n  mode: score\n  holdout_end: 2025-06-30\n")
+    with pytest.raises(ConfigError, match="clv.holdout_end: checks a fitted forecast"):
+        load_config(path)
 
 
 def test_set_overrides_nested_keys_with_yaml_types():

@@ -727,6 +727,10 @@ class EvaluateConf:
 class ClvConf:
     """Stage `clv`: BG/NBD and Gamma-Gamma lifetime value and churn probability."""
 
+    # fit: fit both models on the purchases up to calibration_end and register
+    # them; score: value the customers as of calibration_end with the
+    # registered model (alias below), no refit (a daily increment's step).
+    mode: Literal["fit", "score"] = "fit"
     # Last day of the calibration period (inclusive); default the last day with an event.
     calibration_end: dt.date | None = None
     # Last day of a holdout period to check the forecast against; null = none.
@@ -1116,6 +1120,12 @@ def _validate(config: Config) -> None:
         "clv.risk_thresholds",
         origin,
         "must be two probabilities, increasing, within 0..1 (high-risk below the first)",
+    )
+    _check(
+        c.mode == "fit" or c.holdout_end is None,
+        "clv.holdout_end",
+        origin,
+        "checks a fitted forecast; set it to null with clv.mode score",
     )
     if c.calibration_end and c.holdout_end:
         _check(

@@ -10,18 +10,26 @@ probability alive, expected transactions and spend over the horizon,
 discounted CLV and a churn-risk tier, into `gold/customer_value`. With
 `clv.holdout_end` the forecast is checked against what the cohort really
 bought, week by week.
+
+With `clv.mode: score` nothing is fitted: the registered model (`clv.alias`)
+values the customers as of `clv.calibration_end` with its own parameters and
+value settings (a daily increment's step: x, t_x and T move with the new
+purchases and the new date, the fit stays).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from shopseg import clv
+from shopseg import clv, tracking
 from shopseg import tables as t
+from shopseg.config import ClvConf
 from shopseg.pipeline import StageContext, latest
 
 
@@ -69,17 +77,56 @@ def _register(ctx: StageContext, bg: clv.BgNbd, gg: clv.GammaGamma, s: clv.Value
     return version
 
 
-def run(ctx: StageContext) -> None:
+def _champion(
+    ctx: StageContext, unit: float
+) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
+    """The registered model's version, fitted parameters and value settings."""
     conf = ctx.config.clv
-    unit = clv.UNIT_DAYS[conf.time_unit]
-    events = ctx.read(t.SILVER_EVENTS.name)
-    end = conf.calibration_end or latest(events, t.EVENT_DATE)
-    if end is None:
-        raise ValueError(f"{t.SILVER_EVENTS.name} is empty; run `features` first")
-    last = conf.holdout_end or end
-    days = clv.transaction_days(events, None, last).cache()
-    summary = clv.customer_summary(days.filter(F.col("day") <= F.lit(end)), end, unit).cache()
+    try:
+        version = tracking.model_version_of_alias(conf.model_name, conf.alias)
+    except Exception as exc:  # MLflow raises its own exception types
+        raise ValueError(
+            f"clv.mode is score but {conf.model_name}@{conf.alias} is not registered ({exc}); "
+            "run the stage with clv.mode: fit first"
+        ) from exc
+    model = mlflow.pyfunc.load_model(
+        tracking.model_uri(conf.model_name, alias=conf.alias)
+    ).unwrap_python_model()
+    bg, gg, settings = model.bg, model.gg, model.settings
+    if settings.unit_days != unit:
+        raise ValueError(
+            f"{conf.model_name} version {version} was fitted with a time unit of "
+            f"{settings.unit_days:g} days, clv.time_unit is {conf.time_unit} ({unit:g} days): "
+            "score with the unit it was fitted in, or fit again"
+        )
+    ctx.log.info(
+        "scoring with %s@%s (version %s): BG/NBD r %.4f, alpha %.4f, a %.4f, b %.4f; "
+        "Gamma-Gamma p %.4f, q %.4f, gamma %.4f",
+        conf.model_name, conf.alias, version, bg.r, bg.alpha, bg.a, bg.b, gg.p, gg.q, gg.gamma,
+    )  # fmt: skip
+    configured = _settings(conf, unit)
+    if configured != settings:
+        ctx.log.warning(
+            "the registered model values customers with %s, the configuration says %s: "
+            "scoring with the model's (fit again to change them)",
+            settings, configured,
+        )  # fmt: skip
+    ctx.run.log_params({"model_version": version})
+    return version, bg, gg, settings
 
+
+def _settings(conf: ClvConf, unit: float) -> clv.ValueSettings:
+    return clv.ValueSettings(
+        unit, conf.horizon_days, conf.annual_discount_rate, conf.margin,
+        (conf.risk_thresholds[0], conf.risk_thresholds[1]),
+    )  # fmt: skip
+
+
+def _fit(
+    ctx: StageContext, days: DataFrame, summary: DataFrame, end: dt.date, unit: float
+) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
+    """Fit BG/NBD and Gamma-Gamma on the summaries, check the holdout, register."""
+    conf = ctx.config.clv
     tuples = clv.rfm_tuples(summary)
     if tuples.empty:
         raise ValueError(f"no purchases in {t.SILVER_EVENTS.name} up to {end}: nothing to fit")
@@ -151,15 +198,30 @@ def run(ctx: StageContext) -> None:
             "holdout_tracking.json",
         )
 
-    settings = clv.ValueSettings(
-        unit, conf.horizon_days, conf.annual_discount_rate, conf.margin,
-        (conf.risk_thresholds[0], conf.risk_thresholds[1]),
-    )  # fmt: skip
+    settings = _settings(conf, unit)
     version = _register(ctx, bg, gg, settings)
     ctx.run.log_dict(
         {"bgnbd": bg.__dict__, "gamma_gamma": gg.__dict__, "settings": settings.__dict__},
         "clv_model.json",
     )
+    return version, bg, gg, settings
+
+
+def run(ctx: StageContext) -> None:
+    conf = ctx.config.clv
+    unit = clv.UNIT_DAYS[conf.time_unit]
+    events = ctx.read(t.SILVER_EVENTS.name)
+    end = conf.calibration_end or latest(events, t.EVENT_DATE)
+    if end is None:
+        raise ValueError(f"{t.SILVER_EVENTS.name} is empty; run `features` first")
+    last = conf.holdout_end or end
+    days = clv.transaction_days(events, None, last).cache()
+    summary = clv.customer_summary(days.filter(F.col("day") <= F.lit(end)), end, unit).cache()
+    ctx.run.log_params({"mode": conf.mode})
+    if conf.mode == "fit":
+        version, bg, gg, settings = _fit(ctx, days, summary, end, unit)
+    else:
+        version, bg, gg, settings = _champion(ctx, unit)
     values = (
         clv.score(summary.drop("first_day"), bg, gg, settings)
         .withColumn(t.AS_OF_DATE, F.lit(end).cast("date"))
@@ -186,8 +248,8 @@ def run(ctx: StageContext) -> None:
     ctx.log.info(
         "%d customers: expected value %.2f over %d days, %.1f expected transactions, "
         "%.1f%% at high churn risk (p_alive < %.2f)",
-        totals.customers, totals.clv, conf.horizon_days, totals.transactions,
-        100 * totals.at_risk, conf.risk_thresholds[0],
+        totals.customers, totals.clv, settings.horizon_days, totals.transactions,
+        100 * totals.at_risk, settings.risk_thresholds[0],
     )  # fmt: skip
     ctx.run.log_metrics(
         {"total_clv": totals.clv, "at_risk_share": totals.at_risk, "model_version": int(version)}
