@@ -464,10 +464,10 @@ def test_invalid_record_first_in_file_does_not_displace_the_valid_one(spark):
 
 
 def test_check_accounting_fails_on_every_kind_of_gap():
-    from shopseg.stages.ingest import FileCounts, SourceFile, check_accounting
+    from shopseg.stages.ingest import FileCounts, PlannedFile, check_accounting
 
     now = dt.datetime(2026, 1, 1)
-    a = SourceFile("file:/d/a.txt", 100, now)
+    a = PlannedFile("file:/d/a.txt", 100, now)
     ok = {"file:/d/a.txt": FileCounts(10, 7, 2, 1)}
     check_accounting("s", [a], ok, {"loaded": 7, "quarantined": 2})
     cases = {
@@ -481,8 +481,8 @@ def test_check_accounting_fails_on_every_kind_of_gap():
         with pytest.raises(ingest.IngestError, match=message):
             check_accounting("s", [a], counts, written)
     # An empty file, or one holding only its header, yields no records legitimately.
-    check_accounting("s", [SourceFile("file:/d/e.txt", 0, now)], {}, {})
-    header_only = SourceFile("file:/d/h.csv", 6, now, header="a,b,c")
+    check_accounting("s", [PlannedFile("file:/d/e.txt", 0, now)], {}, {})
+    header_only = PlannedFile("file:/d/h.csv", 6, now, header="a,b,c")
     check_accounting("s", [header_only], {}, {})
 
 

@@ -26,7 +26,10 @@ JSON_SAMPLE_LINES = 1000
 
 
 @dataclass(frozen=True)
-class SourceFile:
+class PlannedFile:
+    """A listed file (`files.SourceFile`) with what planning learnt: its content
+    hash and, for a file with a header, that header."""
+
     path: str
     size: int
     modified: dt.datetime
@@ -39,23 +42,23 @@ class SourceFile:
 class SourcePlan:
     name: str
     conf: SourceConf
-    files: list[SourceFile]
-    new_files: list[SourceFile] = field(default_factory=list)
+    files: list[PlannedFile]
+    new_files: list[PlannedFile] = field(default_factory=list)
     # The fields a json source's records have (from a sample), for expressions.
     fields: list[str] | None = None
     # Skipped files: (file, why) where why names the file already holding the content.
-    skipped: list[tuple[SourceFile, str]] = field(default_factory=list)
+    skipped: list[tuple[PlannedFile, str]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- checks
 
 
-def _list_files(spark: SparkSession, name: str, path: str) -> list[SourceFile]:
+def _list_files(spark: SparkSession, name: str, path: str) -> list[PlannedFile]:
     try:
         listed = files.list_files(spark, path)
     except files.SourceFilesError as exc:
         raise IngestError(f"source {name}: {exc}") from None
-    return [SourceFile(f.path, f.size, f.modified) for f in listed]
+    return [PlannedFile(f.path, f.size, f.modified) for f in listed]
 
 
 def _named_fields(src: SourceConf, required_only: bool = False) -> set[str]:
@@ -85,7 +88,7 @@ def _check_fields(name: str, src: SourceConf, where: str, available: set[str]) -
             )
 
 
-def _with_headers(name: str, src: SourceConf, new: list[SourceFile]) -> list[SourceFile]:
+def _with_headers(name: str, src: SourceConf, new: list[PlannedFile]) -> list[PlannedFile]:
     """Each file's own header: files may order their columns differently."""
     out = []
     for f in new:

@@ -37,7 +37,7 @@ from shopseg import tables as t
 from shopseg.config import Config, SourceConf
 from shopseg.ingest import IngestError
 from shopseg.pipeline import StageContext
-from shopseg.source_plan import SourceFile, SourcePlan, plan_source
+from shopseg.source_plan import PlannedFile, SourcePlan, plan_source
 
 
 def _hash_key(config: Config, names: list[str]) -> bytes | None:
@@ -150,7 +150,7 @@ def _count_outcomes(validated: DataFrame) -> dict[str, FileCounts]:
 
 def check_accounting(
     source: str,
-    new_files: list[SourceFile],
+    new_files: list[PlannedFile],
     counts: dict[str, FileCounts],
     written: dict[str, int],
 ) -> None:
@@ -199,7 +199,7 @@ def check_accounting(
             )
 
 
-def _header_only(f: SourceFile) -> bool:
+def _header_only(f: PlannedFile) -> bool:
     """A file holding no record line: its header at most (compressed files are
     looked into; a plain file's size tells)."""
     if files.is_compressed(f.path):
@@ -208,7 +208,7 @@ def _header_only(f: SourceFile) -> bool:
 
 
 def _log_row(
-    batch_id: str, plan: SourcePlan, f: SourceFile, c: FileCounts, now: dt.datetime, dup: str
+    batch_id: str, plan: SourcePlan, f: PlannedFile, c: FileCounts, now: dt.datetime, dup: str
 ) -> dict:
     return {
         t.BATCH_ID: batch_id,
