@@ -68,6 +68,8 @@ def test_register_and_load_by_version_and_alias(spark, mlflow_conf):
         v2 = tracking.register_spark_model(model, "shopseg_test_model")
     assert (v1, v2) == ("1", "2")
     assert tracking.model_version_of_alias("shopseg_test_model", "champion") == "1"
+    with pytest.raises(ValueError, match=r"segment\.mode is score but shopseg_absent@champion"):
+        tracking.champion_version("shopseg_absent", "champion", "segment")
     by_alias = tracking.load_spark_model("shopseg_test_model", alias="champion")
     by_version = tracking.load_spark_model("shopseg_test_model", version=2)
     assertDataFrameEqual(by_alias.transform(df).select("a", "b", "prediction"), expected)

@@ -243,3 +243,15 @@ def model_version_of_alias(name: str, alias: str) -> str:
     from mlflow import MlflowClient
 
     return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+
+
+def champion_version(name: str, alias: str, stage: str) -> str:
+    """The version behind `name@alias` for `stage`'s score mode; a ValueError
+    naming the stage's fit mode when nothing is registered under it."""
+    try:
+        return model_version_of_alias(name, alias)
+    except Exception as exc:  # MLflow raises its own exception types
+        raise ValueError(
+            f"{stage}.mode is score but {name}@{alias} is not registered ({exc}); "
+            f"run the {stage} stage in fit mode first"
+        ) from exc

@@ -82,13 +82,7 @@ def _champion(
 ) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
     """The registered model's version, fitted parameters and value settings."""
     conf = ctx.config.clv
-    try:
-        version = tracking.model_version_of_alias(conf.model_name, conf.alias)
-    except Exception as exc:  # MLflow raises its own exception types
-        raise ValueError(
-            f"clv.mode is score but {conf.model_name}@{conf.alias} is not registered ({exc}); "
-            "run the stage with clv.mode: fit first"
-        ) from exc
+    version = tracking.champion_version(conf.model_name, conf.alias, "clv")
     model = mlflow.pyfunc.load_model(
         tracking.model_uri(conf.model_name, alias=conf.alias)
     ).unwrap_python_model()

@@ -381,13 +381,7 @@ def run(ctx: StageContext) -> None:
     else:
         for target in conf.targets:
             name = f"{conf.model_prefix}_{target.name}"
-            try:
-                version = tracking.model_version_of_alias(name, conf.alias)
-            except Exception as exc:  # MLflow raises its own exception types
-                raise ValueError(
-                    f"propensity.mode is score but {name}@{conf.alias} is not registered "
-                    f"({exc}); run the stage with propensity.mode: fit first"
-                ) from exc
+            version = tracking.champion_version(name, conf.alias, "propensity")
             models[target.name] = (tracking.load_spark_model(name, alias=conf.alias), version)
             ctx.log.info("scoring with %s@%s (version %s)", name, conf.alias, version)
 

@@ -195,13 +195,7 @@ def load_champion(ctx: StageContext) -> tuple[PipelineModel, str, dict[int, str]
     from mlflow import MlflowClient
 
     conf = ctx.config.segment
-    try:
-        version = tracking.model_version_of_alias(conf.model_name, conf.alias)
-    except Exception as exc:  # MLflow raises its own exception types
-        raise ValueError(
-            f"segment.mode=score needs a registered model {conf.model_name}@{conf.alias}; "
-            "run the segment stage in fit mode first"
-        ) from exc
+    version = tracking.champion_version(conf.model_name, conf.alias, "segment")
     model = tracking.load_spark_model(conf.model_name, version=version)
     tags = MlflowClient().get_model_version(conf.model_name, version).tags
     names = {int(k): v for k, v in json.loads(tags[NAMES_TAG]).items()}
