@@ -119,7 +119,7 @@ def test_sizes_follow_the_conf(shop):
 
 
 def test_every_persona_is_there_in_proportion(per_persona):
-    weights = g._persona_weights(CONF)
+    weights = g.persona_weights(CONF)
     total = sum(weights)
     for name, weight in zip(PERSONA_NAMES, weights, strict=True):
         share = per_persona[name]["users"] / CONF.users

@@ -34,7 +34,7 @@ def test_hadoop_aws_matches_the_hadoop_pyspark_ships():
     ],
 )
 def test_jar_artifact_names(jar, artifact):
-    assert harness._artifact(jar) == artifact  # noqa: SLF001
+    assert harness.artifact_name(jar) == artifact  # noqa: SLF001
 
 
 def test_jars_pyspark_already_has_stay_off_the_class_path(tmp_path):
