@@ -31,8 +31,12 @@ setup(
     extras_require={
         # delta-spark 4.4.0 pins pyspark<=4.2.0, and its Spark package
         # (io.delta:delta-spark_2.13:4.4.0, fetched by the session factory) is
-        # on Maven Central; 4.4.1's is not.
-        "spark": ["pyspark==4.2.0", "delta-spark==4.4.0"],
+        # on Maven Central; 4.4.1's is not. pyspark's `connect` extra (grpc):
+        # mlflow.spark.log_model imports pyspark.sql.connect, which without it
+        # calls sys.exit(0) in any process whose main module has no file
+        # (`python -c`, a script on stdin, pytest-xdist's workers), ending a
+        # pipeline silently with status 0 at its first model.
+        "spark": ["pyspark[connect]==4.2.0", "delta-spark==4.4.0"],
         # moto serves S3 for the local cluster harness (`make cluster-up`, the
         # cluster test); boto3 creates its bucket.
         "dev": [

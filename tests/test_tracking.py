@@ -83,3 +83,19 @@ def test_model_uri_needs_exactly_one_selector():
         tracking.model_uri("m")
     with pytest.raises(ValueError):
         tracking.model_uri("m", version=1, alias="x")
+
+
+def test_a_process_without_a_main_file_survives_what_spark_model_logging_imports():
+    """`python -c`, a script on stdin and pytest-xdist's workers have a `__main__`
+    without a file; pyspark.sql.connect (imported by mlflow.spark.log_model) then
+    exits the process with status 0 unless its dependencies are installed."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", "import pyspark.sql.connect; print('carried on')"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "carried on"), done.stderr[-2000:]
