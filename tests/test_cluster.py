@@ -28,8 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """The harness, up for this module; its jars resolved once into .cluster/ivy."""
-    h = harness.Harness(tmp_path_factory.mktemp("cluster"), jars_folder=REPO / ".cluster" / "ivy")
+    """The harness, up for this module; its jars resolved once into the user's jar cache."""
+    h = harness.Harness(tmp_path_factory.mktemp("cluster"))
     saved = dict(os.environ)
     with harness.running(h):
         # Clients in this process (deltalake, boto3, MLflow) reach the same

@@ -47,7 +47,8 @@ def test_jars_pyspark_already_has_stay_off_the_class_path(tmp_path):
         "io.delta_delta-spark_2.13-4.4.0.jar",
     ):
         (jars / name).touch()
-    kept = [Path(j).name for j in harness.Harness(tmp_path).classpath_jars()]
+    h = harness.Harness(tmp_path, jars_folder=tmp_path / "ivy")
+    kept = [Path(j).name for j in h.classpath_jars()]
     assert kept == ["io.delta_delta-spark_2.13-4.4.0.jar", "org.apache.hadoop_hadoop-aws-3.5.0.jar"]
 
 

@@ -8,6 +8,7 @@ import json
 import random
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
@@ -451,6 +452,32 @@ def test_bisecting_splits_the_prepared_features_and_the_tree_is_read_back(spark,
     assert set(rules) == {0, 1, 2, 3}
     assert all(1 <= len(r) <= 2 for r in rules.values())
     assert all("covers" in text and "precision" in text for r in rules.values() for text in r)
+
+
+def test_a_concurrent_sweep_measures_what_the_sequential_one_does(spark):
+    """Cells fitted side by side on threads: the same rows, in sweep order, and the same models."""
+    df = spark.createDataFrame(planted_users(PLANTED_AS_OF), PLANTED_SCHEMA)
+    features = [SegmentFeature(f["name"], None, f["log"]) for f in FEATURES]
+    prepared = sg.materialize_for_fitting(
+        sg.build_prep_pipeline(features, None).fit(df).transform(df).select(sg.SCALED), 1
+    )
+    settings = dict(
+        algorithms=["kmeans", "bisecting"], ks=[3, 4], seed=7, restarts=2, max_iter=10,
+        features_col=sg.SCALED, silhouette_rows=10_000, stability_rows=10_000,
+    )  # fmt: skip
+    one, two = (sg.sweep(prepared, **settings, concurrent_fits=n) for n in (1, 2))
+
+    def measured(result):
+        return [{**r.__dict__, "fit_seconds": None} for r in result.rows]
+
+    assert measured(two) == measured(one)
+    assert [(r.algorithm, r.k) for r in two.rows] == [
+        (a, k) for a in ("kmeans", "bisecting") for k in (3, 4)
+    ]
+    assert two.fits == one.fits == 8
+    for cell, model in one.models.items():
+        assert np.allclose(two.models[cell].clusterCenters(), model.clusterCenters()), cell
+    print(f"sweep of 8 fits: {one.seconds:.1f} s one at a time, {two.seconds:.1f} s two at once")
 
 
 def test_an_all_null_feature_is_named_in_the_error(spark):

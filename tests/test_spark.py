@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from shopseg.config import ConfigError, SparkConf, load_config
-from shopseg.spark import get_spark, local_cores, session_properties
+from shopseg.spark import concurrently, get_spark, local_cores, session_properties
 
 
 def test_cluster_master_gets_only_explicit_conf():
@@ -161,3 +161,35 @@ def test_delta_jars_resolved_once_start_the_next_session_without_ivy(spark, tmp_
     assert f"Delta Lake's jars from {jars_cache_dir()}" in done.stdout, done.stdout
     assert "packages none" in done.stdout
     assert "writer spark" in done.stdout, done.stdout
+
+
+def test_concurrently_runs_calls_side_by_side_and_keeps_their_order():
+    import threading
+
+    # Each call waits for a second one to arrive: one at a time, the barrier breaks.
+    barrier = threading.Barrier(2, timeout=20)
+
+    def meet(x: int) -> int:
+        barrier.wait()
+        return x * x
+
+    assert concurrently(meet, [3, 1, 4, 2], 2) == [9, 1, 16, 4]
+    lonely = threading.Barrier(2, timeout=0.5)
+    with pytest.raises(threading.BrokenBarrierError):
+        concurrently(lambda x: lonely.wait(), [1, 2], 1)
+
+
+def test_concurrently_raises_the_first_error_and_starts_nothing_after_it():
+    started = []
+
+    def call(x: int) -> int:
+        started.append(x)
+        if x == 2:
+            raise ValueError("item 2")
+        return x
+
+    with pytest.raises(ValueError, match="item 2"):
+        concurrently(call, [1, 2, 3, 4, 5], 1)
+    assert started == [1, 2]
+    with pytest.raises(ValueError, match="item 2"):
+        concurrently(call, [1, 2, 3, 4, 5, 6, 7, 8], 2)

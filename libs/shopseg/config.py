@@ -450,6 +450,9 @@ class SegmentConf:
     # smaller than this (tiny partitions make every K-means iteration pay for
     # scheduling; the sweep runs hundreds of them).
     min_rows_per_partition: int = 10000
+    # (algorithm, k) cells of the sweep fitted at once, on threads of one
+    # session: a small sweep's jobs are a task each and leave cores idle.
+    concurrent_fits: int = 2
     # A k is a candidate only when its two-seed adjusted Rand index reaches this.
     min_stability: float = 0.8
     # Users farther from their centroid than this percentile of their segment are outliers.
@@ -849,6 +852,9 @@ class PropensityConf:
     # Equal-width probability bins of the expected calibration error and the reliability chart.
     calibration_bins: int = 10
     seed: int = 42
+    # Targets trained at once, on threads of one session (their Spark jobs run
+    # side by side; MLflow records them one after the other).
+    concurrent_targets: int = 2
     # Registered as <model_prefix>_<target>.
     model_prefix: str = "shopseg_propensity"
     alias: str = "champion"
@@ -1414,6 +1420,7 @@ def _validate_propensity(config: Config) -> None:
     _check(0 < p.calibration_share < 1, "propensity.calibration_share", origin,
            "must be within 0..1 (exclusive)")  # fmt: skip
     _check(p.calibration_bins > 1, "propensity.calibration_bins", origin, "must be at least 2")
+    _check(p.concurrent_targets > 0, "propensity.concurrent_targets", origin, "must be positive")
     _check_features(p.features, "propensity.features", origin)
     _check(bool(p.models), "propensity.models", origin, "needs at least one model")
     for i, model in enumerate(p.models):
@@ -1491,6 +1498,7 @@ def _validate_segment(config: Config) -> None:
         "silhouette_sample",
         "stability_sample",
         "min_rows_per_partition",
+        "concurrent_fits",
     ):
         _check(getattr(s, key) > 0, f"segment.{key}", origin, "must be positive")
     _check(

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shopseg.config import ShopsegError
+from shopseg.spark import jars_cache_dir
 
 # moto accepts any credentials; they stand for the cloud SDK's environment
 # variables a real cluster sets (never a file in the repository).
@@ -48,7 +49,8 @@ class Harness:
         ports: the ports to bind.
         worker_memory: memory each worker offers its executors.
         jars_folder: Spark's Ivy folder for the cluster's jars (default
-            `<folder>/ivy`); the suite shares the repository's `.cluster/ivy`.
+            `cluster/` in the user's jar cache, `spark.jars_cache_dir()`, so a
+            new checkout does not download the ~700 MB of AWS SDK again).
     """
 
     folder: Path
@@ -58,7 +60,7 @@ class Harness:
 
     @property
     def ivy(self) -> Path:
-        return self.jars_folder or self.folder / "ivy"
+        return self.jars_folder or jars_cache_dir() / "cluster"
 
     @property
     def master_url(self) -> str:

@@ -82,7 +82,7 @@ def _start(
 
 
 def resolve_jars(harness: Harness) -> list[str]:
-    """Resolve the cluster's packages with Spark's Ivy into `<folder>/ivy/jars`, once."""
+    """Resolve the cluster's packages with Spark's Ivy into `<ivy>/jars`, once (user's cache)."""
     packages = cluster_packages()
     have = {Path(j).name for j in harness.jars()}
     wanted = {p.replace(":", "_", 1).replace(":", "-") + ".jar" for p in packages}

@@ -18,7 +18,7 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from shopseg.segment.prepare import PREDICTION
-from shopseg.spark import checkpointed
+from shopseg.spark import checkpointed, concurrently
 
 # --------------------------------------------------------------------------- clustering
 
@@ -290,6 +290,7 @@ def sweep(
     stability_rows: int,
     init_steps: int = 5,
     bisecting_restarts: int | None = None,
+    concurrent_fits: int = 1,
     log=None,
 ) -> Sweep:
     """Fit every (algorithm, k) and measure it.
@@ -302,6 +303,9 @@ def sweep(
     When every row is in that sample the restarts themselves are used (no
     extra fitting); otherwise `max(2, restarts)` more fits run on the sample
     (seeds from seed+1000).
+
+    The (algorithm, k) cells are independent: `concurrent_fits` of them run
+    at once (`spark.concurrently`), their rows returned in sweep order.
     """
     started = time.perf_counter()
     total = data.count()
@@ -317,60 +321,53 @@ def sweep(
     if bisecting_restarts is not None and "bisecting" in per_algorithm:
         per_algorithm["bisecting"] = bisecting_restarts
     stab_sample = None
-    n_fits = 0
-    rows, models = [], {}
+    cells = []
     for algorithm in algorithms:
-        restarts = per_algorithm[algorithm]
-        reuse_restarts = total <= stability_rows and restarts >= 2
-        if not reuse_restarts and stab_sample is None:
+        reuse = total <= stability_rows and per_algorithm[algorithm] >= 2
+        if not reuse and stab_sample is None:
             stab_sample = drawn(stability_rows, seed + 1)
-        sample_for_stability = data if reuse_restarts else stab_sample
-        for k in ks:
-            fit_started = time.perf_counter()
-            fits = fit_restarts(
-                data,
-                algorithm,
-                k,
-                seed=seed,
-                restarts=restarts,
-                max_iter=max_iter,
-                features_col=features_col,
-                init_steps=init_steps,
-            )
-            fit_seconds = (time.perf_counter() - fit_started) / restarts
-            model = best_fit(fits)
-            centers = [list(c) for c in model.clusterCenters()]
-            stats = cluster_stats(model.transform(data), centers, features_col)
-            sil = silhouette(model.transform(sil_sample), features_col)
-            n_fits += restarts
-            if reuse_restarts:
-                stable_fits = fits
-            else:
-                n_fits += max(2, restarts)
-                stable_fits = fit_restarts(
-                    sample_for_stability,
-                    algorithm,
-                    k,
-                    seed=seed + 1000,
-                    restarts=max(2, restarts),
-                    max_iter=max_iter,
-                    features_col=features_col,
-                    init_steps=init_steps,
-                )
-            stability = reproducibility(sample_for_stability, stable_fits, features_col)
-            row = SweepRow(
-                algorithm, k, stats.wssse, sil, stats.calinski_harabasz, stats.davies_bouldin,
-                stability, fit_seconds,
+        cells += [(algorithm, k, None if reuse else stab_sample) for k in ks]
+
+    def measure(cell) -> tuple[SweepRow, KMeansModel | BisectingKMeansModel, int]:
+        algorithm, k, stability_data = cell
+        n = per_algorithm[algorithm]
+        fit_started = time.perf_counter()
+        fits = fit_restarts(
+            data, algorithm, k, seed=seed, restarts=n, max_iter=max_iter,
+            features_col=features_col, init_steps=init_steps,
+        )  # fmt: skip
+        fit_seconds = (time.perf_counter() - fit_started) / n
+        model = best_fit(fits)
+        centers = [list(c) for c in model.clusterCenters()]
+        stats = cluster_stats(model.transform(data), centers, features_col)
+        sil = silhouette(model.transform(sil_sample), features_col)
+        if stability_data is None:
+            stability_data, stable_fits, fitted = data, fits, n
+        else:
+            stable_fits = fit_restarts(
+                stability_data, algorithm, k, seed=seed + 1000, restarts=max(2, n),
+                max_iter=max_iter, features_col=features_col, init_steps=init_steps,
             )  # fmt: skip
-            rows.append(row)
-            models[(algorithm, k)] = model
-            if log:
-                log.info(
-                    "%s k=%d: WSSSE %.1f, silhouette %.3f, CH %.1f, DB %.3f, stability %.3f "
-                    "(%.1fs per fit)",
-                    algorithm, k, stats.wssse, sil, stats.calinski_harabasz,
-                    stats.davies_bouldin, stability, fit_seconds,
-                )  # fmt: skip
+            fitted = n + max(2, n)
+        stability = reproducibility(stability_data, stable_fits, features_col)
+        row = SweepRow(
+            algorithm, k, stats.wssse, sil, stats.calinski_harabasz, stats.davies_bouldin,
+            stability, fit_seconds,
+        )  # fmt: skip
+        if log:
+            log.info(
+                "%s k=%d: WSSSE %.1f, silhouette %.3f, CH %.1f, DB %.3f, stability %.3f "
+                "(%.1fs per fit)",
+                algorithm, k, stats.wssse, sil, stats.calinski_harabasz,
+                stats.davies_bouldin, stability, fit_seconds,
+            )  # fmt: skip
+        return row, model, fitted
+
+    rows, models, n_fits = [], {}, 0
+    for row, model, fitted in concurrently(measure, cells, concurrent_fits):
+        rows.append(row)
+        models[(row.algorithm, row.k)] = model
+        n_fits += fitted
     return Sweep(rows, models, time.perf_counter() - started, n_fits)
 
 

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -40,7 +42,7 @@ from shopseg import propensity as pr
 from shopseg import tables as t
 from shopseg.config import PropensityTarget
 from shopseg.pipeline import StageContext, latest
-from shopseg.spark import checkpointed
+from shopseg.spark import checkpointed, concurrently
 from shopseg.stages.features import bronze_table
 
 # The snapshot is back-tested when the events cover this share of a target's
@@ -56,8 +58,17 @@ class _Snapshots:
         self.users = bronze_table(ctx, t.BRONZE_USERS.name)
         self.categories = ctx.config.features.top_categories or []
         self.items = bronze_table(ctx, t.BRONZE_ITEMS.name) if self.categories else None
+        # Targets are trained on threads at once: a cut-off is built by one of them.
+        self.lock = threading.Lock()
+        self.building: dict[dt.date, threading.Lock] = {}
 
     def at(self, cutoff: dt.date) -> DataFrame:
+        with self.lock:
+            building = self.building.setdefault(cutoff, threading.Lock())
+        with building:
+            return self._build(cutoff)
+
+    def _build(self, cutoff: dt.date) -> DataFrame:
         if cutoff not in self.built:
             conf = self.ctx.config.features
             snapshot = fx.build_user_features(
@@ -138,13 +149,36 @@ def _baselines(
     return out
 
 
-def _fit_target(
+@dataclass
+class _Trained:
+    """One target's chosen, calibrated model and what the run records of it."""
+
+    target: PropensityTarget
+    cuts: pr.Cutoffs
+    features: list[str]
+    dropped: list[str]
+    candidates: list[dict]
+    kind: str
+    params: dict
+    metrics: dict[str, float]
+    curves: dict[str, pd.DataFrame]
+    reliability: dict[str, pd.DataFrame]
+    model: PipelineModel
+    importances: dict[str, float]
+
+
+def _train_target(
     ctx: StageContext,
     snapshots: _Snapshots,
     events: DataFrame,
     target: PropensityTarget,
     scoring_as_of: dt.date,
-) -> tuple[PipelineModel, str, list[tuple]]:
+) -> _Trained:
+    """Rows, candidates, calibration and baselines of one target: Spark work only.
+
+    Nothing here writes to MLflow (its active run belongs to the stage's
+    thread), so targets can be trained at once (`propensity.concurrent_targets`).
+    """
     conf = ctx.config.propensity
     name = target.name
     cuts = pr.plan_cutoffs(
@@ -224,22 +258,35 @@ def _fit_target(
     )  # fmt: skip
     ctx.log.info("%s: calibration and its metrics %.1f s, baselines %.1f s", name,
                  calibrated - started, time.perf_counter() - calibrated)  # fmt: skip
+    names = [f.name for f in features]
+    train.unpersist()
+    return _Trained(
+        target, cuts, names, dropped, candidates, kind, params, metrics, curves,
+        {"model_before": reliability_before, "model_after": reliability_after},
+        pr.calibrated_model(prep, classifier, calibrator),
+        pr.feature_importances(classifier, names),
+    )  # fmt: skip
+
+
+def _record_target(ctx: StageContext, trained: _Trained) -> tuple[PipelineModel, str, list[tuple]]:
+    """Log a trained target in the stage's run and register its model; its chart rows."""
+    conf = ctx.config.propensity
+    name, cuts, metrics = trained.target.name, trained.cuts, trained.metrics
+    kind, params = trained.kind, trained.params
     ctx.run.log_metrics({f"{name}.{k}": v for k, v in metrics.items()})
-    importances = pr.feature_importances(classifier, [f.name for f in features])
     ctx.run.log_dict(
         {
             "chosen": {"model": kind, "params": params},
             "validation_cutoff": cuts.validation.isoformat(),
             "training_cutoffs": [c.isoformat() for c in cuts.training],
-            "features": [f.name for f in features],
-            "features_left_out": dropped,
-            "candidates": candidates,
-            "feature_importances": importances,
+            "features": trained.features,
+            "features_left_out": trained.dropped,
+            "candidates": trained.candidates,
+            "feature_importances": trained.importances,
         },
         f"{name}/fit.json",
     )
-    reliability = {"model_before": reliability_before, "model_after": reliability_after}
-    model = pr.calibrated_model(prep, classifier, calibrator)
+    model = trained.model
     version = tracking.register_spark_model(model, f"{conf.model_prefix}_{name}", conf.alias)
     from mlflow import MlflowClient
 
@@ -257,15 +304,14 @@ def _fit_target(
     chart_rows = [
         (name, cuts.validation, "gain", method, float(r.selected_share), float(r.positive_share),
          None)
-        for method, gain in curves.items()
+        for method, gain in trained.curves.items()
         for r in gain.itertuples()
     ] + [
         (name, cuts.validation, "reliability", method, float(r.predicted), float(r.observed),
          int(r.users))
-        for method, table in reliability.items()
+        for method, table in trained.reliability.items()
         for r in table.itertuples()
     ]  # fmt: skip
-    train.unpersist()
     return model, version, chart_rows
 
 
@@ -372,9 +418,14 @@ def run(ctx: StageContext) -> None:
         # once from the files, then from memory.
         events = events.persist(StorageLevel.MEMORY_AND_DISK)
         snapshots = _Snapshots(ctx, events)
-        for target in conf.targets:
-            model, version, rows = _fit_target(ctx, snapshots, events, target, as_of)
-            models[target.name] = (model, version)
+        trained = concurrently(
+            lambda target: _train_target(ctx, snapshots, events, target, as_of),
+            conf.targets,
+            conf.concurrent_targets,
+        )
+        for one in trained:
+            model, version, rows = _record_target(ctx, one)
+            models[one.target.name] = (model, version)
             chart_rows += rows
         for frame in snapshots.built.values():
             frame.unpersist()

@@ -93,6 +93,7 @@ def _fit(
         seed=conf.seed,
         restarts=conf.restarts,
         bisecting_restarts=conf.bisecting_restarts,
+        concurrent_fits=conf.concurrent_fits,
         max_iter=conf.max_iter,
         init_steps=conf.init_steps,
         features_col=features_col,
