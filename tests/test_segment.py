@@ -301,7 +301,10 @@ def snapshot(lake, table, as_of, version=None):
 def test_stage_recovers_planted_groups_names_them_and_refits_the_same_way(spark, lake_root):
     rows = planted_users(PLANTED_AS_OF)
     lake = write_planted(spark, lake_root, rows)
-    assert main(["segment", *segment_args(lake_root)]) == 0
+    # k is chosen on a sample of 600 of the 1,000 users (segment.sweep_sample);
+    # the chosen model is then fitted on everyone.
+    sampled = "segment.sweep_sample=600"
+    assert main(["segment", *segment_args(lake_root, sampled)]) == 0
 
     sweep = lake.read("gold/segment_sweep").toPandas()
     assert set(sweep.algorithm) == {"kmeans", "bisecting"} and sorted(set(sweep.k)) == [
@@ -351,13 +354,22 @@ def test_stage_recovers_planted_groups_names_them_and_refits_the_same_way(spark,
     client = MlflowClient()
     version = client.get_model_version_by_alias("shopseg_segmentation", "champion")
     assert version.tags["features_table_version"] == "0"
+    run = client.get_run(version.run_id).data
+    assert run.params["users"] == str(len(rows)) and 500 <= int(run.params["sweep_users"]) <= 600
+    # The kept model's cost is over all 1,000 users, the sweep's over the sample.
+    assert run.metrics["fitted_wssse"] > 1.3 * float(chosen.wssse.iloc[0])
     assert set(json.loads(version.tags["segment_names"]).values()) == set(EXPECTED_NAMES.values())
 
     # Refitting the chosen algorithm and k on the same data gives every user
     # the same name (fits are seeded; names follow the centroids).
     first = lake.version("gold/user_segments")
     algorithm = chosen.algorithm.iloc[0]
-    narrowed = (f"segment.algorithms=[{algorithm}]", f"segment.k_min={k}", f"segment.k_max={k}")
+    narrowed = (
+        sampled,
+        f"segment.algorithms=[{algorithm}]",
+        f"segment.k_min={k}",
+        f"segment.k_max={k}",
+    )
     assert main(["segment", *segment_args(lake_root, *narrowed)]) == 0
     before = snapshot(lake, "gold/user_segments", PLANTED_AS_OF, version=first)
     after = snapshot(lake, "gold/user_segments", PLANTED_AS_OF)

@@ -442,6 +442,10 @@ class SegmentConf:
     # null = `restarts`.
     bisecting_restarts: int | None = 2
     seed: int = 42
+    # Users the k sweep runs on: with more, k and the algorithm are chosen on a
+    # uniform sample of this many (the sweep's cost stops growing with the
+    # shop) and only the chosen model is fitted on everyone, with `restarts`.
+    sweep_sample: int = 50000
     # Rows sampled for the silhouette and for the two-seed stability fits. When
     # all users fit in the stability sample the restarts themselves are compared.
     silhouette_sample: int = 50000
@@ -1495,6 +1499,7 @@ def _validate_segment(config: Config) -> None:
         "max_iter",
         "init_steps",
         "restarts",
+        "sweep_sample",
         "silhouette_sample",
         "stability_sample",
         "min_rows_per_partition",

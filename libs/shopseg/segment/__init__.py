@@ -97,11 +97,13 @@ from shopseg.segment.selection import (
     labels_ari,
     materialize_for_fitting,
     new_clusterer,
+    refit,
     reproducibility,
     sample,
     silhouette,
     squared_distance,
     sweep,
+    sweep_sample,
     with_distance,
 )
 
@@ -147,7 +149,9 @@ __all__ = [
     "names_column",
     "new_clusterer",
     "reproducibility",
+    "refit",
     "sample",
+    "sweep_sample",
     "segment_zscores",
     "silhouette",
     "simplify_conditions",

@@ -258,6 +258,40 @@ def sample(df: DataFrame, rows: int, total: int, seed: int) -> DataFrame:
     return df.sample(fraction=min(1.0, rows * 1.05 / total), seed=seed).limit(rows)
 
 
+def sweep_sample(
+    data: DataFrame, rows: int, total: int, seed: int, cores: int, min_rows_per_partition: int
+) -> DataFrame:
+    """The rows a k sweep runs on: `data` itself when it has at most `rows` rows,
+    else a uniform sample of about `rows` of them, materialized for fitting.
+
+    With the sample the sweep's cost no longer grows with the shop; the
+    chosen (algorithm, k) is then fitted on every row (`refit`).
+    """
+    if total <= rows:
+        return data
+    partitions = fitting_partitions(rows, cores, min_rows_per_partition)
+    return materialize_for_fitting(sample(data, rows, total, seed), partitions)
+
+
+def refit(
+    data: DataFrame,
+    row: SweepRow,
+    *,
+    seed: int,
+    restarts: int,
+    max_iter: int,
+    features_col: str,
+    init_steps: int = 5,
+) -> KMeansModel | BisectingKMeansModel:
+    """The swept row's algorithm and k fitted on `data`: the best of `restarts` seeds."""
+    return best_fit(
+        fit_restarts(
+            data, row.algorithm, row.k, seed=seed, restarts=restarts, max_iter=max_iter,
+            features_col=features_col, init_steps=init_steps,
+        )
+    )  # fmt: skip
+
+
 def reproducibility(
     data: DataFrame, fits: Sequence[KMeansModel | BisectingKMeansModel], features_col: str
 ) -> float:

@@ -86,8 +86,21 @@ def _fit(
     ks = list(range(conf.k_min, min(conf.k_max, users - 1) + 1))
     if not ks:
         raise ValueError(f"{users} users are too few to segment with k >= {conf.k_min}")
+    # k is chosen on a uniform sample of a large shop; only the chosen model sees everyone.
+    cores = ctx.spark.sparkContext.defaultParallelism
+    swept = sg.sweep_sample(
+        prepared, conf.sweep_sample, users, conf.seed + 2, cores, conf.min_rows_per_partition
+    )
+    swept_users = users
+    if swept is not prepared:
+        swept_users = swept.count()
+        ctx.log.info(
+            "sweeping k on a uniform sample of %d of the %d users (segment.sweep_sample)",
+            swept_users,
+            users,
+        )
     result = sg.sweep(
-        prepared,
+        swept,
         algorithms=conf.algorithms,
         ks=ks,
         seed=conf.seed,
@@ -112,6 +125,25 @@ def _fit(
         chosen.silhouette,
         chosen.stability,
     )
+    clusterer = result.models[(chosen.algorithm, chosen.k)]
+    if swept is not prepared:
+        started = time.perf_counter()
+        restarts = conf.restarts
+        if chosen.algorithm == "bisecting" and conf.bisecting_restarts is not None:
+            restarts = conf.bisecting_restarts
+        clusterer = sg.refit(
+            prepared, chosen, seed=conf.seed, restarts=restarts, max_iter=conf.max_iter,
+            features_col=features_col, init_steps=conf.init_steps,
+        )  # fmt: skip
+        ctx.log.info(
+            "%s k=%d fitted on all %d users (%d restarts) in %.1fs: WSSSE %.1f",
+            chosen.algorithm,
+            chosen.k,
+            users,
+            restarts,
+            time.perf_counter() - started,
+            clusterer.summary.trainingCost,
+        )
     for r in result.rows:
         ctx.run.log_metrics(
             {
@@ -129,6 +161,7 @@ def _fit(
             "algorithm": chosen.algorithm,
             "k": chosen.k,
             "users": users,
+            "sweep_users": swept_users,
             "features": [f.name for f in conf.features],
             "features_table_version": features_version,
             "as_of_date": as_of.isoformat(),
@@ -139,6 +172,8 @@ def _fit(
             "chosen_k": chosen.k,
             "silhouette": chosen.silhouette,
             "wssse": chosen.wssse,
+            # The kept model's own cost: on every user (wssse above is the sweep's).
+            "fitted_wssse": clusterer.summary.trainingCost,
             "stability": chosen.stability,
             "sweep_seconds": result.seconds,
             "fit_seconds": chosen.fit_seconds,
@@ -169,7 +204,6 @@ def _fit(
         "fit_seconds double, chosen boolean",
     )
 
-    clusterer = result.models[(chosen.algorithm, chosen.k)]
     model = PipelineModel(stages=[*prep.stages, clusterer])
     zscores = sg.segment_zscores(clusterer.transform(prepared), [f.name for f in conf.features])
     names = sg.assign_names(zscores, conf.names, conf.min_name_score)
