@@ -63,6 +63,13 @@ def test_shared_session_runs_arrow_in_workers(spark):
     assert out == 90
 
 
+def test_the_local_driver_runs_the_parallel_collector(spark):
+    """local_defaults' JVM options reach the JVM the session runs in (not G1)."""
+    management = spark.sparkContext._jvm.java.lang.management.ManagementFactory
+    collectors = {bean.getName() for bean in management.getGarbageCollectorMXBeans()}
+    assert collectors == {"PS Scavenge", "PS MarkSweep"}, collectors
+
+
 def test_delta_package_matches_the_installed_delta_spark_and_respects_named_jars():
     from importlib import metadata
 

@@ -91,7 +91,12 @@ def local_defaults(settings: SparkConf, master: str) -> dict[str, str]:
         "spark.cleaner.referenceTracking.cleanCheckpoints": "true",
         "spark.ui.enabled": str(settings.ui).lower(),
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j}",
+        # The parallel collector, not the JVM's default G1: with two cores G1's
+        # concurrent threads and write barriers compete with the tasks. Measured
+        # here (same machine, one after the other): 56 feature, ingest and
+        # segment tests 312 s against 338 and 374 s with G1; the suite's default
+        # pipeline (10,000 users) 205.7 s against 218.8 s.
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j} -XX:+UseParallelGC",
     }
 
 
