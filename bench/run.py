@@ -21,6 +21,12 @@ timed runs are reported, the warm-up runs' seconds kept beside them:
   iteration (each library reports its own count). The detail adds the
   marginal cost of an iteration: (fit - the same fit stopped after one
   iteration) / (iterations - 1), which leaves out what every fit pays once.
+- segment_sweep: the segment stage's whole k sweep (K-means, `conf/local.yaml`'s
+  k range and restarts, a uniform sample of `segment.sweep_sample` users when
+  there are more, silhouette, Calinski-Harabasz, Davies-Bouldin, stability,
+  the choice, the refit on everyone) against scikit-learn running the same
+  sweep on the same vectors (`measure_sweep.py`); quality = the chosen k and
+  the kept model's WSSSE on every user (equal k, WSSSE within 1%).
 - als: MLlib ALS (implicit, rank 32, reg 0.05, alpha 5, 10 iterations, the
   recommend stage's time split) against `implicit`'s ALS with the same
   settings; quality = NDCG@10 of both on the same held-out items, scored by
@@ -91,7 +97,17 @@ ALS_RANK, ALS_REG, ALS_ALPHA, ALS_ITER = 32, 0.05, 5.0, 10
 # the peer runs at 10 (checked again at every size by the bench itself).
 PEER_ALS_ALPHA = 10.0
 TOP_N = 20
-ORDER = ["startup", "ingest", "features", "kmeans", "als", "recommend_all", "propensity", "uplift"]
+ORDER = [
+    "startup",
+    "ingest",
+    "features",
+    "kmeans",
+    "segment_sweep",
+    "als",
+    "recommend_all",
+    "propensity",
+    "uplift",
+]
 SAMPLE_USERS = 1_000
 
 
@@ -370,6 +386,44 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
                 (seconds, one_iter, [m.summary.numIter for m in fits]),
                 (peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]),
             ),
+        },
+    )
+
+
+def bench_segment_sweep(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
+    from measure_sweep import settings_of, sklearn_sweep, spark_sweep
+    from pyspark.ml.functions import vector_to_array
+
+    data, col = prepared_vectors(spark, lake, config)
+    users = data.count()
+    settings = settings_of(config)
+    with Peaks(jvm) as spark_mem:
+        seconds, result, warm = timed(lambda: spark_sweep(spark, data, col, settings), repeats)
+    arrow = data.select(vector_to_array(col).alias("v")).toArrow().column("v").combine_chunks()
+    x = arrow.values.to_numpy(zero_copy_only=False).reshape(len(arrow), -1)
+    with Peaks(None) as peer_mem:
+        peer_seconds, peer, peer_warm = timed(lambda: sklearn_sweep(x, settings), repeats)
+    return row(
+        "segment_sweep",
+        n_events,
+        seconds,
+        "scikit-learn",
+        peer_seconds,
+        quality={"k": result["k"], "wssse": round(result["wssse"], 1), "fits": result["fits"]},
+        peer_quality={"k": peer["k"], "wssse": round(peer["wssse"], 1), "fits": peer["fits"]},
+        equal_quality=result["k"] == peer["k"]
+        and abs(result["wssse"] - peer["wssse"]) <= 0.01 * peer["wssse"],
+        throughput=users / median(seconds),
+        throughput_unit="users/s",
+        mem=(spark_mem, peer_mem),
+        warmup=(warm, peer_warm),
+        detail={
+            "users": users,
+            "swept_users": min(users, settings.sweep_rows),
+            "ks": settings.ks,
+            "restarts": settings.restarts,
+            "sweep_rows": result["rows"],
+            "peer_sweep_rows": peer["rows"],
         },
     )
 
@@ -887,6 +941,8 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
             rows.append(bench_features(spark, lake, config, n_events, repeats, jvm))
         elif stage == "kmeans":
             rows.append(bench_kmeans(spark, lake, config, n_events, repeats, jvm))
+        elif stage == "segment_sweep":
+            rows.append(bench_segment_sweep(spark, lake, config, n_events, repeats, jvm))
         elif stage == "als":
             rows.extend(bench_als(spark, lake, config, n_events, repeats, jvm))
         elif stage == "propensity":
@@ -1007,7 +1063,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=os.environ.get("BENCH_SIZES", "1m,10m"))
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--stages", default="startup,ingest,features,kmeans,als,propensity,uplift")
+    parser.add_argument(
+        "--stages",
+        default="startup,ingest,features,kmeans,segment_sweep,als,propensity,uplift",
+    )
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
     args = parser.parse_args()
@@ -1041,7 +1100,8 @@ def main() -> None:
             spark_total = sum(
                 r["seconds"] * (ALS_ITER if r["stage"] == "als" else 1)
                 for r in size_rows
-                if r["stage"] != "kmeans"
+                # The sweep is K-means fits again: its single fit stands for it.
+                if r["stage"] not in ("kmeans", "segment_sweep")
             ) + sum(
                 r["seconds"] * median(r["quality"]["iterations"])
                 for r in size_rows

@@ -1,0 +1,166 @@
+"""The `segment_sweep` row of `make bench`: the segment stage's whole k sweep against
+scikit-learn running the same sweep on the same vectors.
+
+Spark side, as the stage runs it (`conf/local.yaml`'s segment settings, K-means
+only): the prepared vectors, a uniform sample of `segment.sweep_sample` users
+when the shop has more (`segment.sweep_sample`), every k of `k_min..k_max`
+with `restarts` seeded fits (lowest WSSSE kept), the silhouette on
+`silhouette_sample` rows, Calinski-Harabasz, Davies-Bouldin and the restarts'
+stability, the documented choice (`segment.choose`), then the chosen k fitted
+on every user when the sweep ran on a sample.
+
+Peer, on the same vectors as NumPy: the same sample size, k range, restarts
+(scikit-learn's Lloyd `KMeans`, k-means++, one init per seed, the same
+iteration cap) and indices from `sklearn.metrics` (silhouette on the same
+number of rows, squared Euclidean as Spark's `ClusteringEvaluator`;
+Calinski-Harabasz; Davies-Bouldin; the adjusted Rand index between the best
+restart and the others), the same choice rule on its rows, and the same refit.
+
+Equal quality: the same chosen k, and the kept model's WSSSE on every user
+within 1% of the peer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# Seeds of the stability fits on a sample start here above `seed`, as in `segment.sweep`.
+STABILITY_SEED_OFFSET = 1000
+
+
+@dataclass
+class SweepSettings:
+    ks: list[int]
+    restarts: int
+    seed: int
+    max_iter: int
+    init_steps: int
+    sweep_rows: int
+    silhouette_rows: int
+    stability_rows: int
+    min_stability: float
+    concurrent_fits: int
+    min_rows_per_partition: int
+
+
+def settings_of(config) -> SweepSettings:
+    conf = config.segment
+    return SweepSettings(
+        ks=list(range(conf.k_min, conf.k_max + 1)),
+        restarts=conf.restarts,
+        seed=conf.seed,
+        max_iter=conf.max_iter,
+        init_steps=conf.init_steps,
+        sweep_rows=conf.sweep_sample,
+        silhouette_rows=conf.silhouette_sample,
+        stability_rows=conf.stability_sample,
+        min_stability=conf.min_stability,
+        concurrent_fits=conf.concurrent_fits,
+        min_rows_per_partition=conf.min_rows_per_partition,
+    )
+
+
+def spark_sweep(spark, data, col: str, s: SweepSettings) -> dict:
+    """The stage's sweep, choice and refit on `data` (materialized prepared vectors)."""
+    from shopseg import segment as sg
+
+    users = data.count()
+    swept = sg.sweep_sample(
+        data, s.sweep_rows, users, s.seed + 2, spark.sparkContext.defaultParallelism,
+        s.min_rows_per_partition,
+    )  # fmt: skip
+    result = sg.sweep(
+        swept, algorithms=["kmeans"], ks=s.ks, seed=s.seed, restarts=s.restarts,
+        max_iter=s.max_iter, features_col=col, silhouette_rows=s.silhouette_rows,
+        stability_rows=s.stability_rows, init_steps=s.init_steps,
+        concurrent_fits=s.concurrent_fits,
+    )  # fmt: skip
+    chosen = sg.choose(result.rows, s.min_stability)
+    chosen.chosen = True
+    model = result.models[("kmeans", chosen.k)]
+    if swept is not data:
+        model = sg.refit(
+            data, chosen, seed=s.seed, restarts=s.restarts, max_iter=s.max_iter,
+            features_col=col, init_steps=s.init_steps,
+        )  # fmt: skip
+    return {
+        "k": chosen.k,
+        "wssse": float(model.summary.trainingCost),
+        "fits": result.fits + (s.restarts if swept is not data else 0),
+        "rows": [r.__dict__ for r in result.rows],
+    }
+
+
+def _fits(x: np.ndarray, k: int, seeds: range, max_iter: int):
+    from sklearn.cluster import KMeans
+
+    return [
+        KMeans(n_clusters=k, n_init=1, max_iter=max_iter, random_state=seed, algorithm="lloyd").fit(
+            x
+        )
+        for seed in seeds
+    ]
+
+
+def _rows(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
+    if len(x) <= rows:
+        return x
+    return x[np.random.default_rng(seed).choice(len(x), rows, replace=False)]
+
+
+def sklearn_sweep(x: np.ndarray, s: SweepSettings) -> dict:
+    """The same sweep, indices, choice and refit with scikit-learn on `x`."""
+    from sklearn import metrics
+    from sklearn.metrics import silhouette_score as silhouette
+
+    from shopseg import segment as sg
+
+    swept = _rows(x, s.sweep_rows, s.seed + 2)
+    sil_rows = _rows(swept, s.silhouette_rows, s.seed)
+    reuse = len(swept) <= s.stability_rows and s.restarts >= 2
+    stab_rows = swept if reuse else _rows(swept, s.stability_rows, s.seed + 1)
+    rows, fits = [], 0
+    for k in s.ks:
+        models = _fits(swept, k, range(s.seed, s.seed + s.restarts), s.max_iter)
+        best = min(models, key=lambda m: m.inertia_)
+        labels = best.labels_
+        if reuse:
+            stable = models
+        else:
+            offset = s.seed + STABILITY_SEED_OFFSET
+            stable = _fits(stab_rows, k, range(offset, offset + max(2, s.restarts)), s.max_iter)
+        fits += len(models) + (0 if reuse else len(stable))
+        stable_best = min(stable, key=lambda m: m.inertia_)
+        anchor = stable_best.predict(stab_rows)
+        stability = max(
+            (metrics.adjusted_rand_score(anchor, m.predict(stab_rows)))
+            for m in stable
+            if m is not stable_best
+        )
+        rows.append(
+            sg.SweepRow(
+                "kmeans",
+                k,
+                float(best.inertia_),
+                float(silhouette(sil_rows, best.predict(sil_rows), metric="sqeuclidean")),
+                float(metrics.calinski_harabasz_score(swept, labels)),
+                float(metrics.davies_bouldin_score(swept, labels)),
+                float(stability),
+                0.0,
+            )
+        )
+    chosen = sg.choose(rows, s.min_stability)
+    chosen.chosen = True
+    wssse = chosen.wssse
+    if len(swept) < len(x):
+        refits = _fits(x, chosen.k, range(s.seed, s.seed + s.restarts), s.max_iter)
+        wssse = float(min(m.inertia_ for m in refits))
+        fits += s.restarts
+    return {
+        "k": chosen.k,
+        "wssse": wssse,
+        "fits": fits,
+        "rows": [r.__dict__ for r in rows],
+    }
