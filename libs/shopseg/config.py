@@ -435,8 +435,9 @@ class SegmentConf:
     # k-means|| seeding rounds (Spark's default 2 is often stuck in a worse optimum).
     init_steps: int = 5
     # Fits per (algorithm, k) from different seeds; the lowest WSSSE is kept,
-    # and stability asks whether another restart finds the same solution.
-    restarts: int = 3
+    # and stability asks whether another restart finds the same solution
+    # (three were too few on other generator seeds: README, Segmentation).
+    restarts: int = 6
     # Restarts for bisecting K-means, whose result depends little on the seed
     # (stability 1.000 at every k <= 8 with 2 seeds on the default data);
     # null = `restarts`.
