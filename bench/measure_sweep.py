@@ -62,34 +62,22 @@ def settings_of(config) -> SweepSettings:
     )
 
 
-def spark_sweep(spark, data, col: str, s: SweepSettings) -> dict:
+def spark_sweep(data, col: str, s: SweepSettings) -> dict:
     """The stage's sweep, choice and refit on `data` (materialized prepared vectors)."""
     from shopseg import segment as sg
 
-    users = data.count()
-    swept = sg.sweep_sample(
-        data, s.sweep_rows, users, s.seed + 2, spark.sparkContext.defaultParallelism,
-        s.min_rows_per_partition,
+    done = sg.sweep_and_fit(
+        data, data.count(), sweep_rows=s.sweep_rows, min_stability=s.min_stability,
+        min_rows_per_partition=s.min_rows_per_partition, restarts=s.restarts,
+        algorithms=["kmeans"], ks=s.ks, seed=s.seed, max_iter=s.max_iter, features_col=col,
+        silhouette_rows=s.silhouette_rows, stability_rows=s.stability_rows,
+        init_steps=s.init_steps, concurrent_fits=s.concurrent_fits,
     )  # fmt: skip
-    result = sg.sweep(
-        swept, algorithms=["kmeans"], ks=s.ks, seed=s.seed, restarts=s.restarts,
-        max_iter=s.max_iter, features_col=col, silhouette_rows=s.silhouette_rows,
-        stability_rows=s.stability_rows, init_steps=s.init_steps,
-        concurrent_fits=s.concurrent_fits,
-    )  # fmt: skip
-    chosen = sg.choose(result.rows, s.min_stability)
-    chosen.chosen = True
-    model = result.models[("kmeans", chosen.k)]
-    if swept is not data:
-        model = sg.refit(
-            data, chosen, seed=s.seed, restarts=s.restarts, max_iter=s.max_iter,
-            features_col=col, init_steps=s.init_steps,
-        )  # fmt: skip
     return {
-        "k": chosen.k,
-        "wssse": float(model.summary.trainingCost),
-        "fits": result.fits + (s.restarts if swept is not data else 0),
-        "rows": [r.__dict__ for r in result.rows],
+        "k": done.chosen.k,
+        "wssse": float(done.model.summary.trainingCost),
+        "fits": done.sweep.fits + done.refits,
+        "rows": [r.__dict__ for r in done.sweep.rows],
     }
 
 

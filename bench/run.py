@@ -398,7 +398,7 @@ def bench_segment_sweep(spark, lake, config, n_events: int, repeats: int, jvm: i
     users = data.count()
     settings = settings_of(config)
     with Peaks(jvm) as spark_mem:
-        seconds, result, warm = timed(lambda: spark_sweep(spark, data, col, settings), repeats)
+        seconds, result, warm = timed(lambda: spark_sweep(data, col, settings), repeats)
     arrow = data.select(vector_to_array(col).alias("v")).toArrow().column("v").combine_chunks()
     x = arrow.values.to_numpy(zero_copy_only=False).reshape(len(arrow), -1)
     with Peaks(None) as peer_mem:

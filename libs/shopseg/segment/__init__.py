@@ -83,6 +83,7 @@ from shopseg.segment.profiles import (
 )
 from shopseg.segment.selection import (
     ClusterStats,
+    Segmentation,
     Sweep,
     SweepRow,
     adjusted_rand_index,
@@ -103,12 +104,14 @@ from shopseg.segment.selection import (
     silhouette,
     squared_distance,
     sweep,
+    sweep_and_fit,
     sweep_sample,
     with_distance,
 )
 
 __all__ = [
     "ClusterStats",
+    "Segmentation",
     "GONE",
     "IMPUTED",
     "LOG_PREFIX",
@@ -158,6 +161,7 @@ __all__ = [
     "split_tree",
     "squared_distance",
     "sweep",
+    "sweep_and_fit",
     "tree_leaves",
     "ward_tree",
     "with_distance",

@@ -405,6 +405,66 @@ def sweep(
     return Sweep(rows, models, time.perf_counter() - started, n_fits)
 
 
+@dataclass
+class Segmentation:
+    """A sweep, its chosen row and the model kept for it."""
+
+    sweep: Sweep
+    chosen: SweepRow
+    model: KMeansModel | BisectingKMeansModel = field(repr=False)
+    # Rows the sweep ran on (all of them unless a sample was drawn).
+    swept_rows: int
+    # Fits of the chosen (algorithm, k) on every row after a sampled sweep.
+    refits: int = 0
+
+
+def sweep_and_fit(
+    data: DataFrame,
+    rows: int,
+    *,
+    sweep_rows: int,
+    min_stability: float,
+    min_rows_per_partition: int,
+    restarts: int,
+    bisecting_restarts: int | None = None,
+    log=None,
+    **settings,
+) -> Segmentation:
+    """Sweep (on a uniform sample of `sweep_rows` when `data`'s `rows` are more),
+    choose by the rule, and keep the chosen model fitted on every row.
+
+    `settings` are `sweep`'s (algorithms, ks, seed, max_iter, features_col, ...).
+    """
+    seed, cores = settings["seed"], data.sparkSession.sparkContext.defaultParallelism
+    swept = sweep_sample(data, sweep_rows, rows, seed + 2, cores, min_rows_per_partition)
+    swept_rows = rows if swept is data else swept.count()
+    if log and swept is not data:
+        log.info("sweeping k on a uniform sample of %d of the %d rows", swept_rows, rows)
+    result = sweep(
+        swept, restarts=restarts, bisecting_restarts=bisecting_restarts, log=log, **settings
+    )
+    chosen = choose(result.rows, min_stability)
+    chosen.chosen = True
+    done = Segmentation(result, chosen, result.models[(chosen.algorithm, chosen.k)], swept_rows)
+    if swept is data:
+        return done
+    started = time.perf_counter()
+    done.refits = restarts
+    if chosen.algorithm == "bisecting" and bisecting_restarts is not None:
+        done.refits = bisecting_restarts
+    done.model = refit(
+        data, chosen, seed=seed, restarts=done.refits, max_iter=settings["max_iter"],
+        features_col=settings["features_col"], init_steps=settings.get("init_steps", 5),
+    )  # fmt: skip
+    if log:
+        log.info(
+            "%s k=%d fitted on all %d rows (%d restarts) in %.1fs: WSSSE %.1f",
+            chosen.algorithm, chosen.k, rows, done.refits, time.perf_counter() - started,
+            done.model.summary.trainingCost,
+        )  # fmt: skip
+    return done
+
+
 def elbow(ks: Sequence[int], costs: Sequence[float], candidates: Sequence[int]) -> int:
     """Kneedle: the candidate k whose normalised cost lies farthest below the chord.
 

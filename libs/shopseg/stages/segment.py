@@ -87,35 +87,26 @@ def _fit(
     if not ks:
         raise ValueError(f"{users} users are too few to segment with k >= {conf.k_min}")
     # k is chosen on a uniform sample of a large shop; only the chosen model sees everyone.
-    cores = ctx.spark.sparkContext.defaultParallelism
-    swept = sg.sweep_sample(
-        prepared, conf.sweep_sample, users, conf.seed + 2, cores, conf.min_rows_per_partition
-    )
-    swept_users = users
-    if swept is not prepared:
-        swept_users = swept.count()
-        ctx.log.info(
-            "sweeping k on a uniform sample of %d of the %d users (segment.sweep_sample)",
-            swept_users,
-            users,
-        )
-    result = sg.sweep(
-        swept,
+    done = sg.sweep_and_fit(
+        prepared,
+        users,
+        sweep_rows=conf.sweep_sample,
+        min_stability=conf.min_stability,
+        min_rows_per_partition=conf.min_rows_per_partition,
+        restarts=conf.restarts,
+        bisecting_restarts=conf.bisecting_restarts,
+        log=ctx.log,
         algorithms=conf.algorithms,
         ks=ks,
         seed=conf.seed,
-        restarts=conf.restarts,
-        bisecting_restarts=conf.bisecting_restarts,
         concurrent_fits=conf.concurrent_fits,
         max_iter=conf.max_iter,
         init_steps=conf.init_steps,
         features_col=features_col,
         silhouette_rows=conf.silhouette_sample,
         stability_rows=conf.stability_sample,
-        log=ctx.log,
     )
-    chosen = sg.choose(result.rows, conf.min_stability)
-    chosen.chosen = True
+    result, chosen, clusterer = done.sweep, done.chosen, done.model
     ctx.log.info(
         "sweep of %d fits in %.1fs; chosen %s k=%d (silhouette %.3f, stability %.3f)",
         result.fits,
@@ -125,25 +116,6 @@ def _fit(
         chosen.silhouette,
         chosen.stability,
     )
-    clusterer = result.models[(chosen.algorithm, chosen.k)]
-    if swept is not prepared:
-        started = time.perf_counter()
-        restarts = conf.restarts
-        if chosen.algorithm == "bisecting" and conf.bisecting_restarts is not None:
-            restarts = conf.bisecting_restarts
-        clusterer = sg.refit(
-            prepared, chosen, seed=conf.seed, restarts=restarts, max_iter=conf.max_iter,
-            features_col=features_col, init_steps=conf.init_steps,
-        )  # fmt: skip
-        ctx.log.info(
-            "%s k=%d fitted on all %d users (%d restarts) in %.1fs: WSSSE %.1f",
-            chosen.algorithm,
-            chosen.k,
-            users,
-            restarts,
-            time.perf_counter() - started,
-            clusterer.summary.trainingCost,
-        )
     for r in result.rows:
         ctx.run.log_metrics(
             {
@@ -161,7 +133,7 @@ def _fit(
             "algorithm": chosen.algorithm,
             "k": chosen.k,
             "users": users,
-            "sweep_users": swept_users,
+            "sweep_users": done.swept_rows,
             "features": [f.name for f in conf.features],
             "features_table_version": features_version,
             "as_of_date": as_of.isoformat(),
