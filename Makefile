@@ -15,7 +15,7 @@ run: check-java install
 test: check-java install
 	$(BIN)/pytest
 
-# The pipeline on a real cluster on this machine (tests/test_cluster.py, ~8
+# The pipeline on a real cluster on this machine (tests/test_cluster.py, ~6
 # minutes): Spark standalone, moto's S3, an MLflow server, started and stopped
 # by the tests.
 test-cluster: check-java install

@@ -30,7 +30,8 @@ environment and Spark properties; the jars a cluster needs), `servers`
 from shopseg.harness.base import (
     ACCESS_KEY,
     BUCKET,
-    JIT,
+    CODEGEN_FACTORY,
+    JVM_OPTIONS,
     REGION,
     SECRET_KEY,
     Harness,
@@ -48,7 +49,8 @@ from shopseg.harness.submit import library_zip, library_zip_path, submit, submit
 __all__ = [
     "ACCESS_KEY",
     "BUCKET",
-    "JIT",
+    "CODEGEN_FACTORY",
+    "JVM_OPTIONS",
     "REGION",
     "SECRET_KEY",
     "Harness",
