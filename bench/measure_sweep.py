@@ -4,14 +4,16 @@ scikit-learn running the same sweep on the same vectors.
 Spark side, as the stage runs it (`conf/local.yaml`'s segment settings, K-means
 only): the prepared vectors, a uniform sample of `segment.sweep_sample` users
 when the shop has more (`segment.sweep_sample`), every k of `k_min..k_max`
-with `restarts` seeded fits (lowest WSSSE kept), the silhouette on
+with `restarts` seeded fits and, with `seed_from_bisecting`, K-means started
+from bisecting K-means' centres (lowest WSSSE kept), the silhouette on
 `silhouette_sample` rows, Calinski-Harabasz, Davies-Bouldin and the restarts'
 stability, the documented choice (`segment.choose`), then the chosen k fitted
 on every user when the sweep ran on a sample.
 
 Peer, on the same vectors as NumPy: the same sample size, k range, restarts
 (scikit-learn's Lloyd `KMeans`, k-means++, one init per seed, the same
-iteration cap) and indices from `sklearn.metrics` (silhouette on the same
+iteration cap; scikit-learn's `BisectingKMeans` and `KMeans` from its
+centres for the bisecting start) and indices from `sklearn.metrics` (silhouette on the same
 number of rows, squared Euclidean as Spark's `ClusteringEvaluator`;
 Calinski-Harabasz; Davies-Bouldin; the adjusted Rand index between the best
 restart and the others), the same choice rule on its rows, and the same refit.
@@ -43,6 +45,7 @@ class SweepSettings:
     min_stability: float
     concurrent_fits: int
     min_rows_per_partition: int
+    seed_from_bisecting: bool
 
 
 def settings_of(config) -> SweepSettings:
@@ -59,6 +62,7 @@ def settings_of(config) -> SweepSettings:
         min_stability=conf.min_stability,
         concurrent_fits=conf.concurrent_fits,
         min_rows_per_partition=conf.min_rows_per_partition,
+        seed_from_bisecting=conf.seed_from_bisecting,
     )
 
 
@@ -72,6 +76,7 @@ def spark_sweep(data, col: str, s: SweepSettings) -> dict:
         algorithms=["kmeans"], ks=s.ks, seed=s.seed, max_iter=s.max_iter, features_col=col,
         silhouette_rows=s.silhouette_rows, stability_rows=s.stability_rows,
         init_steps=s.init_steps, concurrent_fits=s.concurrent_fits,
+        seed_from_bisecting=s.seed_from_bisecting,
     )  # fmt: skip
     return {
         "k": done.chosen.k,
@@ -90,6 +95,19 @@ def _fits(x: np.ndarray, k: int, seeds: range, max_iter: int):
         )
         for seed in seeds
     ]
+
+
+def _candidates(x: np.ndarray, k: int, s: SweepSettings) -> list:
+    """The seeded restarts, and K-means from bisecting K-means' centres when asked."""
+    from sklearn.cluster import BisectingKMeans, KMeans
+
+    models = _fits(x, k, range(s.seed, s.seed + s.restarts), s.max_iter)
+    if s.seed_from_bisecting:
+        bisecting = BisectingKMeans(n_clusters=k, random_state=s.seed, max_iter=s.max_iter)
+        centres = bisecting.fit(x).cluster_centers_
+        lloyd = KMeans(n_clusters=k, init=centres, n_init=1, max_iter=s.max_iter, algorithm="lloyd")
+        models.append(lloyd.fit(x))
+    return models
 
 
 def _rows(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
@@ -111,15 +129,17 @@ def sklearn_sweep(x: np.ndarray, s: SweepSettings) -> dict:
     stab_rows = swept if reuse else _rows(swept, s.stability_rows, s.seed + 1)
     rows, fits = [], 0
     for k in s.ks:
-        models = _fits(swept, k, range(s.seed, s.seed + s.restarts), s.max_iter)
+        models = _candidates(swept, k, s)
         best = min(models, key=lambda m: m.inertia_)
         labels = best.labels_
+        seeded = 2 if s.seed_from_bisecting else 0
         if reuse:
-            stable = models
+            # The k-means++ restarts, as the stage compares its k-means|| ones.
+            stable = models[: len(models) - (1 if seeded else 0)]
         else:
             offset = s.seed + STABILITY_SEED_OFFSET
             stable = _fits(stab_rows, k, range(offset, offset + max(2, s.restarts)), s.max_iter)
-        fits += len(models) + (0 if reuse else len(stable))
+        fits += s.restarts + seeded + (0 if reuse else len(stable))
         stable_best = min(stable, key=lambda m: m.inertia_)
         anchor = stable_best.predict(stab_rows)
         stability = max(
@@ -143,9 +163,9 @@ def sklearn_sweep(x: np.ndarray, s: SweepSettings) -> dict:
     chosen.chosen = True
     wssse = chosen.wssse
     if len(swept) < len(x):
-        refits = _fits(x, chosen.k, range(s.seed, s.seed + s.restarts), s.max_iter)
+        refits = _candidates(x, chosen.k, s)
         wssse = float(min(m.inertia_ for m in refits))
-        fits += s.restarts
+        fits += s.restarts + (2 if s.seed_from_bisecting else 0)
     return {
         "k": chosen.k,
         "wssse": wssse,

@@ -492,6 +492,55 @@ def test_a_concurrent_sweep_measures_what_the_sequential_one_does(spark):
     print(f"sweep of 8 fits: {one.seconds:.1f} s one at a time, {two.seconds:.1f} s two at once")
 
 
+def test_kmeans_from_given_centres_starts_there_and_keeps_the_lower_cost(spark, tmp_path):
+    """Three tight groups on a line, at 0, 10 and 20. Started with two centres in the
+    first group and one between the others, Lloyd's iterations stay in that poor
+    optimum, so the result shows the start was used; started near the groups,
+    they reach the groups. Costs are the WSSSE of the returned labels."""
+    from pyspark.ml.linalg import Vectors
+
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(c, 0.5, 300) for c in (0.0, 10.0, 20.0)])
+    df = sg.materialize_for_fitting(
+        spark.createDataFrame([(Vectors.dense([float(x)]),) for x in points], ["v"]), 2
+    )
+
+    def wssse(model) -> float:
+        labels = model.transform(df).select(sg.PREDICTION).toPandas()[sg.PREDICTION]
+        centres = np.array(model.clusterCenters())[labels.to_numpy(), 0]
+        return float(((points - centres) ** 2).sum())
+
+    poor = sg.kmeans_from_centers(df, [[-1.0], [1.0], [15.0]], max_iter=20, features_col="v")
+    got = sorted(c[0] for c in poor.clusterCenters())
+    assert got[0] < -0.2 and 0.2 < got[1] < 1.0 and abs(got[2] - 15.0) < 0.3, got
+    assert poor.summary.trainingCost == pytest.approx(wssse(poor), rel=1e-6)
+    assert poor.getK() == 3 and poor.getFeaturesCol() == "v"
+
+    good = sg.kmeans_from_centers(df, [[1.0], [9.0], [21.0]], max_iter=20, features_col="v")
+    assert np.allclose(sorted(c[0] for c in good.clusterCenters()), [0, 10, 20], atol=0.1)
+    assert good.summary.trainingCost == pytest.approx(wssse(good), rel=1e-6)
+    assert good.summary.trainingCost < poor.summary.trainingCost / 10
+    # The lower cost is kept, whichever start it came from.
+    assert sg.best_fit([poor, good]) is good
+    # It saves and loads as any spark.ml K-means model (the stage registers it).
+    from pyspark.ml.clustering import KMeansModel
+
+    good.write().overwrite().save(str(tmp_path / "seeded"))
+    loaded = KMeansModel.load(str(tmp_path / "seeded"))
+    assert np.allclose(loaded.clusterCenters(), good.clusterCenters())
+    assert loaded.getPredictionCol() == sg.PREDICTION and loaded.getK() == 3
+
+    # In the sweep, each K-means cell adds the bisecting start (two more fits).
+    settings = dict(
+        algorithms=["kmeans"], ks=[3], seed=7, restarts=2, max_iter=10, features_col="v",
+        silhouette_rows=10_000, stability_rows=10_000,
+    )  # fmt: skip
+    plain = sg.sweep(df, **settings)
+    seeded = sg.sweep(df, **settings, seed_from_bisecting=True)
+    assert (plain.fits, seeded.fits) == (2, 4)
+    assert seeded.rows[0].wssse <= plain.rows[0].wssse * (1 + 1e-9)
+
+
 def test_an_all_null_feature_is_named_in_the_error(spark):
     df = spark.createDataFrame([(1, None), (2, None)], "user_id long, views long")
     with pytest.raises(ValueError, match=r"\['views'\] have no values"):

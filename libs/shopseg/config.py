@@ -442,6 +442,9 @@ class SegmentConf:
     # (stability 1.000 at every k <= 8 with 2 seeds on the default data);
     # null = `restarts`.
     bisecting_restarts: int | None = 2
+    # One more K-means start per k: from bisecting K-means' centres at that k
+    # (k-means|| can miss an optimum bisecting finds; README, Segmentation).
+    seed_from_bisecting: bool = True
     seed: int = 42
     # Users the k sweep runs on: with more, k and the algorithm are chosen on a
     # uniform sample of this many (the sweep's cost stops growing with the

@@ -102,6 +102,7 @@ def _fit(
         concurrent_fits=conf.concurrent_fits,
         max_iter=conf.max_iter,
         init_steps=conf.init_steps,
+        seed_from_bisecting=conf.seed_from_bisecting,
         features_col=features_col,
         silhouette_rows=conf.silhouette_sample,
         stability_rows=conf.stability_sample,
