@@ -97,17 +97,16 @@ def _fits(x: np.ndarray, k: int, seeds: range, max_iter: int):
     ]
 
 
-def _candidates(x: np.ndarray, k: int, s: SweepSettings) -> list:
-    """The seeded restarts, and K-means from bisecting K-means' centres when asked."""
+def _bisecting_start(x: np.ndarray, k: int, s: SweepSettings) -> list:
+    """K-means from bisecting K-means' centres at `k`, when the stage fits it too."""
     from sklearn.cluster import BisectingKMeans, KMeans
 
-    models = _fits(x, k, range(s.seed, s.seed + s.restarts), s.max_iter)
-    if s.seed_from_bisecting:
-        bisecting = BisectingKMeans(n_clusters=k, random_state=s.seed, max_iter=s.max_iter)
-        centres = bisecting.fit(x).cluster_centers_
-        lloyd = KMeans(n_clusters=k, init=centres, n_init=1, max_iter=s.max_iter, algorithm="lloyd")
-        models.append(lloyd.fit(x))
-    return models
+    if not s.seed_from_bisecting:
+        return []
+    bisecting = BisectingKMeans(n_clusters=k, random_state=s.seed, max_iter=s.max_iter)
+    centres = bisecting.fit(x).cluster_centers_
+    lloyd = KMeans(n_clusters=k, init=centres, n_init=1, max_iter=s.max_iter, algorithm="lloyd")
+    return [lloyd.fit(x)]
 
 
 def _rows(x: np.ndarray, rows: int, seed: int) -> np.ndarray:
@@ -129,17 +128,17 @@ def sklearn_sweep(x: np.ndarray, s: SweepSettings) -> dict:
     stab_rows = swept if reuse else _rows(swept, s.stability_rows, s.seed + 1)
     rows, fits = [], 0
     for k in s.ks:
-        models = _candidates(swept, k, s)
-        best = min(models, key=lambda m: m.inertia_)
+        restarts = _fits(swept, k, range(s.seed, s.seed + s.restarts), s.max_iter)
+        seeded = _bisecting_start(swept, k, s)
+        best = min(restarts + seeded, key=lambda m: m.inertia_)
         labels = best.labels_
-        seeded = 2 if s.seed_from_bisecting else 0
         if reuse:
             # The k-means++ restarts, as the stage compares its k-means|| ones.
-            stable = models[: len(models) - (1 if seeded else 0)]
+            stable = restarts
         else:
             offset = s.seed + STABILITY_SEED_OFFSET
             stable = _fits(stab_rows, k, range(offset, offset + max(2, s.restarts)), s.max_iter)
-        fits += s.restarts + seeded + (0 if reuse else len(stable))
+        fits += s.restarts + sg.SEEDED_START_FITS * len(seeded) + (0 if reuse else len(stable))
         stable_best = min(stable, key=lambda m: m.inertia_)
         anchor = stable_best.predict(stab_rows)
         stability = max(
@@ -163,9 +162,10 @@ def sklearn_sweep(x: np.ndarray, s: SweepSettings) -> dict:
     chosen.chosen = True
     wssse = chosen.wssse
     if len(swept) < len(x):
-        refits = _candidates(x, chosen.k, s)
+        seeded = _bisecting_start(x, chosen.k, s)
+        refits = _fits(x, chosen.k, range(s.seed, s.seed + s.restarts), s.max_iter) + seeded
         wssse = float(min(m.inertia_ for m in refits))
-        fits += s.restarts + (2 if s.seed_from_bisecting else 0)
+        fits += s.restarts + sg.SEEDED_START_FITS * len(seeded)
     return {
         "k": chosen.k,
         "wssse": wssse,

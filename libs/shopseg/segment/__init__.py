@@ -82,6 +82,7 @@ from shopseg.segment.profiles import (
     ward_tree,
 )
 from shopseg.segment.selection import (
+    SEEDED_START_FITS,
     ClusterStats,
     Segmentation,
     Sweep,
@@ -112,6 +113,7 @@ from shopseg.segment.selection import (
 )
 
 __all__ = [
+    "SEEDED_START_FITS",
     "ClusterStats",
     "Segmentation",
     "GONE",

@@ -110,8 +110,7 @@ def kmeans_from_centers(
         f"KMeans_seeded_{id(fitted):x}", fitted
     )
     model = KMeansModel(java_model)
-    model._set(k=len(centers), maxIter=max_iter, featuresCol=features_col)
-    model._set(predictionCol=PREDICTION)
+    model._set(k=len(centers), maxIter=max_iter, featuresCol=features_col, predictionCol=PREDICTION)
     model._transfer_params_to_java()
     summary = jvm.org.apache.spark.ml.clustering.KMeansSummary(
         java_model.transform(data._jdf), PREDICTION, features_col, len(centers),
@@ -119,6 +118,10 @@ def kmeans_from_centers(
     )  # fmt: skip
     java_model.setSummary(jvm.scala.Some(summary))
     return model
+
+
+# Fits the bisecting start adds: bisecting K-means, then K-means from its centres.
+SEEDED_START_FITS = 2
 
 
 def seeded_from_bisecting(
@@ -467,8 +470,7 @@ def sweep(
                 max_iter=max_iter, features_col=features_col, init_steps=init_steps,
             )  # fmt: skip
             fitted = n + max(2, n)
-        # The bisecting fit and K-means from its centres.
-        fitted += 2 * len(extra)
+        fitted += SEEDED_START_FITS * len(extra)
         stability = reproducibility(stability_data, stable_fits, features_col)
         row = SweepRow(
             algorithm, k, stats.wssse, sil, stats.calinski_harabasz, stats.davies_bouldin,
@@ -545,8 +547,7 @@ def sweep_and_fit(
         features_col=settings["features_col"], init_steps=settings.get("init_steps", 5),
         seed_from_bisecting=seeded,
     )  # fmt: skip
-    # The restarts, and the bisecting fit and K-means from its centres.
-    done.refits = n + (2 if seeded else 0)
+    done.refits = n + (SEEDED_START_FITS if seeded else 0)
     if log:
         log.info(
             "%s k=%d fitted on all %d rows (%d fits) in %.1fs: WSSSE %.1f",
