@@ -26,6 +26,9 @@ setup(
         "pyarrow>=18",
         "numpy>=1.26",
         "pyyaml>=6",
+        # Configuration models (already a dependency of mlflow); field
+        # docstrings as schema descriptions came in 2.7.
+        "pydantic>=2.7,<3",
         "matplotlib>=3.8",
     ],
     extras_require={
@@ -48,6 +51,8 @@ setup(
             "boto3>=1.35",
             # The propensity tests check their metrics against scikit-learn's.
             "scikit-learn>=1.4",
+            # conf/*.yaml checked against the configuration's JSON Schema.
+            "jsonschema>=4",
         ],
         # `make bench`'s peers (DuckDB comes with dev).
         "bench": [

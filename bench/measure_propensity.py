@@ -30,7 +30,7 @@ def propensity_vectors(spark, lake, config):
     users = lake.read(t.BRONZE_USERS.name)
     features = lake.read(t.USER_FEATURES.name)
     as_of = latest(features, t.AS_OF_DATE)
-    target = PropensityTarget("purchase", 30)
+    target = PropensityTarget(kind="purchase", horizon_days=30)
     cuts = pr.plan_cutoffs(as_of, target.horizon_days, conf.cutoff_step_days, conf.training_cutoffs)
 
     def rows(cutoff):

@@ -152,3 +152,40 @@ def test_set_takes_text_values_as_written():
     assert parse_override("generate.users=10") == ("generate.users", 10)
     assert parse_override("segment.algorithms=[kmeans]") == ("segment.algorithms", ["kmeans"])
     assert parse_override("a.b='quoted #text'") == ("a.b", "quoted #text")
+
+
+def _as_json(value):
+    """A loaded YAML document as JSON sees it (dates as ISO text)."""
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    return value.isoformat() if isinstance(value, dt.date) else value
+
+
+def test_the_committed_schema_is_the_models_and_every_conf_file_meets_it(tmp_path: Path):
+    import json
+
+    import jsonschema
+    import yaml
+
+    from shopseg.cli import main
+
+    out = tmp_path / "schema.json"
+    assert main(["config-schema", "--output", str(out)]) == 0
+    committed = REPO / "conf" / "shopseg.schema.json"
+    assert out.read_text() == committed.read_text(), (
+        "conf/shopseg.schema.json is stale: shopseg config-schema --output conf/shopseg.schema.json"
+    )
+    validator = jsonschema.Draft202012Validator(json.loads(out.read_text()))
+    files = sorted(p for p in (REPO / "conf").glob("*.yaml") if p.name != "campaigns.yaml")
+    assert len(files) >= 5
+    for path in files:
+        text = path.read_text()
+        assert text.startswith("# yaml-language-server: $schema=shopseg.schema.json"), path.name
+        errors = [e.message for e in validator.iter_errors(_as_json(yaml.safe_load(text)))]
+        assert errors == [], (path.name, errors)
+    # What the loader refuses, the schema flags too (an editor shows it while typing).
+    bad = {"generate": {"users": "many", "userz": 5}, "segment": {"k_min": 1}}
+    flagged = {tuple(e.absolute_path) for e in validator.iter_errors(bad)}
+    assert flagged == {("generate", "users"), ("generate",), ("segment", "k_min")}

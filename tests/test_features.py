@@ -95,7 +95,7 @@ def test_recency_tenure_and_buyer_status_come_from_the_whole_history(spark):
     assert got[1].tenure_days == (AS_OF - dt.date(2024, 12, 20)).days
     assert got[1].frequency == 3, "counts stay windowed"
     cuts = fx.rfm_cuts(metrics, 0.0)
-    rules = [RfmRule(n, list(r), list(f)) for n, r, f in DEFAULT_RFM_RULES]
+    rules = [RfmRule(name=n, r=list(r), f=list(f)) for n, r, f in DEFAULT_RFM_RULES]
     scored = {r.user_id: r for r in fx.with_rfm_scores(metrics, cuts, rules, "Never").collect()}
     assert scored[7].rfm_segment not in ("Never", None)
     assert scored[2].rfm_segment == "Never"
@@ -226,7 +226,7 @@ def test_rfm_cuts_and_segments(spark):
     cuts = fx.rfm_cuts(users, 0.0)
     assert cuts["frequency"] == [2.0, 4.0, 6.0, 8.0]
     assert cuts["recency_days"] == [20.0, 40.0, 60.0, 80.0]
-    rules = [RfmRule(n, list(r), list(f)) for n, r, f in DEFAULT_RFM_RULES]
+    rules = [RfmRule(name=n, r=list(r), f=list(f)) for n, r, f in DEFAULT_RFM_RULES]
     scored = {r.user_id: r for r in fx.with_rfm_scores(users, cuts, rules, "Never").collect()}
     # user 1: most recent (R 5), least frequent (F 1) -> New
     assert (scored[1].r_score, scored[1].f_score, scored[1].rfm_segment) == (5, 1, "New")
@@ -252,7 +252,7 @@ def test_rfm_cuts_and_segments(spark):
     ],
 )
 def test_default_rfm_grid(spark, r, f, name):
-    rules = [RfmRule(n, list(rr), list(ff)) for n, rr, ff in DEFAULT_RFM_RULES]
+    rules = [RfmRule(name=n, r=list(rr), f=list(ff)) for n, rr, ff in DEFAULT_RFM_RULES]
     df = spark.createDataFrame(
         [(r, f, 1, 30)], "r_score int, f_score int, frequency long, recency_days int"
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 
 import pytest
@@ -64,7 +63,7 @@ def per_persona(shop) -> dict[str, dict]:
 
 def test_same_seed_same_data_any_partitioning(spark, shop):
     _, _, events = shop
-    other = dataclasses.replace(CONF, output_partitions=5)
+    other = CONF.model_copy(update={"output_partitions": 5})
     _, _, again = build(spark, other)
     assert again.rdd.getNumPartitions() != events.rdd.getNumPartitions()
     assert events.exceptAll(again).count() == 0
@@ -73,7 +72,7 @@ def test_same_seed_same_data_any_partitioning(spark, shop):
 
 def test_another_seed_other_data(spark, shop):
     _, _, events = shop
-    _, _, other = build(spark, dataclasses.replace(CONF, seed=8))
+    _, _, other = build(spark, CONF.model_copy(update={"seed": 8}))
     assert events.exceptAll(other).count() > 0.9 * events.count()
 
 
@@ -86,8 +85,8 @@ def test_the_same_shop_a_quarter_later_with_drift(spark, shop):
     users, _, events = shop
     shift = dt.timedelta(days=91)
     drift = DriftConf(share=0.4, date=CONF.end_date + dt.timedelta(days=1))
-    later = dataclasses.replace(
-        CONF, start_date=CONF.start_date + shift, end_date=CONF.end_date + shift, drift=drift
+    later = CONF.model_copy(
+        update=dict(start_date=CONF.start_date + shift, end_date=CONF.end_date + shift, drift=drift)
     )
     moved_users, _, moved = build(spark, later)
     drifted = moved_users.filter(g.DRIFTED).select(t.USER_ID)
@@ -189,7 +188,7 @@ def test_users_favour_their_taste_group(shop):
 
 def test_dirty_exports_carry_every_kind_of_dirt(spark, shop):
     users, items, events = shop
-    conf = dataclasses.replace(CONF, dirty_fraction=0.02)
+    conf = CONF.model_copy(update={"dirty_fraction": 0.02})
     lines = g.events_as_json_lines(events, conf).cache()
     n_events, n_lines = events.count(), lines.count()
     assert 1.01 * n_events < n_lines < 1.03 * n_events
@@ -204,7 +203,7 @@ def test_dirty_exports_carry_every_kind_of_dirt(spark, shop):
     assert parsed.filter(F.col(t.EVENT_TS) > F.lit("2100-01-01")).count() > 0
     assert parsed.filter(F.col(t.USER_ID).isNull() & F.col("_corrupt_record").isNull()).count() > 0
     assert parsed.select(t.EVENT_ID).distinct().count() < n_lines
-    clean = g.events_as_json_lines(events, dataclasses.replace(CONF, dirty_fraction=0.0))
+    clean = g.events_as_json_lines(events, CONF.model_copy(update={"dirty_fraction": 0.0}))
     assert clean.count() == n_events
     lines.unpersist()
     parsed.unpersist()
@@ -218,4 +217,4 @@ def test_dirty_exports_carry_every_kind_of_dirt(spark, shop):
 
 def test_too_few_items_is_refused(spark):
     with pytest.raises(ValueError, match="at least 200"):
-        g.build_items(spark, dataclasses.replace(CONF, items=50))
+        g.build_items(spark, CONF.model_copy(update={"items": 50}))

@@ -18,8 +18,8 @@ from shopseg.config import PropensityModel, PropensityTarget, RfmConf
 from .test_features import BRONZE, ts
 
 CUTOFF = dt.date(2025, 3, 1)
-PURCHASE_30 = PropensityTarget("purchase", 30)
-CHURN_30 = PropensityTarget("churn", 30, active_days=60)
+PURCHASE_30 = PropensityTarget(kind="purchase", horizon_days=30)
+CHURN_30 = PropensityTarget(kind="churn", horizon_days=30, active_days=60)
 PAST = [
     # user 1: bought in January and February (active buyer)
     (1, 1, 10, "purchase", ts("2025-01-10"), "a1", 1, 10.0, 0.0, None, None, "r1"),
@@ -92,11 +92,13 @@ def test_cutoffs_end_their_labels_by_the_snapshot():
 
 
 def test_model_grid_is_every_combination():
-    grid = pr.model_grid(PropensityModel("gbt", {"maxDepth": [3, 5], "maxIter": [10, 20]}))
+    grid = pr.model_grid(
+        PropensityModel(kind="gbt", params={"maxDepth": [3, 5], "maxIter": [10, 20]})
+    )
     assert sorted(tuple(sorted(g.items())) for g in grid) == [
         (("maxDepth", d), ("maxIter", i)) for d in (3, 5) for i in (10, 20)
     ]
-    assert pr.model_grid(PropensityModel("logistic", {})) == [{}]
+    assert pr.model_grid(PropensityModel(kind="logistic")) == [{}]
 
 
 @pytest.fixture(scope="module")

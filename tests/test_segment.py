@@ -129,9 +129,9 @@ def test_choose_uses_every_k_when_none_is_stable():
 # --------------------------------------------------------------------------- names
 
 RULES = [
-    SegmentName("High-value loyal", ["frequency", "avg_order_value"], [], "reward"),
-    SegmentName("Dormant", ["inactive_days"], [], "win back"),
-    SegmentName("New customers", [], ["tenure_days"], "onboard"),
+    SegmentName(name="High-value loyal", high=["frequency", "avg_order_value"], strategy="reward"),
+    SegmentName(name="Dormant", high=["inactive_days"], strategy="win back"),
+    SegmentName(name="New customers", low=["tenure_days"], strategy="onboard"),
 ]
 
 
@@ -428,7 +428,7 @@ def test_score_mode_without_a_registered_model_says_what_to_run(spark, lake_root
 def test_bisecting_splits_the_prepared_features_and_the_tree_is_read_back(spark, tmp_path):
     """Centred inputs make Spark's bisecting K-means return one cluster: guard against it."""
     df = spark.createDataFrame(planted_users(PLANTED_AS_OF), PLANTED_SCHEMA)
-    features = [SegmentFeature(f["name"], None, f["log"]) for f in FEATURES]
+    features = [SegmentFeature(name=f["name"], log=f["log"]) for f in FEATURES]
     prepared = sg.build_prep_pipeline(features, None).fit(df).transform(df).cache()
     model = sg.new_clusterer("bisecting", 4, 1, 20, sg.SCALED).fit(prepared)
     scored = model.transform(prepared)
@@ -469,7 +469,7 @@ def test_bisecting_splits_the_prepared_features_and_the_tree_is_read_back(spark,
 def test_a_concurrent_sweep_measures_what_the_sequential_one_does(spark):
     """Cells fitted side by side on threads: the same rows, in sweep order, and the same models."""
     df = spark.createDataFrame(planted_users(PLANTED_AS_OF), PLANTED_SCHEMA)
-    features = [SegmentFeature(f["name"], None, f["log"]) for f in FEATURES]
+    features = [SegmentFeature(name=f["name"], log=f["log"]) for f in FEATURES]
     prepared = sg.materialize_for_fitting(
         sg.build_prep_pipeline(features, None).fit(df).transform(df).select(sg.SCALED), 1
     )
@@ -544,7 +544,7 @@ def test_kmeans_from_given_centres_starts_there_and_keeps_the_lower_cost(spark, 
 def test_an_all_null_feature_is_named_in_the_error(spark):
     df = spark.createDataFrame([(1, None), (2, None)], "user_id long, views long")
     with pytest.raises(ValueError, match=r"\['views'\] have no values"):
-        sg.check_feature_coverage(df, [SegmentFeature("views", None, True)])
+        sg.check_feature_coverage(df, [SegmentFeature(name="views", log=True)])
 
 
 def test_rules_keep_the_tightest_bound_per_feature():

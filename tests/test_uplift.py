@@ -33,9 +33,9 @@ def _experiment(n: int, seed: int) -> pd.DataFrame:
 
 
 FEATURES = [
-    SegmentFeature("is_a", "CASE WHEN grp = 'a' THEN 1.0 ELSE 0.0 END"),
-    SegmentFeature("is_c", "CASE WHEN grp = 'c' THEN 1.0 ELSE 0.0 END"),
-    SegmentFeature("noise"),
+    SegmentFeature(name="is_a", expr="CASE WHEN grp = 'a' THEN 1.0 ELSE 0.0 END"),
+    SegmentFeature(name="is_c", expr="CASE WHEN grp = 'c' THEN 1.0 ELSE 0.0 END"),
+    SegmentFeature(name="noise"),
 ]
 
 
@@ -115,8 +115,8 @@ def test_the_planted_effect_follows_the_first_matching_rule_and_stays_a_probabil
         "user_id long, persona string, mean_rating double, frequency long",
     )
     rules = [
-        UpliftRule("put_off", "mean_rating < 3", -0.5),
-        UpliftRule("anyway", "frequency >= 8", 0.0),
+        UpliftRule(name="put_off", where="mean_rating < 3", lift=-0.5),
+        UpliftRule(name="anyway", where="frequency >= 8", lift=0.0),
     ]
     got = {
         r.user_id: (r.uplift_group, round(r.planted_uplift, 9))

@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from shopseg.config import ConfigError, ShopsegError, load_config
+from shopseg.config import ConfigError, ShopsegError, json_schema, load_config
 from shopseg.logs import setup_logging
 from shopseg.pipeline import STAGES, parse_stages
 
@@ -90,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
             "users' totals and gold/user_segments_current (conf `stream`)",
         )
     )
+    schema = sub.add_parser(
+        "config-schema",
+        help="print the JSON Schema of a configuration file (editors validate conf/*.yaml with it)",
+    )
+    schema.add_argument("--output", default=None, help="write it to this file instead")
     cluster = sub.add_parser(
         "cluster",
         help="a local cluster (Spark standalone, S3 store, MLflow server): up, run, down",
@@ -144,6 +149,18 @@ def _cluster(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_schema(output: str | None) -> int:
+    import json
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        print(text, end="")
+    else:
+        with open(output, "w", encoding="utf-8") as out:
+            out.write(text)
+    return 0
+
+
 def _stream(config) -> int:
     from shopseg import stream
 
@@ -161,6 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "cluster":
         return _cluster(args)
+    if args.command == "config-schema":
+        return _config_schema(args.output)
     try:
         overrides = list(args.overrides)
         if getattr(args, "dry_run", False):

@@ -11,7 +11,6 @@ The same stage code runs under `shopseg run`, `shopseg <stage>` and
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import time
 import uuid
@@ -340,9 +339,7 @@ def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
 
 
 def _plain(section: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return json.loads(json.dumps(asdict(section), default=str))
+    return section.model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------- summary

@@ -82,7 +82,7 @@ def experiment_features(
     for column, kind in conf.features.items():
         quoted = f"`{column}`"
         if kind == "numeric":
-            features.append(SegmentFeature(_slug(column), f"CAST({quoted} AS DOUBLE)"))
+            features.append(SegmentFeature(name=_slug(column), expr=f"CAST({quoted} AS DOUBLE)"))
             continue
         top = (
             rows.groupBy(F.col(column).cast("string").alias("v"))
@@ -99,14 +99,14 @@ def experiment_features(
             text = _sql_text(v)
             features.append(
                 SegmentFeature(
-                    f"{_slug(column)}_{_slug(v)}",
-                    f"CASE WHEN CAST({quoted} AS STRING) = '{text}' THEN 1.0 ELSE 0.0 END",
+                    name=f"{_slug(column)}_{_slug(v)}",
+                    expr=f"CASE WHEN CAST({quoted} AS STRING) = '{text}' THEN 1.0 ELSE 0.0 END",
                 )
             )
         features.append(
             SegmentFeature(
-                f"{_slug(column)}_other",
-                f"CASE WHEN CAST({quoted} AS STRING) IN ({literals}) THEN 0.0 ELSE 1.0 END",
+                name=f"{_slug(column)}_other",
+                expr=f"CASE WHEN CAST({quoted} AS STRING) IN ({literals}) THEN 0.0 ELSE 1.0 END",
             )
         )
     return features, kept
