@@ -200,3 +200,30 @@ def test_concurrently_raises_the_first_error_and_starts_nothing_after_it():
     assert started == [1, 2]
     with pytest.raises(ValueError, match="item 2"):
         concurrently(call, [1, 2, 3, 4, 5, 6, 7, 8], 2)
+
+
+def test_checkpoints_stay_with_the_executors_in_local_mode_and_go_to_the_folder_on_a_cluster(
+    spark, tmp_path_factory
+):
+    from pathlib import Path
+
+    from shopseg.spark import CHECKPOINTS, checkpoint_mode, checkpointed, session_conf
+
+    assert checkpoint_mode("auto", "local[2]") == "local"
+    assert checkpoint_mode("auto", "spark://127.0.0.1:7077") == "reliable"
+    assert checkpoint_mode("local", "spark://127.0.0.1:7077") == "local"
+    assert checkpoint_mode("reliable", "local[2]") == "reliable"
+    sc = spark.sparkContext
+    if sc.getCheckpointDir() is None:
+        sc.setCheckpointDir(str(tmp_path_factory.mktemp("checkpoints")))
+    folder = Path(sc.getCheckpointDir().removeprefix("file:"))
+    df = spark.range(1000).withColumn("square", F.col("id") * F.col("id"))
+    written = {}
+    for mode in ("local", "reliable"):
+        before = set(folder.rglob("part-*"))
+        with session_conf(spark, {CHECKPOINTS: mode}):
+            out = checkpointed(df)
+        assert out.agg(F.sum("square")).first()[0] == sum(i * i for i in range(1000))
+        written[mode] = len(set(folder.rglob("part-*")) - before)
+    assert written["local"] == 0
+    assert written["reliable"] > 0

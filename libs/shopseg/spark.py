@@ -331,19 +331,36 @@ def get_spark(
         if settings.shuffle_partitions:
             spark.conf.set("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
     apply_session_settings(spark, settings)
+    spark.conf.set(CHECKPOINTS, checkpoint_mode(settings.checkpoints, master))
     sc = spark.sparkContext
     if settings.checkpoint_dir and sc.getCheckpointDir() is None:
         sc.setCheckpointDir(settings.checkpoint_dir)
     return spark
 
 
+# The session's checkpoint mode (`spark.checkpoints`), as `get_spark` resolved it.
+CHECKPOINTS = "spark.shopseg.checkpoints"
+
+
+def checkpoint_mode(configured: str, master: str) -> str:
+    """`reliable` or `local`: `auto` is local in local mode, where one JVM holds every
+    executor and a reliable checkpoint only adds a write and a read."""
+    if configured != "auto":
+        return configured
+    return "local" if is_local_master(master) else "reliable"
+
+
 def checkpointed(df: DataFrame) -> DataFrame:
     """`df` computed once, with its lineage cut, without being persisted (cached).
 
-    A reliable checkpoint when the SparkContext has a checkpoint directory
-    (survives a lost executor), else a local one.
+    A reliable checkpoint (survives a lost executor) when the session's mode
+    (`CHECKPOINTS`, default reliable) says so and the SparkContext has a
+    checkpoint directory; else a local one, kept by the executors.
     """
-    if df.sparkSession.sparkContext.getCheckpointDir():
+    spark = df.sparkSession
+    if spark.conf.get(CHECKPOINTS, "reliable") == "reliable" and (
+        spark.sparkContext.getCheckpointDir()
+    ):
         return df.checkpoint(eager=True)
     return df.localCheckpoint(eager=True)
 

@@ -57,6 +57,13 @@ class SparkConf(Section):
     shuffle_partitions: Positive | None = None
     """Shuffle partitions in local mode; default is four times the local cores."""
     checkpoint_dir: PathStr | None = None
+    checkpoints: Literal["auto", "reliable", "local"] = "auto"
+    """How intermediate results are materialized before iterative fits (their lineage cut):
+    reliable: written to checkpoint_dir (survives a lost executor; on object storage a
+    write, a copy and a read per partition); local: kept by the executors (fast, but losing
+    an executor mid-stage fails the stage, to be rerun); auto: local in local mode (one JVM,
+    nothing to survive), reliable on a cluster. ALS checkpoints to checkpoint_dir either way.
+    """
     time_zone: str = "UTC"
     """Session time zone, set on every master (a cluster's own zone would move events to
     another day in to_date).
