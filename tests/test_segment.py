@@ -539,6 +539,20 @@ def test_kmeans_from_given_centres_starts_there_and_keeps_the_lower_cost(spark, 
     seeded = sg.sweep(df, **settings, seed_from_bisecting=True)
     assert (plain.fits, seeded.fits) == (2, 4)
     assert seeded.rows[0].wssse <= plain.rows[0].wssse * (1 + 1e-9)
+    # With bisecting swept too, its first restart is the K-means cell's bisecting
+    # start: one fit fewer per k, on one thread or two, and the same rows.
+    both = dict(settings, algorithms=["kmeans", "bisecting"], ks=[2, 3])
+    one, two = (sg.sweep(df, **both, seed_from_bisecting=True, concurrent_fits=n) for n in (1, 2))
+    assert one.fits == two.fits == 2 * (2 + 1 + 2)
+    alone = [sg.sweep(df, **dict(both, ks=[k]), seed_from_bisecting=True) for k in (2, 3)]
+    assert [r.wssse for r in one.rows] == pytest.approx([r.wssse for r in two.rows])
+    assert [r.wssse for r in one.rows if r.algorithm == "kmeans"] == pytest.approx(
+        [a.rows[0].wssse for a in alone]
+    )
+    for k in (2, 3):
+        start = sg.seeded_from_bisecting(df, k, seed=7, max_iter=10, features_col="v")
+        row = next(r for r in one.rows if (r.algorithm, r.k) == ("kmeans", k))
+        assert row.wssse <= start.summary.trainingCost * (1 + 1e-9)
 
 
 def test_an_all_null_feature_is_named_in_the_error(spark):

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import collections
 import math
+import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from pyspark.ml.clustering import BisectingKMeansModel, KMeansModel
 from pyspark.ml.evaluation import ClusteringEvaluator
@@ -22,7 +24,9 @@ from shopseg.segment.fitting import (
     best_fit,
     fit_restarts,
     fitting_partitions,
+    kmeans_from_centers,
     materialize_for_fitting,
+    new_clusterer,
     seeded_from_bisecting,
 )
 from shopseg.segment.prepare import PREDICTION
@@ -268,10 +272,12 @@ def sweep(
     extra fitting); otherwise `max(2, restarts)` more fits run on the sample
     (seeds from seed+1000).
 
-    With `seed_from_bisecting` each K-means cell also fits bisecting K-means
-    at its k and runs K-means from those centres (`seeded_from_bisecting`), a
-    candidate for the lowest WSSSE beside the seeded restarts; stability
-    still compares the k-means|| restarts (does a random start find it again?).
+    With `seed_from_bisecting` each K-means cell also runs K-means from
+    bisecting K-means' centres at its k (`kmeans_from_centers`), a candidate
+    for the lowest WSSSE beside the seeded restarts; stability still compares
+    the k-means|| restarts (does a random start find it again?). That
+    bisecting fit (seed `seed`) is also the bisecting cell's first restart
+    when bisecting is swept: fitted once, by whichever cell comes first.
 
     The (algorithm, k) cells are independent: `concurrent_fits` of them run
     at once (`spark.concurrently`), their rows returned in sweep order.
@@ -297,35 +303,49 @@ def sweep(
             stab_sample = drawn(stability_rows, seed + 1)
         cells += [(algorithm, k, None if reuse else stab_sample) for k in ks]
 
+    bisecting_at = _Once(
+        lambda k: new_clusterer("bisecting", k, seed, max_iter, features_col).fit(data)
+    )
+
     def measure(cell) -> tuple[SweepRow, KMeansModel | BisectingKMeansModel, int]:
         algorithm, k, stability_data = cell
         n = per_algorithm[algorithm]
         fit_started = time.perf_counter()
-        fits = fit_restarts(
-            data, algorithm, k, seed=seed, restarts=n, max_iter=max_iter,
-            features_col=features_col, init_steps=init_steps,
-        )  # fmt: skip
+        fitted = 0
+        if algorithm == "bisecting":
+            # Its first restart (seed) is the K-means cell's bisecting start: fitted once.
+            first, fitted = bisecting_at(k)
+            fits = [first] + fit_restarts(
+                data, algorithm, k, seed=seed + 1, restarts=n - 1, max_iter=max_iter,
+                features_col=features_col,
+            )  # fmt: skip
+        else:
+            fits = fit_restarts(
+                data, algorithm, k, seed=seed, restarts=n, max_iter=max_iter,
+                features_col=features_col, init_steps=init_steps,
+            )  # fmt: skip
         fit_seconds = (time.perf_counter() - fit_started) / n
         extra = []
         if seed_from_bisecting and algorithm == "kmeans":
+            start, computed = bisecting_at(k)
+            centers = [list(c) for c in start.clusterCenters()]
             extra = [
-                seeded_from_bisecting(
-                    data, k, seed=seed, max_iter=max_iter, features_col=features_col
-                )
+                kmeans_from_centers(data, centers, max_iter=max_iter, features_col=features_col)
             ]
+            fitted += 1 + computed
         model = best_fit([*fits, *extra])
         centers = [list(c) for c in model.clusterCenters()]
         stats = cluster_stats(model.transform(data), centers, features_col)
         sil = silhouette(model.transform(sil_sample), features_col)
+        fitted += n - (algorithm == "bisecting")
         if stability_data is None:
-            stability_data, stable_fits, fitted = data, fits, n
+            stability_data, stable_fits = data, fits
         else:
             stable_fits = fit_restarts(
                 stability_data, algorithm, k, seed=seed + 1000, restarts=max(2, n),
                 max_iter=max_iter, features_col=features_col, init_steps=init_steps,
             )  # fmt: skip
-            fitted = n + max(2, n)
-        fitted += SEEDED_START_FITS * len(extra)
+            fitted += max(2, n)
         stability = reproducibility(stability_data, stable_fits, features_col)
         row = SweepRow(
             algorithm, k, stats.wssse, sil, stats.calinski_harabasz, stats.davies_bouldin,
@@ -346,6 +366,29 @@ def sweep(
         models[(row.algorithm, row.k)] = model
         n_fits += fitted
     return Sweep(rows, models, time.perf_counter() - started, n_fits)
+
+
+class _Once:
+    """`fn(k)` computed once per k, whichever thread asks first; the others wait for it.
+
+    Returns the value and 1 for the call that computed it, 0 for the others
+    (fits are counted where they ran).
+    """
+
+    def __init__(self, fn: Callable[[int], Any]):
+        self.fn = fn
+        self.guard = threading.Lock()
+        self.locks: dict[int, threading.Lock] = {}
+        self.values: dict[int, Any] = {}
+
+    def __call__(self, k: int) -> tuple[Any, int]:
+        with self.guard:
+            lock = self.locks.setdefault(k, threading.Lock())
+        with lock:
+            if k in self.values:
+                return self.values[k], 0
+            self.values[k] = self.fn(k)
+            return self.values[k], 1
 
 
 @dataclass
