@@ -11,11 +11,13 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
 
 from shopseg.config.base import (
     LAKEHOUSE_ROOT,
     PATH,
     ConfigError,
+    Problem,
     Section,
     _is_section,
     _unwrap,
@@ -89,8 +91,7 @@ class Config(Section):
             for col, spec in src.columns.items():
                 key = f"sources.{name}.columns.{col}"
                 if col in seen and seen[col][0] != spec.type:
-                    check(
-                        False,
+                    raise Problem(
                         f"{key}.type",
                         f"{spec.type} conflicts with {seen[col][1]} ({seen[col][0]}); "
                         f"sources feeding {src.table} must agree",
@@ -131,7 +132,7 @@ def _field_type_at(path: list[str]) -> tuple[Any, list[str], bool, bool]:
             info = base.model_fields.get(part)
             if info is None:
                 raise KeyError(".".join(out + [part]))
-            is_path = PATH in info.metadata or PATH in _unwrap(info.annotation)[1]
+            is_path = _is_path(info)
             tp = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
         elif typing.get_origin(base) is dict:
             vtype = typing.get_args(base)[1]
@@ -146,11 +147,16 @@ def _field_type_at(path: list[str]) -> tuple[Any, list[str], bool, bool]:
     return tp, out, is_path, False
 
 
+def _is_path(info: FieldInfo) -> bool:
+    """A field marked `PathStr` (alone or `| None`): a local path to resolve."""
+    return PATH in info.metadata or PATH in _unwrap(info.annotation)[1]
+
+
 def _check_override(text: str, value: Any, tp: Any, norm: list[str]) -> None:
     """Validate one `--set` value alone, so its error names the argument."""
     base, _ = _unwrap(tp)
     try:
-        if _is_section(base) and not isinstance(value, type(None)):
+        if _is_section(base) and value is not None:
             base.model_validate(value)
         else:
             TypeAdapter(tp, config=ConfigDict(strict=True)).validate_python(value)
@@ -167,8 +173,7 @@ def _resolve_paths(raw: Any, tp: Any, base: Path) -> Any:
         for name, info in tp.model_fields.items():
             if name not in raw:
                 continue
-            marked = PATH in info.metadata or PATH in _unwrap(info.annotation)[1]
-            if marked and isinstance(raw[name], str):
+            if _is_path(info) and isinstance(raw[name], str):
                 raw[name] = resolve_path(raw[name], base)
             else:
                 raw[name] = _resolve_paths(raw[name], info.annotation, base)

@@ -16,6 +16,7 @@ from shopseg.config.base import (
     NonNegative,
     PathStr,
     Positive,
+    Problem,
     Section,
     Share,
     TextMap,
@@ -301,12 +302,11 @@ class SourceConf(Section):
             try:
                 codec = codecs.lookup(self.encoding)
             except LookupError:
-                check(
-                    False,
+                raise Problem(
                     "encoding",
                     f"unknown character set {self.encoding!r} "
                     "(e.g. UTF-8, ISO-8859-1, windows-1252)",
-                )
+                ) from None
             # Lines are split on the bytes of \n before decoding.
             check(
                 "a\n".encode(codec.name) == b"a\n",

@@ -311,19 +311,20 @@ def sweep(
         algorithm, k, stability_data = cell
         n = per_algorithm[algorithm]
         fit_started = time.perf_counter()
-        fitted = 0
         if algorithm == "bisecting":
             # Its first restart (seed) is the K-means cell's bisecting start: fitted once.
-            first, fitted = bisecting_at(k)
+            first, computed = bisecting_at(k)
             fits = [first] + fit_restarts(
                 data, algorithm, k, seed=seed + 1, restarts=n - 1, max_iter=max_iter,
                 features_col=features_col,
             )  # fmt: skip
+            fitted = computed + n - 1
         else:
             fits = fit_restarts(
                 data, algorithm, k, seed=seed, restarts=n, max_iter=max_iter,
                 features_col=features_col, init_steps=init_steps,
             )  # fmt: skip
+            fitted = n
         fit_seconds = (time.perf_counter() - fit_started) / n
         extra = []
         if seed_from_bisecting and algorithm == "kmeans":
@@ -337,7 +338,6 @@ def sweep(
         centers = [list(c) for c in model.clusterCenters()]
         stats = cluster_stats(model.transform(data), centers, features_col)
         sil = silhouette(model.transform(sil_sample), features_col)
-        fitted += n - (algorithm == "bisecting")
         if stability_data is None:
             stability_data, stable_fits = data, fits
         else:
