@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
@@ -53,11 +54,21 @@ def test_jars_pyspark_already_has_stay_off_the_class_path(tmp_path):
 
 
 def test_up_refuses_a_busy_port_before_starting_anything(tmp_path):
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
+    # Every port of this harness is its own, none of the defaults: a cluster
+    # already up here (`make cluster-up`, the cluster module) holds those.
+    with ExitStack() as held:
+        ports = []
+        for _ in range(6):
+            sock = held.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        busy = sock
         busy.listen()
-        port = busy.getsockname()[1]
-        h = harness.Harness(tmp_path / "cluster", ports=harness.Ports(s3=port))
+        port = ports[-1]
+        h = harness.Harness(
+            tmp_path / "cluster",
+            ports=harness.Ports(ports[0], ports[1], (ports[2], ports[3]), ports[4], port),
+        )
         with pytest.raises(harness.HarnessError, match=f"port\\(s\\) {port} on 127.0.0.1"):
             harness.up(h)
     assert not h.state_file.exists() and not (tmp_path / "cluster" / "logs").exists()
