@@ -61,7 +61,10 @@ local mode the executors run inside it), `peer_peak_mb` this process's peak
 during the peer; each peak is reset before each stage (/proc/PID/clear_refs).
 
 Results: `bench/results/latest.json` (one object per stage and size) and
-the table between the markers of `docs/benchmarks.md`.
+the table between the markers of `docs/benchmarks.md`, both rewritten as
+each stage finishes: a long run (50M events, under `timeout`) that is
+stopped, or a stage that fails (logged with its traceback; the next stage
+still runs, the run then exits non-zero), keeps every row measured before.
 """
 
 from __future__ import annotations
@@ -76,7 +79,9 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -918,7 +923,18 @@ def row(
 # --------------------------------------------------------------------------- one size
 
 
+ROW = "BENCH-ROW "
+
+
+def emit(row: dict) -> None:
+    """Hand one finished row to the parent process (`main`) at once."""
+    print(ROW + json.dumps(row), flush=True)
+
+
 def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
+    """Every stage of `stages` on the size's lakehouse; each row is `emit`ted as
+    its stage finishes, so a run stopped later (a timeout, a failing stage)
+    keeps what it measured."""
     from shopseg import tables as t
     from shopseg.config import load_config
     from shopseg.delta import Lakehouse
@@ -932,40 +948,44 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
     lake = Lakehouse(spark, config.lakehouse.root)
     n_events = lake.row_count(t.SILVER_EVENTS.name)
     log(f"{size}: {n_events} events in {root}")
+    measures = {
+        "ingest": bench_ingest,
+        "features": bench_features,
+        "kmeans": bench_kmeans,
+        "segment_sweep": bench_segment_sweep,
+        "als": bench_als,
+        "propensity": bench_propensity,
+        "uplift": bench_uplift,
+    }
     rows: list[dict] = []
+    failed: list[str] = []
     for stage in stages:
-        started = time.perf_counter()
-        if stage == "ingest":
-            rows.append(bench_ingest(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "features":
-            rows.append(bench_features(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "kmeans":
-            rows.append(bench_kmeans(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "segment_sweep":
-            rows.append(bench_segment_sweep(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "als":
-            rows.extend(bench_als(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "propensity":
-            rows.append(bench_propensity(spark, lake, config, n_events, repeats, jvm))
-        elif stage == "uplift":
-            rows.append(bench_uplift(spark, lake, config, n_events, repeats, jvm))
-        else:
+        if stage not in measures:
             continue
-        for r in rows:
-            if r["size"] == n_events and "logged" not in r:
-                r["logged"] = True
-                log(
-                    f"{size} {r['stage']}: {r['seconds']} s vs {r['peer']} "
-                    f"{r['peer_seconds']} s (ratio {r['ratio']}), quality {r['quality']} vs "
-                    f"{r['peer_quality']}"
-                )
+        started = time.perf_counter()
+        try:
+            result = measures[stage](spark, lake, config, n_events, repeats, jvm)
+        except Exception:
+            # One stage failing (memory at 50M, a peer missing) does not cost
+            # the others their results.
+            log(f"{size} {stage} failed after {time.perf_counter() - started:.0f} s:")
+            traceback.print_exc(file=sys.stderr)
+            failed.append(stage)
+            continue
+        for r in result if isinstance(result, list) else [result]:
+            if build_seconds is not None:
+                r["lakehouse_build_seconds"] = round(build_seconds, 1)
+            log(
+                f"{size} {r['stage']}: {r['seconds']} s vs {r['peer']} "
+                f"{r['peer_seconds']} s (ratio {r['ratio']}), quality {r['quality']} vs "
+                f"{r['peer_quality']}"
+            )
+            emit(r)
+            rows.append(r)
         log(f"{size} {stage} done in {time.perf_counter() - started:.0f} s")
-    if build_seconds is not None:
-        for r in rows:
-            r["lakehouse_build_seconds"] = round(build_seconds, 1)
     spark.stop()
-    for r in rows:
-        r.pop("logged", None)
+    if failed:
+        log(f"{size}: {', '.join(failed)} failed; the other stages' rows are recorded")
     return rows
 
 
@@ -983,21 +1003,23 @@ def machine() -> dict:
         ),
         platform.processor(),
     )
-    import duckdb
-    import implicit
-    import pyspark
-    import sklearn
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
 
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
         "python": platform.python_version(),
-        "spark": pyspark.__version__,
-        "duckdb": duckdb.__version__,
-        "scikit_learn": sklearn.__version__,
-        "implicit": implicit.__version__,
-        "numpy": np.__version__,
+        "spark": version("pyspark"),
+        "duckdb": version("duckdb"),
+        "scikit_learn": version("scikit-learn"),
+        "implicit": version("implicit"),
+        "numpy": version("numpy"),
         "date": dt.date.today().isoformat(),
     }
 
@@ -1076,11 +1098,12 @@ def main() -> None:
         parser.error(f"unknown size(s) {unknown}; choose from {list(SIZES)}")
     stages = [s.strip() for s in args.stages.split(",")]
 
+    out, docs = Path(args.out), Path(args.docs)
     startup = startup_seconds(args.repeats) if "startup" in stages else None
-    rows: list[dict] = []
+    failed_sizes = []
     for size in sizes:
         # One process per size, so one size's JVM memory does not carry into the next.
-        done = subprocess.run(
+        child = subprocess.Popen(
             [
                 sys.executable,
                 __file__,
@@ -1093,51 +1116,67 @@ def main() -> None:
             ],
             stdout=subprocess.PIPE,
             text=True,
-            check=True,
         )
-        size_rows = json.loads(done.stdout.strip().splitlines()[-1])
-        if startup:
-            spark_total = sum(
-                r["seconds"] * (ALS_ITER if r["stage"] == "als" else 1)
-                for r in size_rows
-                # The sweep is K-means fits again: its single fit stands for it.
-                if r["stage"] not in ("kmeans", "segment_sweep")
-            ) + sum(
-                r["seconds"] * median(r["quality"]["iterations"])
-                for r in size_rows
-                if r["stage"] == "kmeans"
-            )
-            s = median(startup)
-            size_rows.insert(
-                0,
-                {
-                    "stage": "startup",
-                    "size": size_rows[0]["size"] if size_rows else None,
-                    "seconds": round(s, 3),
-                    "repeats": [round(x, 3) for x in startup],
-                    "peer": None,
-                    "peer_seconds": None,
-                    "ratio": None,
-                    "quality": {"share_of_pipeline": round(s / (s + spark_total), 3)},
-                    "peer_quality": None,
-                },
-            )
-        rows.extend(size_rows)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Rows of stages and sizes not run this time are kept from the last run.
+        size_rows: list[dict] = []
+        for line in child.stdout:
+            if line.startswith(ROW):
+                size_rows.append(json.loads(line[len(ROW) :]))
+                record(out, docs, size_rows)
+            else:
+                sys.stderr.write(line)
+        if child.wait() != 0:
+            failed_sizes.append(size)
+            log(f"{size}: the measuring process exited with status {child.returncode}")
+        if startup and size_rows:
+            size_rows.insert(0, startup_row(startup, size_rows))
+            record(out, docs, size_rows)
+    log(f"wrote {out} and the table of {docs}")
+    if failed_sizes:
+        sys.exit(f"bench: sizes {failed_sizes} did not finish; their finished stages are recorded")
+
+
+def startup_row(startup: list[float], size_rows: list[dict]) -> dict:
+    """Session start-up and its share of the size's Spark stages (their medians)."""
+    spark_total = sum(
+        r["seconds"] * (ALS_ITER if r["stage"] == "als" else 1)
+        for r in size_rows
+        # The sweep is K-means fits again: its single fit stands for it.
+        if r["stage"] not in ("kmeans", "segment_sweep")
+    ) + sum(
+        r["seconds"] * median(r["quality"]["iterations"])
+        for r in size_rows
+        if r["stage"] == "kmeans"
+    )
+    s = median(startup)
+    return {
+        "stage": "startup",
+        "size": size_rows[0]["size"],
+        "seconds": round(s, 3),
+        "repeats": [round(x, 3) for x in startup],
+        "peer": None,
+        "peer_seconds": None,
+        "ratio": None,
+        "quality": {"share_of_pipeline": round(s / (s + spark_total), 3)},
+        "peer_quality": None,
+    }
+
+
+def record(out: Path, docs: Path, rows: list[dict]) -> None:
+    """Merge `rows` into the results file and rewrite the docs table; rows of the
+    stages and sizes not measured this time are kept from earlier runs."""
     today = dt.date.today().isoformat()
     for r in rows:
         r["measured"] = today
     fresh = {(r["stage"], r["size"]) for r in rows}
+    kept = []
     if out.is_file():
         kept = [r for r in json.loads(out.read_text()) if (r["stage"], r["size"]) not in fresh]
-        rows = sorted(kept + rows, key=lambda r: (r["size"] or 0, ORDER.index(r["stage"])))
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    merged = sorted(kept + rows, key=lambda r: (r["size"] or 0, ORDER.index(r["stage"])))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
     host = machine()
     (out.parent / "machine.json").write_text(json.dumps(host, indent=2) + "\n")
-    write_docs(Path(args.docs), rows, host)
-    log(f"wrote {out} and the table of {args.docs}")
+    write_docs(docs, merged, host)
 
 
 if __name__ == "__main__":
@@ -1147,8 +1186,6 @@ if __name__ == "__main__":
         one.add_argument("--repeats", type=int)
         one.add_argument("--stages")
         a = one.parse_args()
-        result = run_size(a.one_size, a.repeats, a.stages.split(","))
-        sys.stdout.flush()
-        print(json.dumps(result))
+        run_size(a.one_size, a.repeats, a.stages.split(","))
     else:
         main()
