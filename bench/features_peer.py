@@ -1,6 +1,7 @@
 """The `features` stage's user metrics computed by DuckDB, for the benchmark.
 
-Same definitions as `shopseg.features.build_user_metrics`, written the way
+Same definitions as `shopseg.features.build_user_metrics` (without order ids:
+frequency counts purchase lines; monetary net of returns), written the way
 DuckDB likes them (distinct counts and FILTER clauses rather than Spark's
 two-step plan), over the same Parquet files the Delta snapshots list.
 """
@@ -65,8 +66,10 @@ per_user AS (
         min(event_date) AS first_event_date,
         max(event_date) AS last_event_date,
         max(event_date) FILTER (WHERE event_type = 'purchase') AS last_purchase_date,
-        count(*) FILTER (WHERE event_type = 'purchase') AS frequency,
-        sum(amount) FILTER (WHERE event_type = 'purchase') AS monetary,
+        count(*) FILTER (WHERE event_type = 'purchase') AS lines,
+        sum(amount) FILTER (WHERE event_type = 'purchase') AS purchased,
+        count(*) FILTER (WHERE event_type = 'return') AS returns,
+        sum(amount) FILTER (WHERE event_type = 'return') AS returned,
         count(DISTINCT event_date) FILTER (WHERE event_type = 'purchase') AS purchase_days,
         count(DISTINCT event_date) AS active_days,
         count(DISTINCT session_id) AS sessions,
@@ -87,7 +90,9 @@ profiles AS (
 ),
 joined AS (
     SELECT coalesce(p.user_id, u.user_id) AS user_id, p.signup_ts, p.age, p.gender,
-           p.region, p.channel, u.* EXCLUDE (user_id)
+           p.region, p.channel, u.* EXCLUDE (user_id),
+           -- Purchase lines, not orders: the benchmark's snapshot has no order ids.
+           u.lines AS frequency
     FROM profiles p FULL OUTER JOIN per_user u ON p.user_id = u.user_id
 )
 SELECT j.user_id,
@@ -95,8 +100,11 @@ SELECT j.user_id,
     DATE '{as_of}' - last_purchase_date AS recency_days,
     DATE '{as_of}' - last_event_date AS inactive_days,
     coalesce(frequency, 0) AS frequency,
-    coalesce(monetary, 0.0) AS monetary,
-    CASE WHEN frequency > 0 THEN coalesce(monetary, 0.0) / frequency END AS avg_order_value,
+    coalesce(purchased, 0.0) - coalesce(returned, 0.0) AS monetary,
+    CASE WHEN frequency > 0 THEN coalesce(purchased, 0.0) / frequency END AS avg_order_value,
+    CASE WHEN frequency > 0 THEN lines / frequency END AS lines_per_order,
+    coalesce(returns, 0) AS returns,
+    CASE WHEN purchased > 0 THEN coalesce(returned, 0.0) / purchased END AS return_rate,
     DATE '{as_of}' - least(CAST(signup_ts AS DATE), first_event_date) AS tenure_days,
     coalesce(purchase_days, 0) AS purchase_days,
     g.mean_gap AS mean_days_between_purchases,
@@ -108,7 +116,7 @@ SELECT j.user_id,
     CASE WHEN views > 0 THEN carts / views END AS cart_rate,
     CASE WHEN views > 0 THEN frequency / views END AS conversion_rate,
     CASE WHEN dwell_n > 0 THEN dwell_sum / dwell_n END AS mean_dwell_seconds,
-    CASE WHEN frequency > 0 THEN discounted / frequency END AS discount_share,
+    CASE WHEN lines > 0 THEN discounted / lines END AS discount_share,
     coalesce(reviews, 0) AS review_count,
     CASE WHEN rating_n > 0 THEN rating_sum / rating_n END AS mean_rating,
     first_event_date, last_purchase_date, last_event_date,
