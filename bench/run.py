@@ -985,7 +985,8 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
         log(f"{size} {stage} done in {time.perf_counter() - started:.0f} s")
     spark.stop()
     if failed:
-        log(f"{size}: {', '.join(failed)} failed; the other stages' rows are recorded")
+        # A non-zero exit: the parent names the size as not finished.
+        sys.exit(f"{size}: {', '.join(failed)} failed; the other stages' rows are recorded")
     return rows
 
 
