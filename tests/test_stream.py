@@ -94,7 +94,7 @@ def test_landed_files_move_their_users_and_a_restart_counts_each_file_once(
     config = small_config(
         *sizes,
         f"sources.events.path={landing}",
-        "stream.trigger=5 seconds",
+        "stream.trigger=1 second",
         f"stream.checkpoint={tmp_path / 'checkpoint'}",
     )
     days = [folder.name.split("=")[1] for folder in held]
