@@ -19,7 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,8 +126,14 @@ def expected_transactions_new(m: BgNbd, t) -> np.ndarray:
     return (a + b - 1) / (a - 1) * (1 - (alpha / (alpha + t)) ** r * hyp)
 
 
-def _fit(objective, start: np.ndarray) -> optimize.OptimizeResult:
-    """Minimise over log-parameters: Nelder-Mead to get close, then BFGS to finish.
+def _maximize(
+    log_likelihood: Callable[..., np.ndarray], n_params: int, w: np.ndarray
+) -> tuple[list[float], float, float]:
+    """Positive parameters maximising the `w`-weighted sum of `log_likelihood(*params)`.
+
+    Returns the parameters, the weighted log-likelihood at them and the
+    seconds the fit took. Searches over log-parameters from 0 (every
+    parameter 1): Nelder-Mead to get close, then BFGS to finish.
 
     Where nobody seems to drop out, BG/NBD's a and b grow without bound along a
     ridge of equal likelihood and Nelder-Mead never meets its parameter
@@ -136,14 +142,23 @@ def _fit(objective, start: np.ndarray) -> optimize.OptimizeResult:
     likelihood and parameters to every printed digit in 2.5 s. CDNOW's fits
     converge within a few hundred.
     """
+    total = w.sum()
+
+    def objective(log_params: np.ndarray) -> float:
+        value = -(w * log_likelihood(*np.exp(log_params))).sum() / total
+        return value if np.isfinite(value) else 1e10
+
+    started = time.perf_counter()
     coarse = optimize.minimize(
         objective,
-        start,
+        np.zeros(n_params),
         method="Nelder-Mead",
         options={"maxiter": 800, "xatol": 1e-6, "fatol": 1e-8},
     )
     fine = optimize.minimize(objective, coarse.x, method="BFGS", options={"gtol": 1e-6})
-    return fine if fine.success and fine.fun <= coarse.fun else coarse
+    best = fine if fine.success and fine.fun <= coarse.fun else coarse
+    params = [float(v) for v in np.exp(best.x)]
+    return params, float(-best.fun * total), time.perf_counter() - started
 
 
 def fit_bgnbd(x, t_x, T, weights=None) -> BgNbd:
@@ -152,26 +167,18 @@ def fit_bgnbd(x, t_x, T, weights=None) -> BgNbd:
     w = np.ones_like(x) if weights is None else np.asarray(weights, dtype=float)
     if len(x) == 0:
         raise ValueError("no customers to fit BG/NBD on")
-    total = w.sum()
-
-    def objective(log_params: np.ndarray) -> float:
-        r, alpha, a, b = np.exp(log_params)
-        ll = bgnbd_log_likelihood(r, alpha, a, b, x, t_x, T)
-        value = -(w * ll).sum() / total
-        return value if np.isfinite(value) else 1e10
-
-    started = time.perf_counter()
-    result = _fit(objective, np.zeros(4))
-    r, alpha, a, b = np.exp(result.x)
+    (r, alpha, a, b), log_likelihood, seconds = _maximize(
+        lambda r, alpha, a, b: bgnbd_log_likelihood(r, alpha, a, b, x, t_x, T), 4, w
+    )
     return BgNbd(
-        r=float(r),
-        alpha=float(alpha),
-        a=float(a),
-        b=float(b),
-        log_likelihood=float(-result.fun * total),
+        r=r,
+        alpha=alpha,
+        a=a,
+        b=b,
+        log_likelihood=log_likelihood,
         rows=len(x),
-        customers=int(total),
-        seconds=time.perf_counter() - started,
+        customers=int(w.sum()),
+        seconds=seconds,
     )
 
 
@@ -200,24 +207,17 @@ def fit_gamma_gamma(x, m, weights=None) -> GammaGamma:
         raise ValueError(
             "no customers with repeat purchases of positive value to fit Gamma-Gamma on"
         )
-    total = w.sum()
-
-    def objective(log_params: np.ndarray) -> float:
-        p, q, gamma = np.exp(log_params)
-        value = -(w * gamma_gamma_log_likelihood(p, q, gamma, x, m)).sum() / total
-        return value if np.isfinite(value) else 1e10
-
-    started = time.perf_counter()
-    result = _fit(objective, np.zeros(3))
-    p, q, gamma = np.exp(result.x)
+    (p, q, gamma), log_likelihood, seconds = _maximize(
+        lambda p, q, gamma: gamma_gamma_log_likelihood(p, q, gamma, x, m), 3, w
+    )
     return GammaGamma(
-        p=float(p),
-        q=float(q),
-        gamma=float(gamma),
-        log_likelihood=float(-result.fun * total),
+        p=p,
+        q=q,
+        gamma=gamma,
+        log_likelihood=log_likelihood,
         rows=len(x),
-        customers=int(total),
-        seconds=time.perf_counter() - started,
+        customers=int(w.sum()),
+        seconds=seconds,
     )
 
 
