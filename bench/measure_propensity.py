@@ -87,14 +87,19 @@ def spark_scores(model, val) -> np.ndarray:
     return scored.column(pr.SCORE).to_numpy()
 
 
-def lightgbm_gbt(x: np.ndarray, y: np.ndarray, seed: int):
+def lightgbm_classifier(params: dict, seed: int):
+    """LightGBM boosting of the shape of MLlib's GBT `params` (rounds, depth, step)."""
     import lightgbm
 
     return lightgbm.LGBMClassifier(
-        n_estimators=GBT_PARAMS["maxIter"],
-        max_depth=GBT_PARAMS["maxDepth"],
-        num_leaves=2 ** GBT_PARAMS["maxDepth"],
-        learning_rate=GBT_PARAMS["stepSize"],
+        n_estimators=params["maxIter"],
+        max_depth=params["maxDepth"],
+        num_leaves=2 ** params["maxDepth"],
+        learning_rate=params["stepSize"],
         random_state=seed,
         verbose=-1,
-    ).fit(x, y)
+    )
+
+
+def lightgbm_gbt(x: np.ndarray, y: np.ndarray, seed: int):
+    return lightgbm_classifier(GBT_PARAMS, seed).fit(x, y)

@@ -102,22 +102,14 @@ def spark_uplift(model, val) -> np.ndarray:
 
 
 def sklift_t_learner(x: np.ndarray, y: np.ndarray, treated: np.ndarray, seed: int):
-    import lightgbm
+    from measure_propensity import lightgbm_classifier
     from sklift.models import TwoModels
 
-    def gbt():
-        return lightgbm.LGBMClassifier(
-            n_estimators=GBT_PARAMS["maxIter"],
-            max_depth=GBT_PARAMS["maxDepth"],
-            num_leaves=2 ** GBT_PARAMS["maxDepth"],
-            learning_rate=GBT_PARAMS["stepSize"],
-            random_state=seed,
-            verbose=-1,
-        )
-
-    return TwoModels(estimator_trmnt=gbt(), estimator_ctrl=gbt(), method="vanilla").fit(
-        x, y, treated
-    )
+    return TwoModels(
+        estimator_trmnt=lightgbm_classifier(GBT_PARAMS, seed),
+        estimator_ctrl=lightgbm_classifier(GBT_PARAMS, seed),
+        method="vanilla",
+    ).fit(x, y, treated)
 
 
 def qini_scores(spark, uplift: np.ndarray, y: np.ndarray, treated: np.ndarray) -> dict:
