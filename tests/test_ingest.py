@@ -235,6 +235,29 @@ def write_events(folder: Path, name: str, lines: list[str]) -> Path:
     return path
 
 
+def keyless_log_conf(tmp_path: Path, raw: Path, more: str = "") -> Path:
+    """A whitespace-separated log with a header (cust, date, amount) and no key;
+    `more` adds lines to its source (columns after user_id and amount, constants)."""
+    conf = tmp_path / "conf" / "log.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+sources:
+  log:
+    path: {raw}
+    format: whitespace
+    options: {{header: "true"}}
+    table: bronze/events
+    columns:
+      user_id: {{source: cust, type: long, required: true}}
+      amount: {{type: double}}"""
+        + more.rstrip()
+        + "\n"
+    )
+    return conf
+
+
 def events_conf(tmp_path: Path, raw: Path) -> Path:
     conf = tmp_path / "conf" / "ingest.yaml"
     conf.parent.mkdir(parents=True, exist_ok=True)
@@ -358,23 +381,13 @@ def test_resent_snapshot_counts_unchanged_and_quarantines_conflicts(spark, tmp_p
 def test_keyless_source_keeps_identical_rows(spark, tmp_path):
     raw = tmp_path / "raw"
     write_events(raw, "log.txt", ["cust date amount", "1 20250101 5.0", "1 20250101 5.0"])
-    conf = tmp_path / "conf" / "log.yaml"
-    conf.parent.mkdir(parents=True)
-    conf.write_text(
-        f"""
-lakehouse: {{root: {tmp_path / "lh"}}}
-sources:
-  log:
-    path: {raw}
-    format: whitespace
-    options: {{header: "true"}}
-    table: bronze/events
-    columns:
-      user_id: {{source: cust, type: long, required: true}}
-      event_ts: {{source: date, type: timestamp, format: yyyyMMdd}}
-      amount: {{type: double}}
-    constants: {{event_type: purchase}}
-"""
+    conf = keyless_log_conf(
+        tmp_path,
+        raw,
+        """
+      event_ts: {source: date, type: timestamp, format: yyyyMMdd}
+    constants: {event_type: purchase}
+""",
     )
     assert main(["ingest", "--conf", str(conf)]) == 0
     rows = Lakehouse(spark, str(tmp_path / "lh")).read("bronze/events").collect()
@@ -551,22 +564,7 @@ def test_copies_in_one_batch_are_read_once_and_known_files_are_not_rehashed(
     raw = tmp_path / "raw"
     write_events(raw, "log.txt", ["cust date amount", "1 20250101 5.0", "2 20250102 7.0"])
     shutil.copy(raw / "log.txt", raw / "log2.txt")
-    conf = tmp_path / "conf" / "log.yaml"
-    conf.parent.mkdir(parents=True)
-    conf.write_text(
-        f"""
-lakehouse: {{root: {tmp_path / "lh"}}}
-sources:
-  log:
-    path: {raw}
-    format: whitespace
-    options: {{header: "true"}}
-    table: bronze/events
-    columns:
-      user_id: {{source: cust, type: long, required: true}}
-      amount: {{type: double}}
-"""
-    )
+    conf = keyless_log_conf(tmp_path, raw)
     assert main(["ingest", "--conf", str(conf)]) == 0
     lake = Lakehouse(spark, str(tmp_path / "lh"))
     assert lake.read("bronze/events").count() == 2, "a keyless source counts the copy once"
