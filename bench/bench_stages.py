@@ -20,8 +20,7 @@ from bench_common import (
 
 
 def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
-    from features_peer import duckdb_user_metrics, snapshot_files
-    from measure_features import compare, spark_metrics
+    from measure_features import compare, peer_metrics, spark_metrics
 
     from shopseg import features as fx
     from shopseg import tables as t
@@ -41,23 +40,9 @@ def bench_features(spark, lake, config, n_events: int, repeats: int, jvm: int | 
         seconds, _, warm = timed(
             lambda: metrics().write.format("noop").mode("overwrite").save(), repeats
         )
-    files = {
-        name: snapshot_files(lake.path(name))
-        for name in (t.SILVER_EVENTS.name, t.BRONZE_USERS.name, t.BRONZE_ITEMS.name)
-    }
+    peer = peer_metrics(lake, conf, as_of, categories)
     with Peaks(None) as peer_mem:
-        peer_seconds, duck, peer_warm = timed(
-            lambda: duckdb_user_metrics(
-                files[t.SILVER_EVENTS.name],
-                files[t.BRONZE_USERS.name],
-                files[t.BRONZE_ITEMS.name],
-                as_of,
-                conf.lookback_days,
-                categories,
-                conf.demographics,
-            ),
-            repeats,
-        )
+        peer_seconds, duck, peer_warm = timed(peer, repeats)
     mine = metrics().toArrow()  # one row per user: the comparison, not the timing
     diffs = compare(mine, duck.select(mine.column_names))
     differing = sum(diffs.values())
