@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
@@ -105,6 +106,30 @@ def timed(
         result = action()
         seconds.append(time.perf_counter() - started)
     return seconds, result, warm
+
+
+@dataclass
+class TimedFits:
+    """An iterative fit timed whole and stopped after one iteration (`timed_fits`)."""
+
+    seconds: list[float]
+    one_iteration: list[float]
+    warm: list[float]
+    models: list
+    warm_models: list
+    memory: Peaks
+
+
+def timed_fits(
+    fit: Callable[[int], object], max_iter: int, repeats: int, pid: int | None
+) -> TimedFits:
+    """`fit(max_iter)` timed as `timed` does (peak memory of `pid` and this process
+    meanwhile), then `fit(1)`: what a fit costs besides its iterations."""
+    models: list = []
+    with Peaks(pid) as memory:
+        seconds, _, warm = timed(lambda: models.append(fit(max_iter)), repeats)
+    one_iteration, _, _ = timed(lambda: fit(1), repeats)
+    return TimedFits(seconds, one_iteration, warm, models[len(warm) :], models[: len(warm)], memory)
 
 
 def median(values: list[float]) -> float:

@@ -16,6 +16,7 @@ from bench_common import (
     median,
     row,
     timed,
+    timed_fits,
 )
 
 
@@ -88,69 +89,57 @@ def bench_kmeans(spark, lake, config, n_events: int, repeats: int, jvm: int | No
 
     data, col = prepared_vectors(spark, lake, config)
     users = data.count()
-    fits = []
-
-    def spark_fit(max_iter: int = KMEANS_MAX_ITER, keep: bool = True):
-        model = sg.new_clusterer(
+    # Each side whole and stopped after one iteration: what a fit costs besides
+    # its iterations (reading the data, k-means|| seeding, the summary).
+    mine = timed_fits(
+        lambda max_iter: sg.new_clusterer(
             "kmeans", K, config.segment.seed, max_iter, col, config.segment.init_steps
-        ).fit(data)
-        if keep:
-            fits.append(model)
-        return model
-
-    with Peaks(jvm) as spark_mem:
-        seconds, _, warm = timed(spark_fit, repeats)
-    # The same fit stopped after one iteration: what a fit costs besides its
-    # iterations (reading the data, k-means|| seeding, the summary).
-    one_iter, _, _ = timed(lambda: spark_fit(1, keep=False), repeats)
-    warm_fits, fits = fits[: len(warm)], fits[len(warm) :]
-    per_iter = [s / m.summary.numIter for s, m in zip(seconds, fits, strict=True)]
+        ).fit(data),
+        KMEANS_MAX_ITER,
+        repeats,
+        jvm,
+    )
     arrow = data.select(vector_to_array(col).alias("v")).toArrow().column("v").combine_chunks()
     x = arrow.values.to_numpy(zero_copy_only=False).reshape(len(arrow), -1)
-    peer_fits = []
-
-    def peer_fit(max_iter: int = KMEANS_MAX_ITER, keep: bool = True):
-        model = KMeans(
+    theirs = timed_fits(
+        lambda max_iter: KMeans(
             n_clusters=K,
             n_init=1,
             max_iter=max_iter,
             random_state=config.segment.seed,
             algorithm="lloyd",
-        ).fit(x)
-        if keep:
-            peer_fits.append(model)
-        return model
-
-    with Peaks(None) as peer_mem:
-        peer_seconds, _, peer_warm = timed(peer_fit, repeats)
-    peer_one_iter, _, _ = timed(lambda: peer_fit(1, keep=False), repeats)
-    peer_warm_fits, peer_fits = peer_fits[: len(peer_warm)], peer_fits[len(peer_warm) :]
-    peer_per_iter = [s / m.n_iter_ for s, m in zip(peer_seconds, peer_fits, strict=True)]
-    cost = min(m.summary.trainingCost for m in fits)
-    peer_cost = min(float(m.inertia_) for m in peer_fits)
+        ).fit(x),
+        KMEANS_MAX_ITER,
+        repeats,
+        None,
+    )
+    iterations = [m.summary.numIter for m in mine.models]
+    peer_iterations = [int(m.n_iter_) for m in theirs.models]
+    cost = min(m.summary.trainingCost for m in mine.models)
+    peer_cost = min(float(m.inertia_) for m in theirs.models)
     return row(
         "kmeans",
         n_events,
-        per_iter,
+        [s / n for s, n in zip(mine.seconds, iterations, strict=True)],
         "scikit-learn",
-        peer_per_iter,
-        quality={"inertia": cost, "iterations": [m.summary.numIter for m in fits]},
-        peer_quality={"inertia": peer_cost, "iterations": [int(m.n_iter_) for m in peer_fits]},
+        [s / n for s, n in zip(theirs.seconds, peer_iterations, strict=True)],
+        quality={"inertia": cost, "iterations": iterations},
+        peer_quality={"inertia": peer_cost, "iterations": peer_iterations},
         equal_quality=abs(cost - peer_cost) <= 0.01 * peer_cost,
-        throughput=users * median([m.summary.numIter for m in fits]) / median(seconds),
+        throughput=users * median(iterations) / median(mine.seconds),
         throughput_unit="user-iterations/s",
-        mem=(spark_mem, peer_mem),
+        mem=(mine.memory, theirs.memory),
         warmup=(
-            [s / m.summary.numIter for s, m in zip(warm, warm_fits, strict=True)],
-            [s / m.n_iter_ for s, m in zip(peer_warm, peer_warm_fits, strict=True)],
+            [s / m.summary.numIter for s, m in zip(mine.warm, mine.warm_models, strict=True)],
+            [s / m.n_iter_ for s, m in zip(theirs.warm, theirs.warm_models, strict=True)],
         ),
         detail={
             "users": users,
             "dimensions": int(x.shape[1]),
             "k": K,
             **iteration_detail(
-                (seconds, one_iter, [m.summary.numIter for m in fits]),
-                (peer_seconds, peer_one_iter, [int(m.n_iter_) for m in peer_fits]),
+                (mine.seconds, mine.one_iteration, iterations),
+                (theirs.seconds, theirs.one_iteration, peer_iterations),
             ),
         },
     )
