@@ -16,6 +16,7 @@ from bench_common import (
     median,
     row,
     timed,
+    timed_fits,
 )
 
 
@@ -88,15 +89,15 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
     blocks = spark.sparkContext.defaultParallelism
     params = rc.AlsParams(ALS_RANK, ALS_REG, ALS_ALPHA)
 
-    def spark_fit(max_iter: int = ALS_ITER):
-        model = rc.als_of(
+    mine = timed_fits(
+        lambda max_iter: rc.als_of(
             rc.fit_als(data.train_idx, params, max_iter=max_iter, seed=42, blocks=blocks)
-        )
-        return model
-
-    with Peaks(jvm) as spark_mem:
-        seconds, model, warm = timed(spark_fit, repeats)
-    one_iter, _, _ = timed(lambda: spark_fit(1), repeats)
+        ),
+        ALS_ITER,
+        repeats,
+        jvm,
+    )
+    model = mine.models[-1]
     seen = data.train_idx.select(rc.USER_IDX, rc.ITEM_IDX)
     eval_users = model.userFactors.join(
         data.eval_idx.withColumnRenamed(rc.USER_IDX, "id"), "id", "left_semi"
@@ -114,7 +115,7 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         shape=(data.n_users, data.catalog),
     )
 
-    def peer_fit(iterations: int = ALS_ITER):
+    def peer_fit(iterations: int):
         peer = AlternatingLeastSquares(
             factors=ALS_RANK,
             regularization=ALS_REG,
@@ -126,9 +127,9 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
         return peer
 
     # implicit asks for a single-threaded BLAS (its own threads do the work).
-    with Peaks(None) as peer_mem, threadpool_limits(1, "blas"):
-        peer_seconds, peer, peer_warm = timed(peer_fit, repeats)
-        peer_one_iter, _, _ = timed(lambda: peer_fit(1), repeats)
+    with threadpool_limits(1, "blas"):
+        theirs = timed_fits(peer_fit, ALS_ITER, repeats, None)
+    peer = theirs.models[-1]
     eval_ids = data.eval_idx.toArrow().column(rc.USER_IDX).to_numpy()
     ids, _ = peer.recommend(eval_ids, matrix[eval_ids], N=10, filter_already_liked_items=True)
     peer_recs = spark.createDataFrame(_pandas(eval_ids, ids, rc)).where(F.col(rc.ITEM_IDX) >= 0)
@@ -136,16 +137,16 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
     als_row = row(
         "als",
         n_events,
-        [s / ALS_ITER for s in seconds],
+        [s / ALS_ITER for s in mine.seconds],
         "implicit",
-        [s / ALS_ITER for s in peer_seconds],
+        [s / ALS_ITER for s in theirs.seconds],
         quality={"ndcg_at_10": ndcg},
         peer_quality={"ndcg_at_10": peer_ndcg},
         equal_quality=abs(ndcg - peer_ndcg) <= 0.005,
-        throughput=data.pairs * ALS_ITER / median(seconds),
+        throughput=data.pairs * ALS_ITER / median(mine.seconds),
         throughput_unit="pair-iterations/s",
-        mem=(spark_mem, peer_mem),
-        warmup=([s / ALS_ITER for s in warm], [s / ALS_ITER for s in peer_warm]),
+        mem=(mine.memory, theirs.memory),
+        warmup=([s / ALS_ITER for s in mine.warm], [s / ALS_ITER for s in theirs.warm]),
         detail={
             "training_pairs": data.pairs,
             "users": data.n_users,
@@ -157,7 +158,8 @@ def bench_als(spark, lake, config, n_events: int, repeats: int, jvm: int | None)
             "peer_alpha": PEER_ALS_ALPHA,
             "iterations": ALS_ITER,
             **iteration_detail(
-                (seconds, one_iter, [ALS_ITER]), (peer_seconds, peer_one_iter, [ALS_ITER])
+                (mine.seconds, mine.one_iteration, [ALS_ITER]),
+                (theirs.seconds, theirs.one_iteration, [ALS_ITER]),
             ),
         },
     )
