@@ -26,6 +26,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.fields import FieldInfo
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 LAKEHOUSE_ROOT = "${lakehouse.root}"
@@ -171,24 +172,31 @@ def _is_section(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
+def child(tp: Any, part: str | int) -> tuple[Any, list[Any], FieldInfo | None] | None:
+    """One key down from the annotation `tp`: the annotation there, its constraints and
+    (for a section's field) its field info; None when `part` is not a key there."""
+    base, _ = _unwrap(tp)
+    if _is_section(base) and isinstance(part, str) and part in base.model_fields:
+        info = base.model_fields[part]
+        return info.annotation, list(info.metadata), info
+    if typing.get_origin(base) is dict:
+        return typing.get_args(base)[1], [], None
+    if typing.get_origin(base) is list and isinstance(part, int):
+        return typing.get_args(base)[0], [], None
+    return None
+
+
 def field_at(root: type[BaseModel], loc: Sequence[str | int]) -> tuple[Any, list[Any], int]:
     """Walk `loc` from `root`: the annotation there, its constraints, and how many
     parts of `loc` were keys (the rest name members of a union)."""
     tp: Any = root
     metadata: list[Any] = []
     for used, part in enumerate(loc):
-        base, _ = _unwrap(tp)
-        if _is_section(base) and isinstance(part, str) and part in base.model_fields:
-            info = base.model_fields[part]
-            tp, metadata = info.annotation, list(info.metadata)
-        elif typing.get_origin(base) is dict:
-            tp, metadata = typing.get_args(base)[1], []
-        elif typing.get_origin(base) is list and isinstance(part, int):
-            tp, metadata = typing.get_args(base)[0], []
-        else:
+        found = child(tp, part)
+        if found is None:
             return tp, metadata, used
-        _, extra = _unwrap(tp)
-        metadata += extra
+        tp, metadata, _ = found
+        metadata += _unwrap(tp)[1]
     return tp, metadata, len(loc)
 
 

@@ -22,6 +22,7 @@ from shopseg.config.base import (
     _is_section,
     _unwrap,
     check,
+    child,
     config_error,
     is_uri,
 )
@@ -124,26 +125,19 @@ def _field_type_at(path: list[str]) -> tuple[Any, list[str], bool, bool]:
     tp: Any = Config
     out: list[str] = []
     is_path = False
-    i = 0
-    while i < len(path):
-        part = path[i]
+    for i, part in enumerate(path):
         base, _ = _unwrap(tp)
-        if _is_section(base):
-            info = base.model_fields.get(part)
-            if info is None:
-                raise KeyError(".".join(out + [part]))
-            is_path = _is_path(info)
-            tp = Annotated[(info.annotation, *info.metadata)] if info.metadata else info.annotation
-        elif typing.get_origin(base) is dict:
-            vtype = typing.get_args(base)[1]
-            if not _is_section(_unwrap(vtype)[0]):
-                out.append(".".join(path[i:]))
-                return vtype, out, is_path, True
-            tp = vtype
-        else:
-            raise KeyError(".".join(out + [part]))
+        values = typing.get_args(base)[1] if typing.get_origin(base) is dict else None
+        if values is not None and not _is_section(_unwrap(values)[0]):
+            return values, [*out, ".".join(path[i:])], is_path, True
+        found = child(tp, part)
+        if found is None:
+            raise KeyError(".".join([*out, part]))
+        tp, metadata, info = found
+        is_path = info is not None and _is_path(info)
+        if metadata:
+            tp = Annotated[(tp, *metadata)]
         out.append(part)
-        i += 1
     return tp, out, is_path, False
 
 
