@@ -145,6 +145,64 @@ def test_gamma_gamma_likelihood_and_expectation_by_hand():
     assert got == pytest.approx([expected, population])
 
 
+def steady_buyers(seed: int, n: int = 600, rate: float = 0.15, end: float = 52.0) -> pd.DataFrame:
+    """(x, t_x, T) of customers who all buy at one Poisson rate per week and never drop
+    out, joining over the first 26 weeks: no heterogeneity for BG/NBD to find."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _ in range(n):
+        first = rng.uniform(0, 26)
+        times = first + np.cumsum(rng.exponential(1 / rate, 40))
+        times = times[times <= end]
+        rows.append((len(times), float(times[-1] - first) if len(times) else 0.0, end - first))
+    return pd.DataFrame(rows, columns=["x", "t_x", "T"])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_shop_of_steady_buyers_gets_the_forecast_its_rate_implies(seed):
+    # Unbounded, these fits ran off to shapes of 1e16 and 1e-35 and forecast 1e15
+    # transactions a customer (seed 0) or NaN (seed 1).
+    customers = steady_buyers(seed)
+    bg = clv.fit_bgnbd(customers.x, customers.t_x, customers["T"])
+    for name in ("r", "a", "b"):
+        assert clv.SHAPE[0] <= getattr(bg, name) <= clv.SHAPE[1]
+    forecast = clv.expected_transactions(bg, 26, customers.x, customers.t_x, customers["T"])
+    assert np.isfinite(forecast).all()
+    assert forecast.mean() == pytest.approx(0.15 * 26, rel=0.05)
+    assert clv.probability_alive(bg, customers.x, customers.t_x, customers["T"]).min() > 0.9
+
+
+def test_spend_with_an_infinite_population_mean_values_one_time_buyers_at_the_fitted_mean():
+    rng = np.random.default_rng(5)
+    # Gamma-Gamma's own process with q < 1: each customer's spend rate nu ~ Gamma(q, gamma).
+    x = rng.integers(1, 6, 3000)
+    nu = rng.gamma(0.6, 1 / 20.0, 3000)
+    m = rng.gamma(4.0 * x, 1 / nu) / x
+    gg = clv.fit_gamma_gamma(x, m)
+    assert gg.q < 1
+    assert gg.mean_spend == pytest.approx(m.mean())
+    got = clv.expected_mean_value(gg, np.array([0, 1, 5]), np.array([0.0, 30.0, 30.0]))
+    assert got[0] == pytest.approx(m.mean())
+    assert np.isfinite(got).all() and (got > 0).all()
+    # A posterior with an infinite mean too (p x + q <= 1) keeps the customer's own mean.
+    heavy = clv.GammaGamma(0.1, 0.5, 20.0, 0.0, 0, 0, 0.0, mean_spend=55.0)
+    assert list(clv.expected_mean_value(heavy, np.array([0, 2]), np.array([0.0, 30.0]))) == [
+        55.0,
+        30.0,
+    ]
+
+
+def test_models_that_break_the_formulas_are_refused_with_their_parameters():
+    # The unbounded fit on a real-looking events log (every buyer at one steady rate).
+    broken = clv.BgNbd(4415428.98, 54094826.13, 1.63e-13, 1.12e-05, 0.0, 0, 0, 0.0)
+    tuples = pd.DataFrame({"x": [0, 1, 3], "t_x": [0.0, 4.0, 10.0], "T": [20.0, 20.0, 20.0]})
+    spend = pd.DataFrame({"x": [1, 3], "m": [25.0, 40.0]})
+    gg = clv.GammaGamma(6.25, 3.74, 15.44, 0.0, 0, 0, 0.0)
+    with pytest.raises(ValueError, match=r"expected transactions .* for 3 of 3 .* a 1\.63e-13"):
+        clv.check_forecasts(broken, gg, 52.0, tuples, spend)
+    clv.check_forecasts(PAPER, gg, 52.0, tuples, spend)
+
+
 def test_value_of_a_batch_discounts_and_tiers():
     s = clv.ValueSettings(7.0, 364, 0.0, 1.0, (0.3, 0.7))
     g = clv.GammaGamma(6.25, 3.74, 15.44, 0.0, 0, 0, 0.0)

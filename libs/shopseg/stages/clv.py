@@ -24,12 +24,13 @@ from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from shopseg import clv, tracking
 from shopseg import tables as t
-from shopseg.config import ClvConf
+from shopseg.config import ClvConf, ShopsegError
 from shopseg.pipeline import StageContext, latest
 
 
@@ -116,14 +117,35 @@ def _settings(conf: ClvConf, unit: float) -> clv.ValueSettings:
     )  # fmt: skip
 
 
+def _check_forecasts(
+    bg: clv.BgNbd,
+    gg: clv.GammaGamma,
+    settings: clv.ValueSettings,
+    tuples: pd.DataFrame,
+    spend: pd.DataFrame,
+    models: str,
+) -> None:
+    """Stop before anything is registered or written when the models' values break."""
+    try:
+        clv.check_forecasts(bg, gg, settings.horizon, tuples, spend)
+    except ValueError as exc:
+        raise ShopsegError(
+            f"{models} cannot value the customers of {t.SILVER_EVENTS.name} "
+            f"(nothing registered or written): {exc}"
+        ) from None
+
+
 def _fit(
-    ctx: StageContext, days: DataFrame, summary: DataFrame, end: dt.date, unit: float
+    ctx: StageContext,
+    days: DataFrame,
+    summary: DataFrame,
+    tuples: pd.DataFrame,
+    spend: pd.DataFrame,
+    end: dt.date,
+    unit: float,
 ) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
     """Fit BG/NBD and Gamma-Gamma on the summaries, check the holdout, register."""
     conf = ctx.config.clv
-    tuples = clv.rfm_tuples(summary)
-    if tuples.empty:
-        raise ValueError(f"no purchases in {t.SILVER_EVENTS.name} up to {end}: nothing to fit")
     bg = clv.fit_bgnbd(tuples["x"], tuples["t_x"], tuples["T"], tuples["customers"])
     ctx.log.info(
         "BG/NBD on %d customers as %d distinct (x, t_x, T) rows, calibration to %s in %s: "
@@ -131,7 +153,6 @@ def _fit(
         bg.customers, bg.rows, end, conf.time_unit, bg.r, bg.alpha, bg.a, bg.b,
         bg.log_likelihood, bg.seconds,
     )  # fmt: skip
-    spend = clv.spend_tuples(summary)
     gg = clv.fit_gamma_gamma(spend["x"], spend["m"], spend["customers"])
     corr = clv.correlation(summary)
     ctx.log.info(
@@ -193,6 +214,7 @@ def _fit(
         )
 
     settings = _settings(conf, unit)
+    _check_forecasts(bg, gg, settings, tuples, spend, "the models fitted")
     version = _register(ctx, bg, gg, settings)
     ctx.run.log_dict(
         {"bgnbd": bg.__dict__, "gamma_gamma": gg.__dict__, "settings": settings.__dict__},
@@ -212,10 +234,15 @@ def run(ctx: StageContext) -> None:
     days = clv.transaction_days(events, None, last).cache()
     summary = clv.customer_summary(days.filter(F.col("day") <= F.lit(end)), end, unit).cache()
     ctx.run.log_params({"mode": conf.mode})
+    tuples = clv.rfm_tuples(summary)
+    if tuples.empty:
+        raise ValueError(f"no purchases in {t.SILVER_EVENTS.name} up to {end}: nothing to value")
+    spend = clv.spend_tuples(summary)
     if conf.mode == "fit":
-        version, bg, gg, settings = _fit(ctx, days, summary, end, unit)
+        version, bg, gg, settings = _fit(ctx, days, summary, tuples, spend, end, unit)
     else:
         version, bg, gg, settings = _champion(ctx, unit)
+        _check_forecasts(bg, gg, settings, tuples, spend, f"{conf.model_name} version {version}")
     values = (
         clv.score(summary.drop("first_day"), bg, gg, settings)
         .withColumn(t.AS_OF_DATE, F.lit(end).cast("date"))
