@@ -555,10 +555,47 @@ def test_kmeans_from_given_centres_starts_there_and_keeps_the_lower_cost(spark, 
         assert row.wssse <= start.summary.trainingCost * (1 + 1e-9)
 
 
-def test_an_all_null_feature_is_named_in_the_error(spark):
-    df = spark.createDataFrame([(1, None), (2, None)], "user_id long, views long")
-    with pytest.raises(ValueError, match=r"\['views'\] have no values"):
-        sg.check_feature_coverage(df, [SegmentFeature(name="views", log=True)])
+def test_features_a_source_does_not_record_are_left_out_and_named(spark):
+    # An events log without dwell times or discounts: the columns are null, or
+    # 0 for every buyer; the default expressions would still vary them by
+    # views and orders, and name segments after discounts nobody got.
+    df = spark.createDataFrame(
+        [(1, 3, 12, None, 0.0), (2, 1, 4, None, 0.0), (3, 0, 7, None, None), (4, 5, 30, None, 0.0)],
+        "user_id long, frequency long, views long, mean_dwell_seconds double, "
+        "discount_share double",
+    )
+    features = [
+        SegmentFeature(name="frequency", log=True),
+        SegmentFeature(
+            name="discount_share",
+            expr="(coalesce(discount_share, 0) * frequency + 0.5) / (frequency + 2)",
+        ),
+        SegmentFeature(
+            name="mean_dwell_seconds",
+            expr="(coalesce(mean_dwell_seconds, 0) * views + 60 * 10) / (views + 10)",
+        ),
+        SegmentFeature(name="views_per_visit", expr="views / 2"),
+    ]
+    kept, left_out, counts = sg.informative_features(df, features)
+    assert [f.name for f in kept] == ["frequency", "views_per_visit"]
+    assert left_out == {"discount_share": "0.0 for every user", "mean_dwell_seconds": "no values"}
+    assert counts == {
+        "frequency": 4,
+        "discount_share": 4,
+        "mean_dwell_seconds": 4,
+        "views_per_visit": 4,
+    }
+    with pytest.raises(ValueError, match=r"no segment feature carries information .* 4 users"):
+        sg.informative_features(df, features[1:3])
+
+
+def test_a_name_whose_features_the_model_lacks_names_no_segment():
+    rules = [
+        SegmentName(name="Bargain hunters", high=["discount_share"], low=["avg_order_value"]),
+        SegmentName(name="Big spenders", high=["avg_order_value"]),
+    ]
+    zscores = {0: {"avg_order_value": -1.5}, 1: {"avg_order_value": 1.2}}
+    assert sg.assign_names(zscores, rules, 0.5) == {0: "Low avg_order_value", 1: "Big spenders"}
 
 
 def test_rules_keep_the_tightest_bound_per_feature():

@@ -107,7 +107,8 @@ def pca_data(
     sample = sg.sample(users, rows, total, seed).join(
         segments.select(t.USER_ID, t.SEGMENT_NAME), t.USER_ID
     )
-    prepared = sg.build_prep_pipeline(features, None).fit(sample).transform(sample)
+    informative, _, _ = sg.informative_features(users, features)
+    prepared = sg.build_prep_pipeline(informative, None).fit(sample).transform(sample)
     local = prepared.select(t.SEGMENT_NAME, sg.SCALED).toPandas()
     if local.empty:
         raise ValueError(f"no users with segments on {day}")

@@ -71,8 +71,9 @@ from shopseg.segment.prepare import (
     SCALED,
     UNSCALED,
     build_prep_pipeline,
-    check_feature_coverage,
     feature_select,
+    informative_features,
+    model_features,
     model_input_column,
 )
 from shopseg.segment.profiles import (
@@ -140,7 +141,8 @@ __all__ = [
     "build_transitions",
     "build_user_segments",
     "centers_column",
-    "check_feature_coverage",
+    "informative_features",
+    "model_features",
     "choose",
     "cluster_stats",
     "consensus_k",

@@ -67,28 +67,54 @@ def _has_pca(prep: PipelineModel) -> bool:
     return any(type(s).__name__ == "PCAModel" for s in prep.stages)
 
 
-def check_feature_coverage(users: DataFrame, features: Sequence[SegmentFeature]) -> dict[str, int]:
-    """Non-null count of each feature expression; fails naming an all-null feature.
+def model_features(model: PipelineModel) -> list[str]:
+    """The feature names a fitted preparation (or a model holding one) uses, in order."""
+    for stage in model.stages:
+        if isinstance(stage, VectorAssembler) and stage.getOutputCol() == RAW_VECTOR:
+            return [c[len(LOG_PREFIX) : -len(IMPUTED)] for c in stage.getInputCols()]
+    raise ValueError(f"the model has no {RAW_VECTOR} assembler: not a segmentation model")
 
-    Median imputation cannot fill a feature with no values at all (a source
-    without views, for instance); the error names the feature so the
-    configuration can drop it.
+
+def informative_features(
+    users: DataFrame, features: Sequence[SegmentFeature]
+) -> tuple[list[SegmentFeature], dict[str, str], dict[str, int]]:
+    """The features that carry information in `users`; those left out, with why; and each
+    feature's number of values (non-null).
+
+    A source may not record some behaviour: an order log has no views, an event
+    log without prices or discounts no discount share. Such a feature has no
+    values at all (median imputation has nothing to fill it with), or its
+    column in the user features (a feature named after one) holds one value
+    for every user, so the expression built on it (the default discount share
+    shrunk by the number of orders, for one) would only repeat other features
+    and name segments after behaviour the data never showed. Both are left out.
     """
-    counts = (
+    columns = set(users.columns)
+    own = [f.name for f in features if f.name in columns]
+    stats = (
         users.select(
             *[F.count(F.expr(f"({f.expr or f.name})")).alias(f.name) for f in features],
+            *[F.min(F.col(n)).alias(f"_min_{n}") for n in own],
+            *[F.max(F.col(n)).alias(f"_max_{n}") for n in own],
             F.count(F.lit(1)).alias("_rows"),
         )
         .first()
         .asDict()
     )
-    rows = counts.pop("_rows")
-    empty = [name for name, n in counts.items() if n == 0]
-    if rows == 0:
+    if stats["_rows"] == 0:
         raise ValueError("no users to segment in this snapshot")
-    if empty:
+    counts = {f.name: stats[f.name] for f in features}
+    left_out = {}
+    for f in features:
+        if counts[f.name] == 0:
+            left_out[f.name] = "no values"
+        elif f.name in columns and stats[f"_min_{f.name}"] == stats[f"_max_{f.name}"]:
+            value = stats[f"_min_{f.name}"]
+            left_out[f.name] = "no values" if value is None else f"{value!r} for every user"
+    kept = [f for f in features if f.name not in left_out]
+    if not kept:
         raise ValueError(
-            f"segment feature(s) {empty} have no values in this snapshot of {rows} users; "
-            "remove them from segment.features (this source may not record them)"
+            f"no segment feature carries information in this snapshot of {stats['_rows']} "
+            f"users ({left_out}); choose segment.features this source records"
         )
-    return counts
+    return kept, left_out, counts

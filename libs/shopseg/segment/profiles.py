@@ -46,7 +46,10 @@ def segment_zscores(scored: DataFrame, names: Sequence[str]) -> dict[int, dict[s
 
 
 def name_score(z: Mapping[str, float], rule: SegmentName) -> float:
-    """Mean of the z-scores a rule wants high, and of minus those it wants low."""
+    """Mean of the z-scores a rule wants high, and of minus those it wants low; -inf
+    when the model lacks one of its features (the data did not record it)."""
+    if not set(rule.high + rule.low) <= set(z):
+        return float("-inf")
     terms = [z[f] for f in rule.high] + [-z[f] for f in rule.low]
     return sum(terms) / len(terms)
 

@@ -65,10 +65,15 @@ def _fit(
     ctx: StageContext, snapshot: DataFrame, as_of: dt.date, features_version: int
 ) -> tuple[PipelineModel, str, dict[int, str], str, int, DataFrame | None]:
     conf = ctx.config.segment
-    counts = sg.check_feature_coverage(snapshot, conf.features)
+    features, left_out, counts = sg.informative_features(snapshot, conf.features)
     ctx.log.info("feature values present (non-null) per feature: %s", counts)
+    if left_out:
+        ctx.log.warning(
+            "segment features left out, they carry no information in this snapshot: %s",
+            "; ".join(f"{name} ({why})" for name, why in left_out.items()),
+        )
     started = time.perf_counter()
-    prep = sg.build_prep_pipeline(conf.features, conf.pca_components).fit(snapshot)
+    prep = sg.build_prep_pipeline(features, conf.pca_components).fit(snapshot)
     features_col = sg.model_input_column(prep)
     rows = snapshot.count()
     partitions = sg.fitting_partitions(
@@ -135,7 +140,8 @@ def _fit(
             "k": chosen.k,
             "users": users,
             "sweep_users": done.swept_rows,
-            "features": [f.name for f in conf.features],
+            "features": [f.name for f in features],
+            "features_left_out": sorted(left_out),
             "features_table_version": features_version,
             "as_of_date": as_of.isoformat(),
         }
@@ -178,7 +184,7 @@ def _fit(
     )
 
     model = PipelineModel(stages=[*prep.stages, clusterer])
-    zscores = sg.segment_zscores(clusterer.transform(prepared), [f.name for f in conf.features])
+    zscores = sg.segment_zscores(clusterer.transform(prepared), [f.name for f in features])
     names = sg.assign_names(zscores, conf.names, conf.min_name_score)
     ctx.log.info("segment names: %s", names)
     version = tracking.register_spark_model(model, conf.model_name, conf.alias)
@@ -288,7 +294,7 @@ def run(ctx: StageContext) -> None:
     features_col = clusterer.getFeaturesCol()
     centers = [list(map(float, c)) for c in clusterer.clusterCenters()]
     scored = sg.with_distance(model.transform(snapshot), centers, features_col).cache()
-    feature_names = [f.name for f in conf.features]
+    feature_names = sg.model_features(model)
     zscores = sg.segment_zscores(scored, feature_names)
     unnamed = sorted(set(zscores) - set(names))
     if unnamed:
