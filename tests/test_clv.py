@@ -203,6 +203,17 @@ def test_models_that_break_the_formulas_are_refused_with_their_parameters():
     clv.check_forecasts(PAPER, gg, 52.0, tuples, spend)
 
 
+def test_purchases_without_amounts_are_valued_in_transactions_and_leave_spend_null():
+    s = clv.ValueSettings(7.0, 364, 0.1, 1.0, (0.3, 0.7))
+    batch = pd.DataFrame({"x": [0, 4], "t_x": [0.0, 30.0], "T": [40.0, 40.0], "mean_value": None})
+    out = clv.score_batch(batch, PAPER, None, s)
+    expected = clv.expected_transactions(PAPER, s.horizon, batch.x, batch.t_x, batch["T"])
+    assert out.expected_transactions.to_numpy() == pytest.approx(expected)
+    assert out.p_alive.notna().all()
+    assert out.expected_mean_value.isna().all() and out.clv.isna().all()
+    clv.check_forecasts(PAPER, None, s.horizon, batch, pd.DataFrame({"x": [], "m": []}))
+
+
 def test_value_of_a_batch_discounts_and_tiers():
     s = clv.ValueSettings(7.0, 364, 0.0, 1.0, (0.3, 0.7))
     g = clv.GammaGamma(6.25, 3.74, 15.44, 0.0, 0, 0, 0.0)

@@ -100,3 +100,29 @@ def test_report_renders_in_a_headless_browser(report_file, tmp_path):
     screenshot = Image.open(shot).convert("RGB")
     assert screenshot.size == (1200, 2400)
     assert len(screenshot.getcolors(maxcolors=1 << 20)) > 200, "the charts are painted"
+
+
+def test_customer_value_without_amounts_charts_expected_transactions():
+    # Purchases without prices: BG/NBD valued everyone, every clv is null.
+    import pandas as pd
+
+    from shopseg import charts
+
+    by_segment = pd.DataFrame(
+        {
+            "segment_name": ["Dormant", "New customers"],
+            "customers": [120, 40],
+            "mean_clv": [None, None],
+            "median_clv": [None, None],
+            "mean_transactions": [0.4, 1.9],
+            "mean_p_alive": [0.6, 0.95],
+            "at_risk_share": [0.3, 0.0],
+        }
+    )
+    p_alive = pd.DataFrame({"low": [0.0, 0.5], "high": [0.5, 1.0], "customers": [50, 110]})
+    fig = charts.clv_figure(by_segment, p_alive)
+    png = Image.open(io.BytesIO(base64.b64decode(report.png_data_uri(fig).split(",", 1)[1])))
+    assert png.size[0] > 0
+    left = fig.axes[0]
+    assert left.get_title().startswith("Expected transactions by segment")
+    assert [bar.get_width() for bar in left.patches] == pytest.approx([0.4, 1.9])

@@ -275,11 +275,12 @@ def clv_by_segment_data(lake: Lakehouse) -> pd.DataFrame:
             F.count(F.lit(1)).alias("customers"),
             F.avg("clv").alias("mean_clv"),
             F.percentile_approx("clv", 0.5).alias("median_clv"),
+            F.avg("expected_transactions").alias("mean_transactions"),
             F.avg("p_alive").alias("mean_p_alive"),
             F.avg((F.col("churn_risk") == "high").cast("double")).alias("at_risk_share"),
         )
         .toPandas()
-        .sort_values("mean_clv", ascending=False, ignore_index=True)
+        .sort_values(["mean_clv", "mean_transactions"], ascending=False, ignore_index=True)
     )
 
 
@@ -297,14 +298,20 @@ def p_alive_histogram_data(lake: Lakehouse, bins: int = 20) -> pd.DataFrame:
 def clv_figure(by_segment: pd.DataFrame, p_alive: pd.DataFrame) -> Figure:
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     left, right = fig.subplots(1, 2)
-    left.barh(by_segment[t.SEGMENT_NAME], by_segment["mean_clv"], label="mean")
-    left.scatter(
-        by_segment["median_clv"], by_segment[t.SEGMENT_NAME], color="black", label="median"
-    )
+    if by_segment["mean_clv"].notna().any():
+        left.barh(by_segment[t.SEGMENT_NAME], by_segment["mean_clv"], label="mean")
+        left.scatter(
+            by_segment["median_clv"], by_segment[t.SEGMENT_NAME], color="black", label="median"
+        )
+        left.set_xlabel("expected lifetime value")
+        left.set_title("CLV by segment")
+        left.legend(fontsize="small")
+    else:
+        # Purchases without amounts: BG/NBD still forecasts transactions.
+        left.barh(by_segment[t.SEGMENT_NAME], by_segment["mean_transactions"])
+        left.set_xlabel("mean expected transactions over the horizon")
+        left.set_title("Expected transactions by segment (no amounts: CLV unknown)")
     left.invert_yaxis()
-    left.set_xlabel("expected lifetime value")
-    left.set_title("CLV by segment")
-    left.legend(fontsize="small")
     right.bar(
         p_alive["low"], p_alive["customers"], width=p_alive["high"] - p_alive["low"], align="edge"
     )

@@ -267,7 +267,7 @@ def expected_mean_value(g: GammaGamma, x, m, population_mean: float | None = Non
 
 
 def check_forecasts(
-    bg: BgNbd, gg: GammaGamma, horizon: float, tuples: pd.DataFrame, spend: pd.DataFrame
+    bg: BgNbd, gg: GammaGamma | None, horizon: float, tuples: pd.DataFrame, spend: pd.DataFrame
 ) -> None:
     """Raise ValueError unless the models give a finite, non-negative value for every
     calibration summary: (x, t_x, T) rows in `tuples`, (x, m) rows in `spend`.
@@ -279,18 +279,21 @@ def check_forecasts(
     values = {
         "probability alive": probability_alive(bg, x, t_x, T),
         "expected transactions": expected_transactions(bg, horizon, x, t_x, T),
-        "expected spend per transaction": expected_mean_value(
-            gg, np.append(spend["x"].to_numpy(float), 0), np.append(spend["m"].to_numpy(float), 0)
-        ),
     }
+    if gg is not None:
+        values["expected spend per transaction"] = expected_mean_value(
+            gg, np.append(spend["x"].to_numpy(float), 0), np.append(spend["m"].to_numpy(float), 0)
+        )
+    spend_model = (
+        f"Gamma-Gamma p {gg.p:.4g}, q {gg.q:.4g}, gamma {gg.gamma:.4g}" if gg else "no spend model"
+    )
     for name, value in values.items():
         bad = ~(np.isfinite(value) & (value >= 0))
         if bad.any():
             raise ValueError(
                 f"{name} is not a finite, non-negative number for {int(bad.sum())} of "
                 f"{len(value)} customer summaries (BG/NBD r {bg.r:.4g}, alpha {bg.alpha:.4g}, "
-                f"a {bg.a:.4g}, b {bg.b:.4g}; Gamma-Gamma p {gg.p:.4g}, q {gg.q:.4g}, "
-                f"gamma {gg.gamma:.4g})"
+                f"a {bg.a:.4g}, b {bg.b:.4g}; {spend_model})"
             )
 
 
@@ -408,8 +411,11 @@ SCORE_FIELDS = (
 )
 
 
-def score_batch(batch: pd.DataFrame, bg: BgNbd, gg: GammaGamma, s: ValueSettings) -> pd.DataFrame:
-    """The value columns for one batch of customer summaries (vectorised)."""
+def score_batch(
+    batch: pd.DataFrame, bg: BgNbd, gg: GammaGamma | None, s: ValueSettings
+) -> pd.DataFrame:
+    """The value columns for one batch of customer summaries (vectorised); without a
+    spend model (`gg` None: purchases without amounts) spend and CLV are null."""
     x, t_x, T = batch["x"].to_numpy(float), batch["t_x"].to_numpy(float), batch["T"].to_numpy(float)
     mean_value = batch["mean_value"].fillna(0.0).to_numpy(float)
     p_alive = probability_alive(bg, x, t_x, T)
@@ -419,7 +425,7 @@ def score_batch(batch: pd.DataFrame, bg: BgNbd, gg: GammaGamma, s: ValueSettings
         bg, x, t_x, T, months * DAYS_PER_MONTH / s.unit_days, DAYS_PER_MONTH / s.unit_days,
         monthly_rate,
     )  # fmt: skip
-    spend = expected_mean_value(gg, x, mean_value)
+    spend = expected_mean_value(gg, x, mean_value) if gg else np.full(len(x), np.nan)
     return batch.assign(
         p_alive=p_alive,
         expected_transactions=expected_transactions(bg, s.horizon, x, t_x, T),
@@ -429,7 +435,7 @@ def score_batch(batch: pd.DataFrame, bg: BgNbd, gg: GammaGamma, s: ValueSettings
     )
 
 
-def score(summary: DataFrame, bg: BgNbd, gg: GammaGamma, s: ValueSettings) -> DataFrame:
+def score(summary: DataFrame, bg: BgNbd, gg: GammaGamma | None, s: ValueSettings) -> DataFrame:
     """Add p_alive, expected transactions and spend, discounted CLV and churn risk, in Spark."""
     schema = T_.StructType([*summary.schema.fields, *SCORE_FIELDS])
 

@@ -378,13 +378,17 @@ def customer_value_summary(lakehouse: Lakehouse) -> str | None:
         .agg(
             F.count(F.lit(1)).alias("customers"),
             F.sum("clv").alias("clv"),
+            F.sum("expected_transactions").alias("transactions"),
             F.avg((F.col("churn_risk") == "high").cast("double")).alias("at_risk"),
         )
         .first()
     )
+    # Purchases without amounts leave every clv null: transactions are still valued.
+    value = "unknown (no amounts)" if row.clv is None else f"{row.clv:,.2f}"
     return (
         f"Customer value ({as_of}): {row.customers:,} customers, total expected value "
-        f"{row.clv:,.2f}, {100 * row.at_risk:.1f}% at high churn risk"
+        f"{value}, {row.transactions:,.1f} expected transactions, "
+        f"{100 * row.at_risk:.1f}% at high churn risk"
     )
 
 

@@ -53,14 +53,16 @@ def _holdout_figure(weeks: np.ndarray, actual: np.ndarray, predicted: np.ndarray
 class ClvModel(mlflow.pyfunc.PythonModel):
     """The fitted models as an MLflow pyfunc: input x, t_x, T, mean_value; output the values."""
 
-    def __init__(self, bg: clv.BgNbd, gg: clv.GammaGamma, settings: clv.ValueSettings):
+    def __init__(self, bg: clv.BgNbd, gg: clv.GammaGamma | None, settings: clv.ValueSettings):
         self.bg, self.gg, self.settings = bg, gg, settings
 
     def predict(self, context, model_input, params=None):  # noqa: ARG002
         return clv.score_batch(model_input, self.bg, self.gg, self.settings)
 
 
-def _register(ctx: StageContext, bg: clv.BgNbd, gg: clv.GammaGamma, s: clv.ValueSettings) -> str:
+def _register(
+    ctx: StageContext, bg: clv.BgNbd, gg: clv.GammaGamma | None, s: clv.ValueSettings
+) -> str:
     from mlflow import MlflowClient
 
     from shopseg.tracking import pip_requirements
@@ -80,7 +82,7 @@ def _register(ctx: StageContext, bg: clv.BgNbd, gg: clv.GammaGamma, s: clv.Value
 
 def _champion(
     ctx: StageContext, unit: float
-) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
+) -> tuple[str, clv.BgNbd, clv.GammaGamma | None, clv.ValueSettings]:
     """The registered model's version, fitted parameters and value settings."""
     conf = ctx.config.clv
     version = tracking.champion_version(conf.model_name, conf.alias, "clv")
@@ -95,9 +97,9 @@ def _champion(
             "score with the unit it was fitted in, or fit again"
         )
     ctx.log.info(
-        "scoring with %s@%s (version %s): BG/NBD r %.4f, alpha %.4f, a %.4f, b %.4f; "
-        "Gamma-Gamma p %.4f, q %.4f, gamma %.4f",
-        conf.model_name, conf.alias, version, bg.r, bg.alpha, bg.a, bg.b, gg.p, gg.q, gg.gamma,
+        "scoring with %s@%s (version %s): BG/NBD r %.4f, alpha %.4f, a %.4f, b %.4f; %s",
+        conf.model_name, conf.alias, version, bg.r, bg.alpha, bg.a, bg.b,
+        f"Gamma-Gamma p {gg.p:.4f}, q {gg.q:.4f}, gamma {gg.gamma:.4f}" if gg else "no spend model",
     )  # fmt: skip
     configured = _settings(conf, unit)
     if configured != settings:
@@ -119,7 +121,7 @@ def _settings(conf: ClvConf, unit: float) -> clv.ValueSettings:
 
 def _check_forecasts(
     bg: clv.BgNbd,
-    gg: clv.GammaGamma,
+    gg: clv.GammaGamma | None,
     settings: clv.ValueSettings,
     tuples: pd.DataFrame,
     spend: pd.DataFrame,
@@ -135,6 +137,36 @@ def _check_forecasts(
         ) from None
 
 
+def _fit_spend(ctx: StageContext, summary: DataFrame, spend: pd.DataFrame) -> clv.GammaGamma | None:
+    """Gamma-Gamma on the repeat customers' spend; None when no purchase has an amount."""
+    if spend.empty:
+        ctx.log.warning(
+            "no repeat customer has purchases with a positive amount (do the events carry "
+            "prices or amounts?): Gamma-Gamma not fitted; expected_mean_value and clv are "
+            "null, p_alive and expected_transactions are valued"
+        )
+        return None
+    gg = clv.fit_gamma_gamma(spend["x"], spend["m"], spend["customers"])
+    corr = clv.correlation(summary)
+    ctx.log.info(
+        "Gamma-Gamma on %d repeat customers as %d rows: p %.4f, q %.4f, gamma %.4f, "
+        "log-likelihood %.2f (%.2f s); correlation of frequency and mean spend %.3f%s",
+        gg.customers, gg.rows, gg.p, gg.q, gg.gamma, gg.log_likelihood, gg.seconds, corr,
+        " (above 0.3: the model's independence assumption is doubtful)" if abs(corr) > 0.3 else "",
+    )  # fmt: skip
+    ctx.run.log_metrics(
+        {
+            "gg_p": gg.p,
+            "gg_q": gg.q,
+            "gg_gamma": gg.gamma,
+            "gg_log_likelihood": gg.log_likelihood,
+            "gg_customers": gg.customers,
+            "gg_frequency_spend_correlation": corr,
+        }
+    )
+    return gg
+
+
 def _fit(
     ctx: StageContext,
     days: DataFrame,
@@ -143,7 +175,7 @@ def _fit(
     spend: pd.DataFrame,
     end: dt.date,
     unit: float,
-) -> tuple[str, clv.BgNbd, clv.GammaGamma, clv.ValueSettings]:
+) -> tuple[str, clv.BgNbd, clv.GammaGamma | None, clv.ValueSettings]:
     """Fit BG/NBD and Gamma-Gamma on the summaries, check the holdout, register."""
     conf = ctx.config.clv
     bg = clv.fit_bgnbd(tuples["x"], tuples["t_x"], tuples["T"], tuples["customers"])
@@ -153,14 +185,7 @@ def _fit(
         bg.customers, bg.rows, end, conf.time_unit, bg.r, bg.alpha, bg.a, bg.b,
         bg.log_likelihood, bg.seconds,
     )  # fmt: skip
-    gg = clv.fit_gamma_gamma(spend["x"], spend["m"], spend["customers"])
-    corr = clv.correlation(summary)
-    ctx.log.info(
-        "Gamma-Gamma on %d repeat customers as %d rows: p %.4f, q %.4f, gamma %.4f, "
-        "log-likelihood %.2f (%.2f s); correlation of frequency and mean spend %.3f%s",
-        gg.customers, gg.rows, gg.p, gg.q, gg.gamma, gg.log_likelihood, gg.seconds, corr,
-        " (above 0.3: the model's independence assumption is doubtful)" if abs(corr) > 0.3 else "",
-    )  # fmt: skip
+    gg = _fit_spend(ctx, summary, spend)
     ctx.run.log_params(
         {"calibration_end": end.isoformat(), "time_unit": conf.time_unit, "bgnbd_rows": bg.rows}
     )
@@ -174,12 +199,6 @@ def _fit(
             "bgnbd_fit_seconds": bg.seconds,
             "bgnbd_distinct_tuples": bg.rows,
             "customers": bg.customers,
-            "gg_p": gg.p,
-            "gg_q": gg.q,
-            "gg_gamma": gg.gamma,
-            "gg_log_likelihood": gg.log_likelihood,
-            "gg_customers": gg.customers,
-            "gg_frequency_spend_correlation": corr,
         }
     )
 
@@ -217,7 +236,11 @@ def _fit(
     _check_forecasts(bg, gg, settings, tuples, spend, "the models fitted")
     version = _register(ctx, bg, gg, settings)
     ctx.run.log_dict(
-        {"bgnbd": bg.__dict__, "gamma_gamma": gg.__dict__, "settings": settings.__dict__},
+        {
+            "bgnbd": bg.__dict__,
+            "gamma_gamma": gg.__dict__ if gg else None,
+            "settings": settings.__dict__,
+        },
         "clv_model.json",
     )
     return version, bg, gg, settings
@@ -267,13 +290,13 @@ def run(ctx: StageContext) -> None:
         .first()
     )
     ctx.log.info(
-        "%d customers: expected value %.2f over %d days, %.1f expected transactions, "
+        "%d customers: expected value %s over %d days, %.1f expected transactions, "
         "%.1f%% at high churn risk (p_alive < %.2f)",
-        totals.customers, totals.clv, settings.horizon_days, totals.transactions,
-        100 * totals.at_risk, settings.risk_thresholds[0],
+        totals.customers, "unknown" if totals.clv is None else f"{totals.clv:.2f}",
+        settings.horizon_days, totals.transactions, 100 * totals.at_risk,
+        settings.risk_thresholds[0],
     )  # fmt: skip
-    ctx.run.log_metrics(
-        {"total_clv": totals.clv, "at_risk_share": totals.at_risk, "model_version": int(version)}
-    )
+    metrics = {"at_risk_share": totals.at_risk, "model_version": int(version)}
+    ctx.run.log_metrics(metrics | ({} if totals.clv is None else {"total_clv": totals.clv}))
     summary.unpersist()
     days.unpersist()
