@@ -4,7 +4,9 @@ conf/invoice_lines_example.yaml (order lines, cancellations, missing customers,
 decimal-written ids, ISO-8859-1) through ingest -> features -> clv -> segment
 -> recommend, and conf/ratings_example.yaml (header-less, tab-separated, epoch
 seconds) through ingest -> features -> recommend. Expected values come from
-reading the files here with the csv module, independently of Spark.
+reading the files here with the csv module, independently of Spark. A
+clickstream without prices and with four months of history goes through every
+stage that values, segments, scores and targets its users.
 """
 
 from __future__ import annotations
@@ -204,3 +206,77 @@ def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     assert (
         "split cutoff (events from 2020-01-01 on held out) leaves 0 of" in capsys.readouterr().err
     )
+
+
+def clickstream(path, seed: int = 11, visitors: int = 300) -> None:
+    """A clickstream export in the layout of a well-known public one: epoch
+    milliseconds, visitor, event (view / addtocart / transaction), item and a
+    transaction id; no prices, discounts, dwell times or categories, and about four
+    months of history."""
+    import random
+
+    rng = random.Random(seed)
+    start = int(dt.datetime(2015, 6, 2, tzinfo=dt.UTC).timestamp() * 1000)
+    rows = []
+    for visitor in rng.sample(range(1_400_000), visitors):
+        for _ in range(rng.randint(1, 6)):
+            ts = start + rng.randint(0, 120 * 86_400_000)
+            for _ in range(rng.randint(1, 10)):
+                event = rng.choices(["view", "addtocart", "transaction"], [88, 7, 5])[0]
+                ts += rng.randint(3_000, 400_000)
+                order = str(rng.randint(1, 17_671)) if event == "transaction" else ""
+                rows.append((ts, visitor, event, rng.randint(1, 80) * 397, order))
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["timestamp", "visitorid", "event", "itemid", "transactionid"])
+        writer.writerows(sorted(rows))
+
+
+@pytest.mark.slow
+def test_a_clickstream_without_prices_or_a_year_of_history_runs_every_stage(spark, tmp_path):
+    from deltalake import DeltaTable
+
+    clickstream(tmp_path / "events.csv")
+    conf = tmp_path / "clickstream.yaml"
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lake"}}}
+pipeline: {{stages: [ingest, features, clv, propensity, segment, audiences]}}
+sources:
+  events:
+    path: {tmp_path / "events.csv"}
+    options: {{header: "true"}}
+    table: bronze/events
+    columns:
+      event_ts: {{source: timestamp, type: timestamp, format: epoch_ms, required: true}}
+      user_id: {{source: visitorid, type: long, required: true}}
+      item_id: {{source: itemid, required: true}}
+      event_type:
+        expr: "CASE event WHEN 'addtocart' THEN 'cart' WHEN 'transaction' THEN 'purchase'
+          ELSE event END"
+        allowed: [view, cart, purchase]
+      order_id: {{source: transactionid}}
+audiences: {{campaigns_file: {REPO / "conf" / "campaigns.yaml"}}}
+"""
+    )
+    grid = "[{kind: logistic, params: {regParam: [0.01], elasticNetParam: [0.0], maxIter: [20]}}]"
+    args = ["run", "--conf", str(conf), "--set", FAST_WRITER, "--set", f"propensity.models={grid}"]
+    for override in ("segment.algorithms=[kmeans]", "segment.k_max=3", "segment.restarts=2"):
+        args += ["--set", override]
+    assert main(args) == 0
+    table = lambda spec: DeltaTable(str(tmp_path / "lake" / spec.name)).to_pandas()  # noqa: E731
+
+    # No amounts: BG/NBD values every buyer, spend and CLV stay null.
+    value = table(t.CUSTOMER_VALUE)
+    assert len(value) > 50
+    assert value["p_alive"].between(0, 1).all()
+    assert (value["expected_transactions"] > 0).all()
+    assert value["clv"].isna().all() and value["expected_mean_value"].isna().all()
+    # Order value, discounts and dwell are not in the log: no segment is named after them.
+    names = set(table(t.SEGMENT_PROFILES)["segment_name"])
+    assert not names & {"High-value loyal", "Bargain hunters"}, names
+    # Four months hold no 90-day churn outcomes before the cut-offs: the buy target
+    # alone is scored, and the campaign targeting churners waits.
+    assert set(table(t.PROPENSITY_SCORES)["target"]) == {"purchase_30d"}
+    campaigns = set(table(t.CAMPAIGN_AUDIENCES)["campaign_id"])
+    assert "uplift_trial" in campaigns and "retain_at_risk" not in campaigns

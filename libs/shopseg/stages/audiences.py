@@ -42,11 +42,17 @@ def snapshot_users(ctx: StageContext) -> tuple[DataFrame, object]:
 
 def with_propensity_deciles(
     ctx: StageContext, users: DataFrame, as_of: object, campaigns: list[CampaignConf]
-) -> DataFrame:
-    """The users with their decile of each propensity target a campaign conditions on."""
+) -> tuple[DataFrame, list[CampaignConf]]:
+    """The users with their decile of each propensity target a campaign conditions on,
+    and the campaigns that can run.
+
+    A campaign whose target the scores lack (the propensity stage leaves out a
+    target the events cannot train, such as 90-day churn on a few months of
+    history) is left out with a warning.
+    """
     wanted = sorted({c.target.propensity.target for c in campaigns if c.target.propensity})
     if not wanted:
-        return users
+        return users, campaigns
     needing = [c.id for c in campaigns if c.target.propensity]
     if not ctx.lakehouse.exists(t.PROPENSITY_SCORES.name):
         raise ValueError(
@@ -64,17 +70,22 @@ def with_propensity_deciles(
     present = {r["target"] for r in scores.select("target").distinct().collect()}
     missing = [name for name in wanted if name not in present]
     if missing:
-        raise ValueError(
-            f"campaign(s) {needing} target by propensity {missing}, which "
-            f"{t.PROPENSITY_SCORES.name} ({scored_as_of}) does not score; it has {sorted(present)}"
-        )
+        left_out = [c.id for c in campaigns if c.target.propensity
+                    and c.target.propensity.target in missing]  # fmt: skip
+        ctx.log.warning(
+            "campaign(s) %s target by propensity %s, which %s (%s) does not score (it has "
+            "%s; see the propensity stage's log): left out of this send",
+            left_out, missing, t.PROPENSITY_SCORES.name, scored_as_of, sorted(present),
+        )  # fmt: skip
+        campaigns = [c for c in campaigns if c.id not in left_out]
+        wanted = [name for name in wanted if name in present]
     ctx.log.info("propensity deciles of %s from the scores of %s", wanted, scored_as_of)
     for name in wanted:
         deciles = scores.filter(F.col("target") == name).select(
             t.USER_ID, F.col("decile").alias(cp.decile_column(name))
         )
         users = users.join(deciles, on=t.USER_ID, how="left")
-    return users
+    return users, campaigns
 
 
 def with_uplift_picks(
@@ -194,7 +205,7 @@ def run(ctx: StageContext) -> None:
     ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
     users, as_of = snapshot_users(ctx)
     send_date = conf.send_date or as_of
-    users = with_propensity_deciles(ctx, users, as_of, campaigns)
+    users, campaigns = with_propensity_deciles(ctx, users, as_of, campaigns)
     users, campaigns = with_uplift_picks(ctx, users, send_date, campaigns)
     users = users.cache()
     history = (

@@ -114,9 +114,13 @@ def _counts(rows: DataFrame) -> tuple[int, float]:
     return int(row["n"]), float(row["positives"] or 0.0)
 
 
+class TooLittleHistory(ValueError):
+    """A target's labelled rows lack a class: the events do not cover its cut-offs."""
+
+
 def _require_both_classes(name: str, what: str, n: int, positives: float) -> None:
     if n == 0 or positives in (0.0, float(n)):
-        raise ValueError(
+        raise TooLittleHistory(
             f"propensity target {name}: the {what} has {n} rows and {positives:.0f} positives; "
             "both classes are needed (more history before the cut-offs, or other "
             "propensity.cutoff_step_days / training_cutoffs / horizon)"
@@ -165,6 +169,21 @@ class _Trained:
     reliability: dict[str, pd.DataFrame]
     model: PipelineModel
     importances: dict[str, float]
+
+
+def _train_or_skip(
+    ctx: StageContext,
+    snapshots: _Snapshots,
+    events: DataFrame,
+    target: PropensityTarget,
+    scoring_as_of: dt.date,
+) -> _Trained | str:
+    """The trained target, or why the events cannot train it (a shop with a few months
+    of history has no 90-day churn outcomes before its cut-offs)."""
+    try:
+        return _train_target(ctx, snapshots, events, target, scoring_as_of)
+    except TooLittleHistory as exc:
+        return str(exc)
 
 
 def _train_target(
@@ -418,11 +437,25 @@ def run(ctx: StageContext) -> None:
         # once from the files, then from memory.
         events = events.persist(StorageLevel.MEMORY_AND_DISK)
         snapshots = _Snapshots(ctx, events)
-        trained = concurrently(
-            lambda target: _train_target(ctx, snapshots, events, target, as_of),
+        attempts = concurrently(
+            lambda target: _train_or_skip(ctx, snapshots, events, target, as_of),
             conf.targets,
             conf.concurrent_targets,
         )
+        trained = [one for one in attempts if isinstance(one, _Trained)]
+        skipped = {target.name: why for target, why in zip(conf.targets, attempts, strict=True)
+                   if isinstance(why, str)}  # fmt: skip
+        if skipped:
+            ctx.log.warning(
+                "propensity target(s) left out, the events cannot train them: %s",
+                "; ".join(skipped.values()),
+            )
+            ctx.run.log_params({"targets_skipped": sorted(skipped)})
+        if not trained:
+            raise ValueError(
+                "no propensity target could be trained: " + "; ".join(skipped.values())
+            )
+        targets = [one.target for one in trained]
         for one in trained:
             model, version, rows = _record_target(ctx, one)
             models[one.target.name] = (model, version)
@@ -430,7 +463,8 @@ def run(ctx: StageContext) -> None:
         for frame in snapshots.built.values():
             frame.unpersist()
     else:
-        for target in conf.targets:
+        targets = list(conf.targets)
+        for target in targets:
             name = f"{conf.model_prefix}_{target.name}"
             version = tracking.champion_version(name, conf.alias, "propensity")
             models[target.name] = (tracking.load_spark_model(name, alias=conf.alias), version)
@@ -439,7 +473,7 @@ def run(ctx: StageContext) -> None:
     scores = _union(
         [
             _score(model, snapshot, target, models[target.name][1])
-            for target in conf.targets
+            for target in targets
             for model in [models[target.name][0]]
         ]
     )
@@ -468,7 +502,7 @@ def run(ctx: StageContext) -> None:
         )
     last_day = latest(events, t.EVENT_DATE)
     covered = (last_day - as_of).days + 1 if last_day is not None else 0
-    for target in conf.targets:
+    for target in targets:
         if covered >= BACKTEST_COVERAGE * target.horizon_days:
             _backtest(ctx, events, snapshot, scores, target, as_of, covered)
         _planted_rank_correlation(ctx, written, target)

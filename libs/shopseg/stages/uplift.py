@@ -184,7 +184,12 @@ def _compare_targeting(
         if campaign.target.uplift:
             raise ValueError(f"uplift.compare_campaign {campaign.id!r} targets by uplift itself")
         segment_users, seg_as_of = snapshot_users(ctx)
-        segment_users = with_propensity_deciles(ctx, segment_users, seg_as_of, [campaign])
+        segment_users, runnable = with_propensity_deciles(ctx, segment_users, seg_as_of, [campaign])
+        if not runnable:
+            raise ValueError(
+                f"uplift.compare_campaign {campaign.id!r} targets by a propensity "
+                f"{t.PROPENSITY_SCORES.name} does not score (see the warning above)"
+            )
         rule = cp.eligible(segment_users, campaign).select(t.USER_ID)
         size = rule.count()
         if size < n:
