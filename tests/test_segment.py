@@ -556,13 +556,18 @@ def test_kmeans_from_given_centres_starts_there_and_keeps_the_lower_cost(spark, 
 
 
 def test_features_a_source_does_not_record_are_left_out_and_named(spark):
-    # An events log without dwell times or discounts: the columns are null, or
-    # 0 for every buyer; the default expressions would still vary them by
-    # views and orders, and name segments after discounts nobody got.
+    # An order log without dwell times, discounts or views: the columns are null,
+    # or 0 for every user; the default expressions would still vary them with the
+    # number of orders or sessions, and name segments after discounts nobody got.
     df = spark.createDataFrame(
-        [(1, 3, 12, None, 0.0), (2, 1, 4, None, 0.0), (3, 0, 7, None, None), (4, 5, 30, None, 0.0)],
-        "user_id long, frequency long, views long, mean_dwell_seconds double, "
-        "discount_share double",
+        [
+            (1, dt.date(2025, 6, 1), 3, 2, 0, None, 0.0),
+            (2, dt.date(2025, 6, 1), 1, 1, 0, None, 0.0),
+            (3, dt.date(2025, 6, 1), 0, 4, 0, None, None),
+            (4, dt.date(2025, 6, 1), 5, 9, 0, None, 0.0),
+        ],
+        "user_id long, as_of_date date, frequency long, sessions long, views long, "
+        "mean_dwell_seconds double, discount_share double",
     )
     features = [
         SegmentFeature(name="frequency", log=True),
@@ -574,19 +579,20 @@ def test_features_a_source_does_not_record_are_left_out_and_named(spark):
             name="mean_dwell_seconds",
             expr="(coalesce(mean_dwell_seconds, 0) * views + 60 * 10) / (views + 10)",
         ),
-        SegmentFeature(name="views_per_visit", expr="views / 2"),
+        SegmentFeature(name="views_per_session", expr="(views + 4 * 3) / (sessions + 3)"),
+        # The snapshot's date is the same for everyone by design: not a reason.
+        SegmentFeature(name="orders_per_month", expr="frequency / (month(as_of_date) + 1)"),
     ]
     kept, left_out, counts = sg.informative_features(df, features)
-    assert [f.name for f in kept] == ["frequency", "views_per_visit"]
-    assert left_out == {"discount_share": "0.0 for every user", "mean_dwell_seconds": "no values"}
-    assert counts == {
-        "frequency": 4,
-        "discount_share": 4,
-        "mean_dwell_seconds": 4,
-        "views_per_visit": 4,
+    assert [f.name for f in kept] == ["frequency", "orders_per_month"]
+    assert left_out == {
+        "discount_share": "discount_share: 0.0 for every user",
+        "mean_dwell_seconds": "views: 0 for every user, mean_dwell_seconds: no values",
+        "views_per_session": "views: 0 for every user",
     }
+    assert counts == dict.fromkeys([f.name for f in features], 4)
     with pytest.raises(ValueError, match=r"no segment feature carries information .* 4 users"):
-        sg.informative_features(df, features[1:3])
+        sg.informative_features(df, features[1:4])
 
 
 def test_a_name_whose_features_the_model_lacks_names_no_segment():

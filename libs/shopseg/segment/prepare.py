@@ -3,6 +3,7 @@ imputation, assembly, scaling and optional PCA, and the column names it adds."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from pyspark.ml import Pipeline, PipelineModel
@@ -82,20 +83,25 @@ def informative_features(
     feature's number of values (non-null).
 
     A source may not record some behaviour: an order log has no views, an event
-    log without prices or discounts no discount share. Such a feature has no
-    values at all (median imputation has nothing to fill it with), or its
-    column in the user features (a feature named after one) holds one value
-    for every user, so the expression built on it (the default discount share
-    shrunk by the number of orders, for one) would only repeat other features
-    and name segments after behaviour the data never showed. Both are left out.
+    log without prices or discounts no discount share. A feature is left out when
+    its expression has no values at all (median imputation has nothing to fill
+    it with), or when a column of `users` it names is null or one value for
+    every user: the default shrunk discount share, views per session or dwell
+    time would otherwise vary with the number of orders or sessions alone and
+    name segments after behaviour the data never showed.
     """
-    columns = set(users.columns)
-    own = [f.name for f in features if f.name in columns]
+    # The snapshot's date is one value for every user by design, the id never is.
+    columns = [c for c in users.columns if c not in (t.AS_OF_DATE, t.USER_ID)]
+    named = {
+        f.name: [c for c in columns if re.search(rf"\b{re.escape(c)}\b", f.expr or f.name)]
+        for f in features
+    }
+    referenced = sorted({c for cols in named.values() for c in cols})
     stats = (
         users.select(
             *[F.count(F.expr(f"({f.expr or f.name})")).alias(f.name) for f in features],
-            *[F.min(F.col(n)).alias(f"_min_{n}") for n in own],
-            *[F.max(F.col(n)).alias(f"_max_{n}") for n in own],
+            *[F.min(F.col(c)).alias(f"_min_{c}") for c in referenced],
+            *[F.max(F.col(c)).alias(f"_max_{c}") for c in referenced],
             F.count(F.lit(1)).alias("_rows"),
         )
         .first()
@@ -103,14 +109,18 @@ def informative_features(
     )
     if stats["_rows"] == 0:
         raise ValueError("no users to segment in this snapshot")
+    constant = {
+        c: "no values" if stats[f"_min_{c}"] is None else f"{stats[f'_min_{c}']!r} for every user"
+        for c in referenced
+        if stats[f"_min_{c}"] == stats[f"_max_{c}"]
+    }
     counts = {f.name: stats[f.name] for f in features}
     left_out = {}
     for f in features:
         if counts[f.name] == 0:
             left_out[f.name] = "no values"
-        elif f.name in columns and stats[f"_min_{f.name}"] == stats[f"_max_{f.name}"]:
-            value = stats[f"_min_{f.name}"]
-            left_out[f.name] = "no values" if value is None else f"{value!r} for every user"
+        elif dull := [c for c in named[f.name] if c in constant]:
+            left_out[f.name] = ", ".join(f"{c}: {constant[c]}" for c in dull)
     kept = [f for f in features if f.name not in left_out]
     if not kept:
         raise ValueError(
