@@ -264,7 +264,9 @@ audiences: {{campaigns_file: {REPO / "conf" / "campaigns.yaml"}}}
     for override in ("segment.algorithms=[kmeans]", "segment.k_max=3", "segment.restarts=2"):
         args += ["--set", override]
     assert main(args) == 0
-    table = lambda spec: DeltaTable(str(tmp_path / "lake" / spec.name)).to_pandas()  # noqa: E731
+
+    def table(spec: t.TableSpec):
+        return DeltaTable(str(tmp_path / "lake" / spec.name)).to_pandas()
 
     # No amounts: BG/NBD values every buyer, spend and CLV stay null.
     value = table(t.CUSTOMER_VALUE)
