@@ -167,6 +167,10 @@ def test_empty_write_is_a_version(lake, spark):
     assert (result.version, result.rows) == (0, 0)
     assert lake.read("empty").count() == 0
     assert lake.read("empty").columns == [f.split()[0] for f in SCHEMA.split(", ")]
+    # An append of no rows to a table (an increment without new batches) is a
+    # version too: Spark's Delta skips such commits unless told otherwise.
+    again = lake.write(spark.createDataFrame([], SCHEMA), "empty", "append")
+    assert (again.version, again.rows, lake.version("empty")) == (1, 0, 1)
 
 
 def test_null_partition_values_roundtrip(lake, spark):

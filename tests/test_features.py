@@ -354,3 +354,48 @@ def test_a_catalogue_from_the_event_lines(spark):
     # I4's one line has no name, I9's no name and no price.
     assert (got["I4"].item_name, got["I9"].item_name, got["I9"].price) == (None, None, None)
     assert got["I3"].price == 4.0 and got["I3"].category is None
+
+
+# ------------------------------------------------------------------ two runs at once
+
+
+@pytest.mark.slow
+def test_two_features_runs_on_an_existing_snapshot_one_wins_the_other_commits_nothing(tmp_path):
+    """Two `shopseg run --stages features` processes started together on a
+    lakehouse whose snapshot exists (auto mode goes incremental with no new
+    batch): one commits, the other names the conflict and commits nothing,
+    and its rerun succeeds."""
+    import subprocess
+    import sys
+
+    from deltalake import DeltaTable
+
+    from shopseg.cli import main
+
+    from .conftest import FAST_WRITER, LOCAL_CONF
+
+    root = tmp_path / "lh"
+    sets = [f"lakehouse.root={root}", FAST_WRITER, "spark.master=local[1]"]
+    sets += ["generate.users=300", "generate.items=200", "generate.events_per_user=20"]
+    args = ["--conf", str(LOCAL_CONF)] + [a for s in sets for a in ("--set", s)]
+    assert main(["run", "--stages", "generate,ingest,features", *args]) == 0
+    runs = DeltaTable(str(root / "silver" / "feature_runs"))
+    before = runs.version()
+    features = DeltaTable(str(root / "silver" / "user_features")).to_pandas()
+
+    command = [sys.executable, "-m", "shopseg.cli", "run", "--stages", "features", *args]
+    both = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in both)
+    assert [rc for rc, _ in outcomes] == [0, 1], outcomes
+    assert "concurrent run conflict: another features is running" in outcomes[1][1]
+    runs.update_incremental()
+    assert runs.version() == before + 1, "the loser committed a feature run"
+
+    assert main(["run", "--stages", "features", *args]) == 0
+    after = DeltaTable(str(root / "silver" / "user_features")).to_pandas()
+    key = ["user_id", "as_of_date"]
+    assert len(after) == len(features)
+    merged = features.merge(after, on=key, suffixes=("", "_after"))
+    assert len(merged) == len(features)
+    assert (merged["frequency"] == merged["frequency_after"]).all()
+    assert (merged["monetary"].fillna(-1) == merged["monetary_after"].fillna(-1)).all()

@@ -239,8 +239,8 @@ def exclusive_lock(folder: str | None, name: str) -> Iterator[None]:
     An OS file lock (flock): the kernel releases it when the holder exits,
     even on kill -9, so a crashed run never blocks the next one. An object
     store has no such lock: for a remote lakehouse (`folder` None) nothing
-    is locked, a warning says so, and running one ingest at a time is the
-    scheduler's job (README: On a cluster).
+    is locked, a warning says so, and Delta's optimistic concurrency is what
+    refuses the second of two conflicting writes (README: On a cluster).
 
     Raises:
         LockHeld: another process holds it (naming its pid).
@@ -265,8 +265,9 @@ def exclusive_lock(folder: str | None, name: str) -> Iterator[None]:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             raise LockHeld(
-                f"another {name} is running on this lakehouse ({holder}); "
-                f"wait for it to finish (lock file {path})"
+                f"concurrent run conflict: another {name} is running on this lakehouse "
+                f"({holder}); this one committed nothing. Run it again when that one "
+                f"ends (lock file {path})"
             ) from None
         handle.seek(0)
         handle.truncate()

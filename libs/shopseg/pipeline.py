@@ -10,6 +10,7 @@ The same stage code runs under `shopseg run`, `shopseg <stage>` and
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import time
@@ -291,6 +292,21 @@ def open_lakehouse(config: Config) -> tuple[SparkSession, Lakehouse]:
     return spark, lakehouse
 
 
+def stage_lock(lakehouse: Lakehouse, name: str) -> contextlib.AbstractContextManager[None]:
+    """One run of stage `name` at a time on a local lakehouse.
+
+    Two runs of one stage read the same snapshot and write the same tables:
+    the second is refused before it opens its MLflow run or reads a table,
+    with the conflict named (`files.LockHeld`), so it commits nothing and a
+    rerun after the first ends succeeds. The kernel releases the lock when
+    its holder dies, even on kill -9. On an object store nothing is locked
+    and Delta's optimistic concurrency refuses the conflicting commit.
+    """
+    from shopseg import files
+
+    return files.exclusive_lock(lakehouse.local_path("_locks"), name)
+
+
 def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
     """Run the named stages in order, each as one MLflow run; stop at the first failure."""
     started = time.perf_counter()
@@ -312,7 +328,10 @@ def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
         module = importlib.import_module(spec.module)
         stage_log = logging.getLogger(f"shopseg.stages.{name}")
         tags = {tracking.PIPELINE_TAG: pipeline_id, tracking.CONFIG_TAG: config.fingerprint()}
-        with tracking.stage_run(config.mlflow, name, tags) as run:
+        with (
+            stage_lock(lakehouse, name),
+            tracking.stage_run(config.mlflow, name, tags) as run,
+        ):
             ctx = StageContext(name, config, spark, lakehouse, run, stage_log, pipeline_id)
             section = getattr(config, name, None)
             if section is not None:

@@ -38,7 +38,7 @@ from shopseg import segment as sg
 from shopseg import tables as t
 from shopseg.config import Config, ConfigError
 from shopseg.delta import Lakehouse
-from shopseg.pipeline import StageContext, open_lakehouse
+from shopseg.pipeline import StageContext, open_lakehouse, stage_lock
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -55,7 +55,9 @@ def _step(
 ) -> Iterator[StageContext]:
     """One step of a micro-batch as its own MLflow run (a stage's context)."""
     tags = {tracking.PIPELINE_TAG: pipeline_id, tracking.CONFIG_TAG: config.fingerprint()}
-    with tracking.stage_run(config.mlflow, name, tags) as run:
+    # The stage's lock: a `shopseg features` (or ingest) beside the stream
+    # writes the same tables from the same snapshot.
+    with stage_lock(lakehouse, name), tracking.stage_run(config.mlflow, name, tags) as run:
         logger = logging.getLogger(f"shopseg.stages.{name}")
         yield StageContext(name, config, spark, lakehouse, run, logger, pipeline_id)
 

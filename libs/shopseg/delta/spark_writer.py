@@ -25,6 +25,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__package__)
 
 
+# Delta skips recording a commit that adds and removes nothing (an append of
+# no rows: an incremental features run with no new batch) by default, so the
+# write's id never reaches the history and the write could not name its
+# version. One write is one version (the contract; delta-rs commits it too).
+RECORD_EMPTY_COMMITS = {"spark.databricks.delta.skipRecordingEmptyCommits": "false"}
+
+
 def pa_column(actions: Any, name: str) -> list[Any]:
     """One column of deltalake's add actions (an Arrow batch) as a list."""
     import pyarrow as pa
@@ -106,7 +113,8 @@ class SparkDeltaWriter:
         if overwrite_schema:
             writer = writer.option("overwriteSchema", "true")
         try:
-            writer.save(path)
+            with session_conf(self.spark, RECORD_EMPTY_COMMITS):
+                writer.save(path)
         except Exception as exc:
             # Delta's optimistic concurrency (ConcurrentAppendException and its
             # kin): the same error type the delta-rs writer raises.

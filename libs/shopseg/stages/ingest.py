@@ -230,13 +230,10 @@ def _log_row(
 def run(ctx: StageContext, only: Mapping[str, set[str]] | None = None) -> None:
     """Ingest every source's new files (with `only`: of the named sources, only
     the listed files; `shopseg stream` passes each micro-batch's files)."""
-    # One ingest at a time per lakehouse: two would both see the same files as
-    # new, and one could take the other's half-written batch for a dead one.
-    try:
-        with files.exclusive_lock(ctx.lakehouse.local_path("_locks"), "ingest"):
-            _ingest(ctx, only)
-    except files.LockHeld as exc:
-        raise IngestError(str(exc)) from None
+    # One ingest at a time per lakehouse (the runner's stage lock): two would
+    # both see the same files as new, and one could take the other's
+    # half-written batch for a dead one.
+    _ingest(ctx, only)
 
 
 def _ingest(ctx: StageContext, only: Mapping[str, set[str]] | None = None) -> None:
