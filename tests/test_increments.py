@@ -264,9 +264,6 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
     assert third["mode"] == "incremental"
 
     silver = spark.read.format("delta").load(str(lake_root / t.SILVER_EVENTS.name))
-    bronze = spark.read.format("delta").load(str(lake_root / t.BRONZE_EVENTS.name))
-    assert silver.count() == silver.select(t.EVENT_ID).distinct().count()
-    assert silver.count() == bronze.select(t.EVENT_ID).distinct().count()
     assert (
         third["events_added"]
         == silver.filter(
@@ -274,8 +271,17 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
         ).count()
     )
 
-    # The snapshot equals the direct computation over every event.
-    as_of = third[t.AS_OF_DATE]
+    assert_snapshot_equals_a_full_computation(spark, config, lake_root, third, second)
+
+
+def assert_snapshot_equals_a_full_computation(spark, config, lake_root, run, earlier) -> None:
+    """The features and interactions of `run`'s snapshot equal the direct
+    computation over every event in silver, which holds each bronze event once."""
+    silver = spark.read.format("delta").load(str(lake_root / t.SILVER_EVENTS.name))
+    bronze = spark.read.format("delta").load(str(lake_root / t.BRONZE_EVENTS.name))
+    assert silver.count() == silver.select(t.EVENT_ID).distinct().count()
+    assert silver.count() == bronze.select(t.EVENT_ID).distinct().count()
+    as_of = run[t.AS_OF_DATE]
     features = spark.read.format("delta").load(str(lake_root / t.USER_FEATURES.name))
     got = features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of)).toPandas()
     users = spark.read.format("delta").load(str(lake_root / t.BRONZE_USERS.name))
@@ -287,7 +293,7 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
         items,
         as_of,
         lookback_days=conf.lookback_days,
-        categories=list(third["categories"]),
+        categories=list(run["categories"]),
         demographics=conf.demographics,
         rfm_rules=conf.rfm.segments,
         no_purchase_segment=conf.rfm.no_purchase_segment,
@@ -301,7 +307,7 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
         rtol=RTOL,
     )
     # So do the interactions, continued from the earlier runs' snapshots.
-    assert third["interactions"] == second["interactions"] is not None
+    assert run["interactions"] == earlier["interactions"] is not None
     strengths = spark.read.format("delta").load(str(lake_root / t.INTERACTIONS.name))
     want_pairs = fx.build_interactions(
         fx.filter_window(silver, as_of, conf.lookback_days),
@@ -316,3 +322,96 @@ def test_daily_runs_of_the_stage_add_only_the_new_events_and_equal_a_full_run(
         check_dtype=False,
         rtol=RTOL,
     )
+
+
+def delta_version(table) -> int:
+    """The newest commit in a Delta table's log, as the file system holds it (-1: none)."""
+    log = table / "_delta_log"
+    versions = [int(p.stem) for p in log.glob("*.json")] if log.exists() else []
+    return max(versions, default=-1)
+
+
+def kill_when(command: list[str], moment, timeout: float = 300) -> None:
+    """Run `command` in its own process group and kill -9 the whole group (the
+    Spark JVM with it) as soon as `moment()` holds."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    process = subprocess.Popen(command, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while not moment():
+            assert process.poll() is None, f"the run ended (rc {process.returncode}) unkilled"
+            assert time.time() < deadline, "the moment to kill never came"
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@pytest.mark.slow
+def test_kill_9_during_and_after_an_incremental_features_run_never_wedges_the_rerun(
+    spark, lake_root, tmp_path
+):
+    """A features process killed -9 after its events landed in silver, and one
+    killed in the stage after it: each rerun in auto mode, with new batches,
+    goes on incrementally and equals the direct computation."""
+    import sys
+
+    from shopseg.config import load_config
+    from shopseg.pipeline import run_stages
+
+    from .conftest import FAST_WRITER, LOCAL_CONF
+
+    sets = [
+        f"lakehouse.root={lake_root}",
+        FAST_WRITER,
+        "spark.master=local[1]",
+        "generate.users=300",
+        "generate.items=200",
+        "generate.events_per_user=30",
+        "generate.start_date=2025-10-01",
+        "features.lookback_days=60",
+        "features.rfm.quantile_error=0",
+    ]
+    config = load_config(LOCAL_CONF, sets)
+    cli = [sys.executable, "-m", "shopseg.cli", "run", "--conf", str(LOCAL_CONF)]
+    cli += [a for s in sets for a in ("--set", s)]
+    run_stages(config, ["generate"])
+    held = hold_back(lake_root / t.RAW_EVENTS, 4, tmp_path / "held")
+    run_stages(config, ["ingest", "features"])
+    silver, runs = lake_root / t.SILVER_EVENTS.name, lake_root / t.FEATURE_RUNS.name
+
+    def last_run():
+        table = spark.read.format("delta").load(str(runs))
+        return table.orderBy(F.desc("run_at")).first()
+
+    # Killed between its silver append and its feature run: the run that
+    # follows, with one more day, replaces the dead append.
+    held[0].rename(lake_root / t.RAW_EVENTS / held[0].name)
+    appended, recorded = delta_version(silver), delta_version(runs)
+    run_stages(config, ["ingest"])
+    kill_when(cli + ["--stages", "features"], lambda: delta_version(silver) > appended)
+    assert delta_version(runs) == recorded, "killed too late: the feature run landed"
+    held[1].rename(lake_root / t.RAW_EVENTS / held[1].name)
+    run_stages(config, ["ingest", "features"])
+    second = last_run()
+    assert second["mode"] == "incremental"
+
+    # Killed in the stage after features (clv), then a new day.
+    recorded = delta_version(runs)
+    held[2].rename(lake_root / t.RAW_EVENTS / held[2].name)
+    kill_when(cli + ["--stages", "ingest,features,clv"], lambda: delta_version(runs) > recorded)
+    # A rerun with no new batch appends nothing: Spark's Delta must still
+    # record that commit (it skips empty ones by default), or the run's own
+    # commit is missing from the history and every later run fails.
+    run_stages(load_config(LOCAL_CONF, [*sets, "lakehouse.writer=spark"]), ["features"])
+    assert last_run()["events_added"] == 0
+    held[3].rename(lake_root / t.RAW_EVENTS / held[3].name)
+    run_stages(config, ["ingest", "features"])
+    third = last_run()
+    assert third["mode"] == "incremental"
+    assert third[t.AS_OF_DATE] == second[t.AS_OF_DATE] + dt.timedelta(days=2)
+    assert_snapshot_equals_a_full_computation(spark, config, lake_root, third, second)
