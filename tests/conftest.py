@@ -122,6 +122,8 @@ def small_config(lake_root: Path):
 # fell below 0.8.) E-mail addresses are hashed (the other identifiers
 # dropped), so the privacy checks read the same lakehouse.
 HASH_KEY_ENV = "SHOPSEG_TEST_HASH_KEY"
+# Ingest refuses keys under 32 bytes.
+TEST_HASH_KEY = "shopseg-test-key-of-at-least-32-bytes"
 DEFAULT_LAKE_SETS = (
     "generate.users=10000",
     "segment.algorithms=[kmeans]",
@@ -155,7 +157,7 @@ def default_lake(spark, tmp_path_factory) -> Path:
     args = ["--conf", str(LOCAL_CONF), "--set", f"lakehouse.root={root}"]
     for item in DEFAULT_LAKE_SETS:
         args += ["--set", item]
-    os.environ[HASH_KEY_ENV] = "test-key"
+    os.environ[HASH_KEY_ENV] = TEST_HASH_KEY
     try:
         assert main(["run", *args]) == 0
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -151,6 +152,17 @@ def test_every_stage_has_a_spark_submit_job_file():
         assert f'main(["{name}", *sys.argv[1:]])' in job.read_text()
 
 
+QUARANTINE_TYPES = [
+    ("source", "string"),
+    ("record", "string"),
+    ("record_bytes", "binary"),
+    ("reason", "string"),
+    ("batch_id", "string"),
+    ("ingested_at", "timestamp"),
+    ("source_file", "string"),
+]
+
+
 def test_maintain_is_not_in_the_default_run_and_compacts_every_table(spark, lake_root):
     from shopseg.delta import Lakehouse
     from shopseg.pipeline import parse_stages
@@ -171,6 +183,23 @@ def test_maintain_is_not_in_the_default_run_and_compacts_every_table(spark, lake
     run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
     assert run.data.metrics["files_before"] == 6 and run.data.metrics["files_after"] == 2
     assert run.data.metrics[f"files_vacuumed.{tables.INTERACTIONS.name}"] == 3
+
+    # The quarantine keeps records maintain.quarantine_days (default 90) days.
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    ages = [1, 89, 91, 400]
+    rows = [
+        ("users", f"r{d}", None, "bad_type:age", "b", now - dt.timedelta(days=d), "f") for d in ages
+    ]
+    lake.write(
+        spark.createDataFrame(rows, ", ".join(f"{c} {ty}" for c, ty in QUARANTINE_TYPES)),
+        tables.QUARANTINE.name,
+        "append",
+    )
+    assert main(["maintain", *args]) == 0
+    kept = sorted(r.record for r in lake.read(tables.QUARANTINE.name).collect())
+    assert kept == ["r1", "r89"]
+    run = mlflow.search_runs(search_all_experiments=True, output_format="list")[0]
+    assert run.data.metrics["quarantine_rows_purged"] == 2
 
     missing = [*args, "--set", "maintain.tables=[gold/nothing]"]
     assert main(["maintain", *missing]) == 1

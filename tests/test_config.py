@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,27 @@ def test_the_committed_schema_is_the_models_and_every_conf_file_meets_it(tmp_pat
     bad = {"generate": {"users": "many", "userz": 5}, "segment": {"k_min": 1}}
     flagged = {tuple(e.absolute_path) for e in validator.iter_errors(bad)}
     assert flagged == {("generate", "users"), ("generate",), ("segment", "k_min")}
+
+
+def test_the_config_logged_to_mlflow_carries_no_secret(tmp_path):
+    conf = tmp_path / "c.yaml"
+    conf.write_text(
+        """
+spark:
+  conf:
+    spark.hadoop.fs.s3a.access.key: AKIAEXAMPLE
+    spark.hadoop.fs.s3a.secret.key: wJalrXUtnFEMI
+    spark.sql.shuffle.partitions: "4"
+mlflow:
+  tracking_uri: "https://alice:hunter2@mlflow.example/"
+lakehouse: {root: /tmp/lh}
+"""
+    )
+    config = load_config(conf, [])
+    logged = json.dumps(config.to_logged_dict(), default=str)
+    for secret in ("AKIAEXAMPLE", "wJalrXUtnFEMI", "hunter2", "alice:"):
+        assert secret not in logged
+    assert config.to_logged_dict()["spark"]["conf"]["spark.sql.shuffle.partitions"] == "4"
+    assert config.to_logged_dict()["mlflow"]["tracking_uri"] == "https://[redacted]@mlflow.example/"
+    # The configuration itself still holds them: only what is logged is redacted.
+    assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "wJalrXUtnFEMI"

@@ -425,6 +425,20 @@ def test_maintain_compacts_zorders_and_vacuums_keeping_every_row(lake, spark):
     assert lake.read("t").count() == 40
 
 
+def test_delete_removes_the_matching_rows_in_one_commit(lake, spark):
+    rows = spark.createDataFrame(
+        [(1, dt.datetime(2025, 1, 1)), (2, dt.datetime(2026, 6, 1)), (3, None)],
+        "n int, ingested_at timestamp",
+    )
+    lake.write(rows, "t", "overwrite")
+    assert lake.delete("t", "ingested_at < '2026-01-01T00:00:00Z'") == 1
+    assert sorted(r.n for r in lake.read("t").collect()) == [2, 3]
+    assert lake.version("t") == 1 and lake.history("t")[0].operation == "DELETE"
+    assert lake.read("t", version=0).count() == 3, "the old version stays until vacuum"
+    # Nothing to delete: no commit.
+    assert lake.delete("t", "n > 10") == 0 and lake.version("t") == 1
+
+
 def test_maintain_keeps_files_younger_than_the_retention(lake, spark):
     for i in range(3):
         lake.write(spark.range(i, i + 1).coalesce(1), "t", "append")

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
+import operator
 import re
 import shutil
 from pathlib import Path
@@ -428,8 +430,11 @@ def test_hashing_without_a_key_stops_naming_the_variable(tmp_path, monkeypatch):
     )
     with pytest.raises(ingest.IngestError, match="SHOPSEG_HASH_KEY"):
         _hash_key(config, ["users"])
-    monkeypatch.setenv("SHOPSEG_HASH_KEY", "k")
-    assert _hash_key(config, ["users"]) == b"k"
+    monkeypatch.setenv("SHOPSEG_HASH_KEY", "k" * 31)
+    with pytest.raises(ingest.IngestError, match="SHOPSEG_HASH_KEY is 31 bytes; hashing needs"):
+        _hash_key(config, ["users"])
+    monkeypatch.setenv("SHOPSEG_HASH_KEY", "k" * 32)
+    assert _hash_key(config, ["users"]) == b"k" * 32
     assert _hash_key(config, ["events"]) is None
 
 
@@ -448,6 +453,18 @@ def test_identifiers_stay_in_bronze_hashed_and_never_reach_silver(spark, default
     for table in written:
         columns = set(DeltaTable(str(root / table)).schema().to_arrow().names)
         assert not columns & set(t.DIRECT_IDENTIFIERS), table
+    # No table of the lakehouse, bronze and its quarantine included, holds an
+    # e-mail address or a phone number in clear (the plant's are +1-555-...).
+    tables = sorted(p.parent for p in root.glob("**/_delta_log"))
+    assert root / "bronze" / "quarantine" in tables
+    found = {}
+    for path in tables:
+        df = spark.read.format("delta").load(str(path))
+        texts = [f.name for f in df.schema.fields if f.dataType.simpleString() == "string"]
+        clear = [F.col(c).rlike(r"@[a-z0-9.-]+\.[a-z]{2,}|\+1-555-") for c in texts]
+        if clear and (n := df.filter(functools.reduce(operator.or_, clear)).count()):
+            found[str(path.relative_to(root))] = n
+    assert not found, found
 
 
 # --------------------------------------------------------------------------- file handling
@@ -725,3 +742,166 @@ def test_local_listing_is_what_spark_lists(spark, tmp_path):
     assert one == [listed[0]] and one[0].size == len("a.txt" * 3)
     with pytest.raises(files.SourceFilesError, match="does not exist"):
         files.list_files(spark, str(tmp_path / "nothing"))
+
+
+# --------------------------------------------------------------------------- identifiers
+
+
+def profiles_conf(tmp_path: Path, raw: Path, columns: str, identifiers: str = "") -> Path:
+    conf = tmp_path / "conf" / "profiles.yaml"
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+spark: {{master: "local[2]"}}
+sources:
+  users:
+    path: "{raw}"
+    format: csv
+    options: {{header: "true"}}
+    table: bronze/users
+    key: [user_id]
+    columns:
+      user_id: {{type: long, required: true}}
+      age: {{type: int, min: 0, max: 120}}
+{columns}
+{identifiers}
+"""
+    )
+    return conf
+
+
+EMAIL = re.compile(r"[^@\s\"]+@[^@\s\"]+\.[a-z]{2,}")
+PHONE = re.compile(r"\+?\d[\d ().-]{6,}\d")
+
+
+def test_quarantined_records_of_a_source_with_identifiers_show_no_identifier(spark, tmp_path):
+    raw = tmp_path / "raw"
+    write_events(
+        raw,
+        "users.csv",
+        [
+            "user_id,age,full_name,email,phone,note",
+            "1,30,Ann Lee,ann@shop.example,+1-555-0100123,ok",
+            "1,31,Ann Lee,ann@shop.example,+1-555-0100123,again",  # duplicate_key
+            "2,abc,Bo Li,bo@shop.example,+1-555-0100456,x",  # bad_type:age
+            "3,200,Cy Wu,cy@shop.example,+1-555-0100789,y",  # out_of_range:age
+            ",40,Di Ho,di@shop.example,+1-555-0100999,z",  # missing:user_id
+            '4,"50,Ed Yu,ed@shop.example',  # malformed (an open quote)
+        ],
+    )
+    conf = profiles_conf(
+        tmp_path, raw, "      full_name: {}\n      email: {}\n      phone: {}\n      note: {}"
+    )
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    quarantine = DeltaTable(str(tmp_path / "lh" / "bronze" / "quarantine")).to_pandas()
+    assert len(quarantine) == 5
+    for record in quarantine["record"]:
+        assert not EMAIL.search(record) and not PHONE.search(record), record
+        assert "Ann Lee" not in record and "Ed Yu" not in record, record
+    assert quarantine["record_bytes"].isna().all()
+    shown = {r.reason: r.record for r in quarantine.itertuples()}
+    # What made a record fail is still there to read; the identifiers are not.
+    assert json.loads(shown["bad_type:age"]) == {
+        "user_id": "2", "age": "abc", "full_name": "[redacted]", "email": "[redacted]",
+        "phone": "[redacted]", "note": "x",
+    }  # fmt: skip
+    assert json.loads(shown["duplicate_key"])["note"] == "again"
+    assert shown["malformed_record"].startswith("[withheld: malformed record of ")
+
+
+def test_fields_no_column_reads_are_kept_out_of_the_quarantine(spark, tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    spark.createDataFrame(
+        [(1, 30, "ann@shop.example"), (2, 999, "bo@shop.example")],
+        "user_id long, age int, contact_email string",
+    ).coalesce(1).write.parquet(str(raw / "users"))
+    conf = profiles_conf(tmp_path, raw / "users", "")
+    conf.write_text(conf.read_text().replace("format: csv", "format: parquet"))
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    quarantine = DeltaTable(str(tmp_path / "lh" / "bronze" / "quarantine")).to_pandas()
+    assert list(quarantine["reason"]) == ["out_of_range:age"]
+    assert json.loads(quarantine["record"][0]) == {"user_id": 2, "age": 999}
+
+
+@pytest.mark.parametrize(
+    ("columns", "why"),
+    [
+        ("      customer_email: {}", "customer_email (its name)"),
+        ("      mobile: {}", "mobile (its name)"),
+        ("      contact: {expr: lower(Email)}", "contact (its expression reads ['Email'])"),
+        ("      handle: {source: mail_address}", "handle (it reads field 'mail_address')"),
+        ("      handle: {source: note}", "handle (100% of 2 sampled values are e-mails"),
+    ],
+)
+def test_a_users_column_that_looks_like_an_identifier_needs_an_action(
+    tmp_path, capsys, columns, why
+):
+    raw = tmp_path / "raw"
+    write_events(
+        raw,
+        "users.csv",
+        [
+            "user_id,age,customer_email,mobile,Email,mail_address,note",
+            "1,30,a@x.example,+1 555 010 0123,A@X.example,a@x.example,a@x.example",
+            "2,40,b@x.example,+1 555 010 0456,B@X.example,b@x.example,b@x.example",
+        ],
+    )
+    conf = profiles_conf(tmp_path, raw, columns)
+    assert main(["ingest", "--conf", str(conf)]) == 1
+    err = capsys.readouterr().err
+    assert "look like identifiers have no action in privacy.identifiers" in err
+    assert why in err, err
+    assert not (tmp_path / "lh" / "bronze").exists()
+    # An explicit action lets it through: dropped, it never reaches bronze.
+    column = columns.split(":")[0].strip()
+    conf = profiles_conf(tmp_path, raw, columns, f"privacy: {{identifiers: {{{column}: drop}}}}")
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    users = DeltaTable(str(tmp_path / "lh" / "bronze" / "users")).to_pandas()
+    assert column not in users.columns and len(users) == 2
+
+
+def test_an_unknown_identifier_name_is_refused_and_keep_is_warned_about(tmp_path, caplog):
+    from shopseg.config import ConfigError, load_config
+
+    raw = tmp_path / "raw"
+    write_events(raw, "users.csv", ["user_id,age,email", "1,30,a@x.example"])
+    conf = profiles_conf(tmp_path, raw, "      email: {}", "privacy: {identifiers: {emial: drop}}")
+    with pytest.raises(ConfigError, match=r"privacy.identifiers.*\['emial'\]: no source has"):
+        load_config(conf, [])
+    conf = profiles_conf(tmp_path, raw, "      email: {}", "privacy: {identifiers: {email: keep}}")
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    assert "column email is KEPT IN CLEAR in bronze/users" in caplog.text
+
+
+def test_a_spreadsheet_csv_with_a_byte_order_mark_and_crlf_is_read(spark, tmp_path):
+    """../shared/datasets/groceries saved as a spreadsheet's "CSV UTF-8"."""
+    source = REPO.parent / "shared" / "datasets" / "groceries" / "groceries.csv"
+    lines = source.read_text().splitlines()
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "groceries.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(lines).encode() + b"\r\n")
+    conf = tmp_path / "groceries.yaml"
+    conf.write_text(
+        f"""
+lakehouse: {{root: {tmp_path / "lh"}}}
+spark: {{master: "local[2]"}}
+sources:
+  baskets:
+    path: "{raw}"
+    format: csv
+    options: {{header: "true"}}
+    table: bronze/events
+    columns:
+      user_id: {{source: Member_number, type: long, required: true}}
+      event_ts: {{source: Date, type: timestamp, format: "yyyy-MM-dd", required: true}}
+      item: {{source: itemDescription, required: true}}
+"""
+    )
+    assert main(["ingest", "--conf", str(conf)]) == 0
+    log = DeltaTable(str(tmp_path / "lh" / "bronze" / "ingest_log")).to_pandas()
+    assert log["records_read"].sum() == len(lines) - 1
+    assert log["loaded"].sum() + log["unchanged"].sum() == len(lines) - 1
+    events = DeltaTable(str(tmp_path / "lh" / "bronze" / "events")).to_pandas()
+    assert not events["item"].str.endswith("\r").any()

@@ -9,7 +9,7 @@ import shutil
 import pytest
 from deltalake import DeltaTable
 
-from .conftest import DEFAULT_LAKE_SETS, HASH_KEY_ENV, REPO
+from .conftest import DEFAULT_LAKE_SETS, HASH_KEY_ENV, REPO, TEST_HASH_KEY
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.py"))
 
@@ -72,7 +72,7 @@ def test_every_notebook_reads_the_default_lakehouse_and_runs_its_stages(
     """
     lake_root = tmp_path / "lakehouse"
     shutil.copytree(default_lake, lake_root)
-    monkeypatch.setenv(HASH_KEY_ENV, "test-key")
+    monkeypatch.setenv(HASH_KEY_ENV, TEST_HASH_KEY)
     monkeypatch.setenv(
         "SHOPSEG_NB_SET", ";".join([*DEFAULT_LAKE_SETS, f"lakehouse.root={lake_root}"])
     )

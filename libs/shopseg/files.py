@@ -12,6 +12,7 @@ configured path or a file name are escaped before Spark sees them.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import datetime as dt
 import hashlib
@@ -195,6 +196,9 @@ def first_lines(
     with filesystem.open_input_stream(inner) as stream:
         head = stream.read(max_bytes)
     found = []
+    # A spreadsheet's "CSV UTF-8" starts with a byte-order mark: not part of the header.
+    if encoding is None or _codec_name(encoding) == "utf-8":
+        head = head.removeprefix(codecs.BOM_UTF8)
     for line in re.split(rb"\r\n|\r|\n", head):
         text = line.decode(encoding or "utf-8", errors="replace")
         if text.strip():
@@ -202,6 +206,13 @@ def first_lines(
             if len(found) == n:
                 break
     return found
+
+
+def _codec_name(encoding: str) -> str | None:
+    try:
+        return codecs.lookup(encoding).name
+    except LookupError:  # a charset Java knows and Python does not
+        return None
 
 
 def first_line(path: str, encoding: str | None = None) -> str | None:

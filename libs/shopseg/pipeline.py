@@ -336,7 +336,7 @@ def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
             section = getattr(config, name, None)
             if section is not None:
                 run.log_params(_plain(section), prefix=f"{name}.")
-            run.log_dict(config.to_dict(), "config.json")
+            run.log_dict(config.to_logged_dict(), "config.json")
             stage_log.info("stage %s started", name)
             t0 = time.perf_counter()
             module.run(ctx)

@@ -46,6 +46,9 @@ class SourcePlan:
     new_files: list[PlannedFile] = field(default_factory=list)
     # The fields a json source's records have (from a sample), for expressions.
     fields: list[str] | None = None
+    # Every field the new files have (headers, Parquet schema, a json sample):
+    # what a record's raw text may hold beyond the columns read.
+    file_fields: set[str] = field(default_factory=set)
     # Skipped files: (file, why) where why names the file already holding the content.
     skipped: list[tuple[PlannedFile, str]] = field(default_factory=list)
 
@@ -118,12 +121,16 @@ def _check_new_files(spark: SparkSession, plan: SourcePlan) -> None:
         return
     if src.format in ("csv", "whitespace") and ingest.has_header(src):
         plan.new_files = _with_headers(name, src, plan.new_files)
+        for f in plan.new_files:
+            if f.header is not None:
+                plan.file_fields |= set(ingest.header_fields(f.header, src.format, src.options))
     elif src.format == "parquet":
         try:
             available = set(spark.read.parquet(*map(files.literal, paths)).columns)
         except Exception as exc:  # noqa: BLE001 - any reader failure means unreadable
             raise IngestError(f"source {name}: not readable as parquet: {exc}") from None
         _check_fields(name, src, src.path, available)
+        plan.file_fields = available
     elif src.format == "json":
         sample = (
             spark.read.text([files.literal(p) for p in paths[:8]])
@@ -137,6 +144,7 @@ def _check_new_files(spark: SparkSession, plan: SourcePlan) -> None:
                 "is the format right?"
             )
         plan.fields = sorted(r.k for r in keys)
+        plan.file_fields = set(plan.fields)
         _check_fields(name, src, src.path, set(plan.fields))
 
 

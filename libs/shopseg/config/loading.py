@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import typing
 from pathlib import Path
 from typing import Annotated, Any
@@ -30,6 +31,7 @@ from shopseg.config.campaigns import AudiencesConf, EvaluateConf, SimulateOutcom
 from shopseg.config.customers import FeaturesConf, RecommendConf, SegmentConf
 from shopseg.config.models import ClvConf, PropensityConf, UpliftConf
 from shopseg.config.platform import (
+    DEFAULT_IDENTIFIER_ACTIONS,
     PLAIN_NAME,
     GenerateConf,
     IngestConf,
@@ -79,6 +81,11 @@ class Config(Section):
         """Plain dict of every key."""
         return self.model_dump()
 
+    def to_logged_dict(self) -> dict[str, Any]:
+        """`to_dict` with what looks like a secret redacted (`redact_secrets`): what
+        MLflow and the logs may keep."""
+        return redact_secrets(self.to_dict())
+
     def fingerprint(self) -> str:
         """Short stable hash of the resolved configuration, recorded in Delta commits."""
         text = json.dumps(self.to_dict(), sort_keys=True, default=str)
@@ -98,6 +105,14 @@ class Config(Section):
                         f"sources feeding {src.table} must agree",
                     )
                 seen.setdefault(col, (spec.type, key))
+        columns = {c for src in self.sources.values() for c in [*src.columns, *src.constants]}
+        unknown = sorted(set(self.privacy.identifiers) - columns - set(DEFAULT_IDENTIFIER_ACTIONS))
+        check(
+            not unknown,
+            "privacy.identifiers",
+            f"{unknown}: no source has such a column (a typo would leave the real one "
+            f"unprotected); the sources' columns are {sorted(columns)}",
+        )
         if self.ingest.sources is not None:
             unknown = sorted(set(self.ingest.sources) - set(self.sources))
             check(not unknown, "ingest.sources", f"unknown source(s) {unknown}")
@@ -108,6 +123,32 @@ class Config(Section):
                 "mlflow.tracking_uri",
                 "is required when lakehouse.root is not a local path (SQLite needs a local file)",
             )
+
+
+# --------------------------------------------------------------------------- secrets
+
+REDACTED = "[redacted]"
+# Keys that name a secret (spark.hadoop.fs.s3a.secret.key, db password, api_token, ...).
+SECRET_KEY = re.compile(
+    r"secret|passw|token|credential|private[._-]?key|access[._-]?key|api[._-]?key|signature",
+    re.IGNORECASE,
+)
+# user:password@ in a URI (jdbc:postgresql://u:p@host/db, s3://AKIA...:...@bucket).
+URI_PASSWORD = re.compile(r"(?<=://)[^/@\s:]+:[^/@\s]+@")
+
+
+def redact_secrets(value: Any, key: str = "") -> Any:
+    """`value` with every entry under a secret-looking key and every URI's password
+    replaced by REDACTED, at any depth."""
+    if isinstance(value, dict):
+        return {k: redact_secrets(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v, key) for v in value]
+    if value is not None and SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return URI_PASSWORD.sub(f"{REDACTED}@", value)
+    return value
 
 
 # --------------------------------------------------------------------------- loading

@@ -393,6 +393,10 @@ class MaintainConf(Section):
     """Remove files no version younger than this references (Delta's default is 7 days:
     readers of older versions and concurrent writers need them).
     """
+    quarantine_days: Positive | None = 90
+    """Delete bronze/quarantine rows ingested more than this many days ago (their files
+    go at the vacuum after `retention_hours`); null = keep them.
+    """
 
 
 class PipelineConf(Section):

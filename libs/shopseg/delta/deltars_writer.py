@@ -361,6 +361,16 @@ class DeltaRsWriter:
     def live_files(self, path: str) -> int:
         return len(self._table(path).file_uris())
 
+    def delete(self, path: str, predicate: str, metadata: dict[str, str]) -> int:
+        """deltalake's DELETE of the rows `predicate` (SQL) holds for; rows deleted."""
+        from deltalake import CommitProperties
+
+        commit = CommitProperties(
+            custom_metadata={**metadata, "userMetadata": json.dumps(metadata)}
+        )
+        result = self._table(path).delete(predicate, commit_properties=commit)
+        return int(result.get("num_deleted_rows", 0))
+
     def optimize(
         self, path: str, zorder_by: Sequence[str], target_bytes: int, metadata: dict[str, str]
     ) -> None:

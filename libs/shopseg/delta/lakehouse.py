@@ -267,6 +267,18 @@ class Lakehouse:
         """Commits of `table`, newest first, with the shopseg metadata each recorded."""
         return self._impl.history(self.path(table), limit)
 
+    def delete(self, table: str, predicate: str, *, commit: CommitInfo | None = None) -> int:
+        """Delete the rows of `table` that `predicate` (a Spark SQL condition both
+        writers parse, e.g. `ingested_at < '2026-01-01'`) holds for, in one commit;
+        none when no row matches. Returns the rows deleted. The files holding them
+        stay for time travel until `maintain` vacuums them."""
+        if not self.exists(table):
+            raise DeltaError(f"no Delta table at {self.path(table)}")
+        if not self.read(table).filter(predicate).limit(1).count():
+            return 0
+        metadata = (commit or CommitInfo()).metadata(uuid.uuid4().hex, "delete")
+        return self._impl.delete(self.path(table), predicate, metadata)
+
     def maintain(
         self,
         table: str,

@@ -159,6 +159,14 @@ class SparkDeltaWriter:
         )
         return version, rows, int(metrics.get("numTargetFilesAdded", 0))
 
+    def delete(self, path: str, predicate: str, metadata: dict[str, str]) -> int:
+        """One Delta DELETE of the rows `predicate` (Spark SQL) holds for; rows deleted."""
+        settings = {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(metadata)}
+        with session_conf(self.spark, settings):
+            self._table(path).delete(predicate)
+        _version, metrics = self._committed(path, metadata)
+        return int(metrics.get("numDeletedRows", 0))
+
     @staticmethod
     def _user_metadata(row: Any) -> dict[str, Any]:
         """The JSON userMetadata of a history entry (a deltalake dict or a Spark Row)."""

@@ -18,6 +18,7 @@ from shopseg.ingest.records import (
     REASON,
     RECORD,
     RECORD_BYTES,
+    SHOWN,
     SOURCE_FILE,
     SPARK_TYPES,
     UNCHANGED,
@@ -84,15 +85,17 @@ def bronze_rows(
 
 
 def quarantine_rows(validated: DataFrame, meta: Mapping[str, Column]) -> DataFrame:
-    """The rejected records, with their raw text and reason codes."""
+    """The rejected records with their reason codes: the raw text and bytes, or, for
+    a source holding identifiers, what `privacy.shown_record` shows and no bytes."""
+    redacted = SHOWN in validated.columns
     return (
         validated.filter(~F.col(REASON).isin("", UNCHANGED))
         .select(
             *[col.alias(name) for name, col in meta.items()],
-            F.col(RECORD),
+            F.col(SHOWN if redacted else RECORD).alias(RECORD),
             (
                 F.col(RECORD_BYTES)
-                if RECORD_BYTES in validated.columns
+                if RECORD_BYTES in validated.columns and not redacted
                 else F.lit(None).cast("binary")
             ).alias(RECORD_BYTES),
             F.col(REASON),

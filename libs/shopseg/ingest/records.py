@@ -26,6 +26,8 @@ SOURCE_FILE = "source_file"
 # A record's place in its file (split start, then row order in the split):
 # "first" in deduplication means first in file order.
 POSITION = "_position"
+# What the quarantine keeps of a record of a source holding identifiers.
+SHOWN = "_shown"
 # A text record's bytes as read, losslessly (the `record` text is made valid
 # UTF-8: invalid bytes become U+FFFD, so every reader can load it).
 RECORD_BYTES = "record_bytes"
@@ -129,8 +131,11 @@ def parse_text_records(
     value = F.col("value")
     text = F.decode(value.cast("binary"), source.encoding) if source.encoding else None
     with lenient_analysis(lines.sparkSession) if text is not None else contextlib.nullcontext():
+        decoded = text if text is not None else F.make_valid_utf8(value)
         base = lines.select(
-            (text if text is not None else F.make_valid_utf8(value)).alias(RECORD),
+            # A file's first line may start with a UTF-8 byte-order mark
+            # (spreadsheets' "CSV UTF-8"): not part of the record.
+            F.regexp_replace(decoded, "^\ufeff", "").alias(RECORD),
             value.cast("binary").alias(RECORD_BYTES),
             F.col(SOURCE_FILE),
             *_carried(lines),

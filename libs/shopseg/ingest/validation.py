@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from shopseg.config import EPOCH_FORMATS, ColumnConf, SourceConf
+from shopseg.ingest import privacy
 from shopseg.ingest.records import (
     MALFORMED,
     POSITION,
     RAW,
     REASON,
     RECORD,
+    SHOWN,
     SOURCE_FILE,
     SPARK_TYPES,
     UNCHANGED,
@@ -105,15 +107,20 @@ def with_validation(
     source: SourceConf,
     ingested_at: Column,
     future_tolerance_minutes: int,
+    redacted: Collection[str] | None = None,
 ) -> DataFrame:
     """Add the typed target columns and `reason` ('' for a valid record).
 
     Key columns count as required. Constants become columns of their own.
+    With `redacted` (the source holds identifiers: these columns, or fields
+    no column reads), `shown` is what the quarantine keeps instead of the
+    record's text (`privacy.shown_record`).
     """
     records = with_derived_columns(records, source)
     raw_types = {f.name: f.dataType for f in records.schema.fields}
     limit = ingested_at + F.make_interval(mins=F.lit(future_tolerance_minutes))
     typed = []
+    read: dict[str, Column] = {}
     checks: list[Column] = []
     for target, spec in source.columns.items():
         if spec.expr is not None:
@@ -123,6 +130,7 @@ def with_validation(
         else:
             raw_name = RAW + str(source_field(target, spec))
         raw = F.col(f"`{raw_name}`")
+        read[target] = raw
         parsed = _parse(raw, raw_types[raw_name], spec)
         typed.append(parsed.alias(target))
         value = F.col(target)
@@ -145,6 +153,10 @@ def with_validation(
             checks.append(F.when(value > limit, F.lit(f"future:{target}")))
     constants = [F.lit(v).alias(k) for k, v in source.constants.items()]
     raw_columns = [c for c in records.columns if c.startswith((RAW, EXPR))]
+    shown = []
+    if redacted is not None:
+        record = privacy.shown_record(F.col(RECORD), F.col(MALFORMED), read, redacted)
+        shown.append(record.alias(SHOWN))
     out = records.select(
         RECORD,
         SOURCE_FILE,
@@ -153,6 +165,7 @@ def with_validation(
         *[F.col(f"`{c}`") for c in raw_columns],
         *typed,
         *constants,
+        *shown,
     )
     reason = F.when(F.col(MALFORMED), F.lit("malformed_record")).otherwise(
         F.array_join(F.array_compact(F.array(*checks)), ";") if checks else F.lit("")

@@ -35,9 +35,12 @@ from pyspark.sql import functions as F
 from shopseg import files, ingest
 from shopseg import tables as t
 from shopseg.config import Config, SourceConf
-from shopseg.ingest import IngestError
+from shopseg.ingest import IngestError, privacy
 from shopseg.pipeline import StageContext
 from shopseg.source_plan import PlannedFile, SourcePlan, plan_source
+
+# HMAC-SHA256's own output size: RFC 2104 advises against keys shorter than it.
+MIN_HASH_KEY_BYTES = 32
 
 
 def _hash_key(config: Config, names: list[str]) -> bytes | None:
@@ -54,7 +57,50 @@ def _hash_key(config: Config, names: list[str]) -> bytes | None:
             f"privacy: column(s) {hashed} are to be hashed but the environment variable "
             f"{config.privacy.hash_key_env} (privacy.hash_key_env) is not set"
         )
-    return key.encode("utf-8")
+    secret = key.encode("utf-8")
+    if len(secret) < MIN_HASH_KEY_BYTES:
+        raise IngestError(
+            f"privacy: the key in {config.privacy.hash_key_env} is {len(secret)} bytes; "
+            f"hashing needs at least {MIN_HASH_KEY_BYTES} (a shorter key can be found by "
+            "trying keys against a known e-mail, which unmasks every pseudonym). Make one "
+            "with: python -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return secret
+
+
+def redacted_columns(config: Config, plan: SourcePlan) -> list[str] | None:
+    """The columns a source's quarantined records show redacted; None when the
+    source holds no identifier (its records are kept as read)."""
+    actions = config.privacy.identifiers
+    hidden = [c for c in plan.conf.columns if ingest.identifier_action(c, actions) != "keep"]
+    unread = privacy.unread_identifier_fields(sorted(plan.file_fields), plan.conf)
+    return hidden if hidden or unread else None
+
+
+def check_identifiers(config: Config, plan: SourcePlan, validated: DataFrame, log) -> None:
+    """A users source says what happens to every column that looks like an
+    identifier (by name or by a sample of values); `keep` is warned about."""
+    actions = config.privacy.identifiers
+    for column in plan.conf.columns:
+        if actions.get(column) == "keep":
+            log.warning(
+                "privacy: source %s column %s is KEPT IN CLEAR in %s "
+                "(privacy.identifiers.%s: keep); every reader of bronze sees it",
+                plan.name, column, plan.conf.table, column,
+            )  # fmt: skip
+    if plan.conf.table != t.BRONZE_USERS.name:
+        return
+    explicit = {*actions, *t.DIRECT_IDENTIFIERS}
+    strings = [c for c, s in plan.conf.columns.items() if s.type == "string" and c not in explicit]
+    rows = validated.select(*strings).limit(privacy.SAMPLE_ROWS).collect() if strings else []
+    samples = {c: [r[c] for r in rows] for c in strings}
+    suspects = privacy.suspect_columns(plan.conf, explicit, samples)
+    if suspects:
+        why = "; ".join(f"{c} ({reason})" for c, reason in suspects.items())
+        raise IngestError(
+            f"source {plan.name}: column(s) that look like identifiers have no action in "
+            f"privacy.identifiers: {why}. Set each to drop, hash or keep; nothing was written"
+        )
 
 
 def kept_columns(config: Config, source: SourceConf) -> list[str]:
@@ -291,10 +337,15 @@ def _ingest(ctx: StageContext, only: Mapping[str, set[str]] | None = None) -> No
         try:
             records = _read_records(ctx.spark, plan)
             validated = ingest.with_validation(
-                records, plan.conf, stamp, config.ingest.future_tolerance_minutes
+                records,
+                plan.conf,
+                stamp,
+                config.ingest.future_tolerance_minutes,
+                redacted_columns(config, plan),
             )
         except IngestError as exc:
             raise IngestError(f"source {plan.name}: {exc}") from None
+        check_identifiers(config, plan, validated, ctx.log)
         loaded = None
         compared = kept_columns(config, plan.conf)
         if plan.conf.key and ctx.lakehouse.exists(table):

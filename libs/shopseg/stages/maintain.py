@@ -7,6 +7,8 @@ travel to versions older than `maintain.retention_hours`.
 
 from __future__ import annotations
 
+import datetime as dt
+
 from shopseg import tables
 from shopseg.delta import CommitInfo
 from shopseg.pipeline import StageContext
@@ -37,6 +39,20 @@ def _zorder_columns(ctx: StageContext, name: str) -> list[str]:
     return []
 
 
+def purge_quarantine(ctx: StageContext, days: int, commit: CommitInfo) -> None:
+    """Delete the quarantined records ingested more than `days` days ago: the
+    quarantine holds raw records, kept only as long as someone may inspect them."""
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(days=days)
+    # An ISO instant with its zone: both writers' SQL compare it as a timestamp.
+    predicate = f"{tables.INGESTED_AT} < '{cutoff:%Y-%m-%dT%H:%M:%SZ}'"
+    deleted = ctx.lakehouse.delete(tables.QUARANTINE.name, predicate, commit=commit)
+    ctx.run.log_metrics({"quarantine_rows_purged": deleted})
+    ctx.log.info(
+        "%s: %d records ingested before %s (maintain.quarantine_days %d) deleted",
+        tables.QUARANTINE.name, deleted, f"{cutoff:%Y-%m-%d %H:%M}", days,
+    )  # fmt: skip
+
+
 def run(ctx: StageContext) -> None:
     conf = ctx.config.maintain
     commit = CommitInfo(stage=ctx.name, run_id=ctx.run.run_id, config_hash=ctx.config.fingerprint())
@@ -47,6 +63,8 @@ def run(ctx: StageContext) -> None:
         conf.target_file_mb,
         conf.retention_hours,
     )
+    if conf.quarantine_days is not None and tables.QUARANTINE.name in names:
+        purge_quarantine(ctx, conf.quarantine_days, commit)
     totals = {"files_before": 0, "files_after": 0, "files_vacuumed": 0}
     for name in names:
         result = ctx.lakehouse.maintain(
