@@ -905,3 +905,43 @@ sources:
     assert log["loaded"].sum() + log["unchanged"].sum() == len(lines) - 1
     events = DeltaTable(str(tmp_path / "lh" / "bronze" / "events")).to_pandas()
     assert not events["item"].str.endswith("\r").any()
+
+
+@pytest.mark.slow
+def test_two_ingests_of_a_folder_gaining_a_file_between_their_starts_one_wins(spark, tmp_path):
+    """Two `shopseg ingest` processes, a file landing between their starts: one
+    commits, the other names the conflict and commits nothing; its rerun
+    ingests what is left, so every record is in bronze once."""
+    import subprocess
+    import sys
+
+    raw = tmp_path / "raw"
+    write_events(raw, "day1.json", [event(event_id=1)])
+    conf = str(events_conf(tmp_path, raw))
+    assert main(["ingest", "--conf", conf]) == 0
+    log_path = str(tmp_path / "lh" / "bronze" / "ingest_log")
+    before = DeltaTable(log_path).version()
+
+    command = [sys.executable, "-m", "shopseg.cli", "ingest", "--conf", conf]
+    write_events(raw, "day2.json", [event(event_id=2), event(event_id=3)])
+    first = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    write_events(raw, "day3.json", [event(event_id=4)])
+    second = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    outcomes = sorted((p.wait(timeout=300), p.stderr.read()) for p in (first, second))
+    assert [rc for rc, _ in outcomes] == [0, 1], outcomes
+    assert "concurrent run conflict: another ingest is running" in outcomes[1][1]
+    assert "committed nothing" in outcomes[1][1]
+    log = DeltaTable(log_path)
+    assert log.version() == before + 1, "the loser committed an ingest log"
+
+    assert main(["ingest", "--conf", conf]) == 0
+    events = DeltaTable(str(tmp_path / "lh" / "bronze" / "events")).to_pandas()
+    assert sorted(events["event_id"]) == [1, 2, 3, 4]
+    log.update_incremental()
+    files = log.to_pandas()
+    files = files[files["records_read"] > 0]
+    assert sorted(Path(f).name for f in files["source_file"]) == [
+        "day1.json",
+        "day2.json",
+        "day3.json",
+    ]
