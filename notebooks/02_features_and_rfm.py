@@ -59,7 +59,11 @@ show(
 
 # COMMAND ----------
 
-show_figure(charts.rfm_grid_figure(charts.rfm_grid_data(lake)), "rfm_grid", figures)
+show_figure(
+    charts.rfm_grid_figure(charts.rfm_grid_data(lake, min_group=config.privacy.min_group_size)),
+    "rfm_grid",
+    figures,
+)
 show(
     snapshot.where("rfm_segment IS NOT NULL")
     .groupBy("rfm_segment")

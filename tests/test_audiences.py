@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +20,7 @@ from shopseg.config import (
     CampaignTarget,
     ConfigError,
     load_campaigns,
+    load_config,
 )
 
 from .conftest import FAST_WRITER, LOCAL_CONF
@@ -94,13 +96,18 @@ def test_recently_treated_and_opted_out_users_are_excluded(spark, users):
         campaign(
             "w",
             ["Dormant"],
-            exclude=CampaignExclusions(contacted_within_days=30, opted_out="user_id = 9"),
+            exclude=CampaignExclusions(
+                contacted_within_days=30,
+                opted_out="CASE user_id WHEN 9 THEN true WHEN 11 THEN null ELSE false END",
+            ),
         )
     ]
     got = set(cp.assign(users, plan, history, SEND, "s").toPandas()["user_id"])
     assert 1 not in got, "treated 10 days ago"
     assert {3, 5, 7} <= got, "held out, treated long ago, or on the send date itself"
     assert 9 not in got, "opted out"
+    assert 11 not in got, "no consent on record counts as opted out"
+    assert 13 in got
 
 
 def test_top_items_keep_rank_order(spark):
@@ -148,6 +155,11 @@ def test_audiences_on_the_default_pipeline(spark, default_lake, capsys):
         if len(rows) >= 2_000:
             assert abs(share - campaigns[cid].holdout) <= 0.01, (cid, share, len(rows))
     assert audiences["recommended_items"].map(len).gt(0).mean() > 0.99
+    # Consent: only users whose profile says they opted in are in any audience.
+    consent = DeltaTable(str(default_lake / t.BRONZE_USERS.name)).to_pandas()
+    consent = consent.set_index("user_id")[t.MARKETING_OPT_IN]
+    assert consent.isna().any() and (consent == False).any()  # noqa: E712
+    assert (audiences["user_id"].map(consent) == True).all()  # noqa: E712
     send_date = audiences["send_date"].iloc[0]
     exported = sorted(
         p.parent.parent.name
@@ -236,4 +248,117 @@ def test_measured_uplift_covers_the_planted_lift(default_lake):
     assert (overall.loc[no_effect, "uplift_high"] >= 0).all()
     segments = results[results["segment_name"] != cp.ALL_SEGMENTS]
     per_campaign = segments.groupby("campaign_id")[["treated_users", "control_users"]].sum()
-    assert per_campaign.equals(overall[["treated_users", "control_users"]].loc[per_campaign.index])
+    # Small segments are pooled, and a pooled cell still under privacy.min_group_size
+    # is not shown: the shown segments hold at most the campaign's users, each
+    # shown cell at least the minimum in both arms.
+    shown = overall[["treated_users", "control_users"]].loc[per_campaign.index]
+    assert (per_campaign <= shown).all().all()
+    minimum = load_config(LOCAL_CONF, []).privacy.min_group_size
+    assert (results[["treated_users", "control_users"]] >= minimum).all().all()
+
+
+def export_once(spark, tmp_path, campaigns, audience_rows, min_group_size=2):
+    """The stage's export step on hand-made audience rows (a stand-in stage context)."""
+    import logging
+    from types import SimpleNamespace
+
+    from shopseg.config import load_config
+    from shopseg.stages.audiences import _export
+
+    config = load_config(LOCAL_CONF, [f"privacy.min_group_size={min_group_size}"])
+    ctx = SimpleNamespace(
+        config=config,
+        lakehouse=SimpleNamespace(root=str(tmp_path)),
+        log=logging.getLogger("test"),
+        record_files=lambda *args: None,
+    )
+    audience = spark.createDataFrame(
+        audience_rows,
+        "user_id long, campaign_id string, variant string, offer string, channel string, "
+        "recommended_items array<string>",
+    )
+    counts = {
+        (r.campaign_id, r.variant): r["count"]
+        for r in audience.groupBy("campaign_id", "variant").count().collect()
+    }
+    _export(ctx, campaigns, audience, SEND, counts)
+    return tmp_path / "exports" / str(SEND)
+
+
+def test_an_export_replaces_the_earlier_one_whole_with_a_manifest_last(spark, tmp_path):
+    import csv
+    import hashlib
+
+    treated = cp.TREATMENT
+    rows = [(1, "a", treated, "=HYPERLINK(\"x\")", "email", ["+1", "ok"]),
+            (2, "a", treated, "10% off", "email", ["@i"]),
+            (3, "b", treated, "b", "app", []),
+            (4, "b", treated, "b", "app", []),
+            (5, "c", treated, "c", "app", [])]  # fmt: skip
+    folder = export_once(
+        spark, tmp_path, [campaign("a", ["x"]), campaign("b", ["x"]), campaign("c", ["x"])], rows
+    )
+    assert sorted(p.name for p in folder.iterdir()) == ["a", "b", "manifest.json"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert {c["campaign_id"]: c["rows"] for c in manifest["campaigns"]} == {"a": 2, "b": 2}
+    for entry in manifest["campaigns"]:
+        for f in entry["files"]:
+            data = (folder / f["path"]).read_bytes()
+            assert f["bytes"] == len(data)
+            assert f["checksum"] == "sha256:" + hashlib.sha256(data).hexdigest()
+    cells = list(csv.DictReader(next((folder / "a" / "csv").glob("*.csv")).open()))
+    by_user = {c["user_id"]: c for c in cells}
+    assert by_user["1"]["offer"] == '\'=HYPERLINK("x")'
+    assert by_user["1"]["recommended_items"] == "'+1|ok"
+    assert by_user["2"]["offer"] == "10% off" and by_user["2"]["recommended_items"] == "'@i"
+
+    # Rerun: `a` falls below the gate, `b` is no longer configured, `c` grows.
+    rows = [(1, "a", treated, "x", "email", []),
+            (5, "c", treated, "c", "app", []),
+            (6, "c", treated, "c", "app", [])]  # fmt: skip
+    folder = export_once(spark, tmp_path, [campaign("a", ["x"]), campaign("c", ["x"])], rows)
+    assert sorted(p.name for p in folder.iterdir()) == ["c", "manifest.json"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert [c["campaign_id"] for c in manifest["campaigns"]] == ["c"]
+    assert not [p for p in (tmp_path / "exports").iterdir() if p.name.startswith(".")]
+    # Nothing passes the gate: nothing is left for that date.
+    export_once(spark, tmp_path, [campaign("c", ["x"])], rows[:1])
+    assert not folder.exists()
+
+
+def test_cells_below_the_minimum_group_are_pooled_then_suppressed():
+    import logging
+    from types import SimpleNamespace
+
+    from shopseg.stages.evaluate import Sums, suppress_small_cells
+
+    metrics = {}
+    ctx = SimpleNamespace(
+        log=logging.getLogger("test"), run=SimpleNamespace(log_metrics=metrics.update)
+    )
+
+    def cell(treated, control, converters=1):
+        return {cp.TREATMENT: Sums(treated, converters, 10.0, 100.0),
+                cp.CONTROL: Sums(control, converters, 5.0, 25.0)}  # fmt: skip
+
+    cells = {
+        ("a", cp.ALL_SEGMENTS): cell(40, 12),
+        ("a", "Loyal"): cell(30, 10),
+        ("a", "Dormant"): cell(6, 1),  # pooled with Lost into 10 treated, 2 control
+        ("a", "Lost"): cell(4, 1),
+        ("b", cp.ALL_SEGMENTS): cell(50, 20),
+        ("b", "Loyal"): cell(30, 12),
+        ("b", "Dormant"): cell(12, 4),  # pooled with Lost: 20 treated, 10 control
+        ("b", "Lost"): cell(8, 6),
+        ("c", cp.ALL_SEGMENTS): {cp.TREATMENT: Sums(9, 1, 1.0, 1.0)},  # no control at all
+    }
+    kept = suppress_small_cells(ctx, cells, 10)
+    assert sorted(kept) == [
+        ("a", cp.ALL_SEGMENTS), ("a", "Loyal"),
+        ("b", cp.ALL_SEGMENTS), ("b", cp.SMALL_SEGMENTS), ("b", "Loyal"),
+    ]  # fmt: skip
+    assert kept[("b", cp.SMALL_SEGMENTS)][cp.TREATMENT] == Sums(20, 2, 20.0, 200.0)
+    assert kept[("b", cp.SMALL_SEGMENTS)][cp.CONTROL].users == 10
+    assert metrics == {"cells_suppressed": 2, "segments_pooled": 4}
+    for variants in kept.values():
+        assert min(v.users for v in variants.values()) >= 10

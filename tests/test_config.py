@@ -214,3 +214,37 @@ lakehouse: {root: /tmp/lh}
     assert config.to_logged_dict()["mlflow"]["tracking_uri"] == "https://[redacted]@mlflow.example/"
     # The configuration itself still holds them: only what is logged is redacted.
     assert config.spark.conf["spark.hadoop.fs.s3a.secret.key"] == "wJalrXUtnFEMI"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("segment.features=[{name: x, expr: 'frequency; DROP TABLE t'}]", "a ';' would end"),
+        ("propensity.features=[{name: x, expr: 'recency -- comment'}]", "SQL comments"),
+        ("uplift.features=[{name: x, expr: '(SELECT max(monetary) FROM t)'}]", "a subquery"),
+        ("segment.features=[{name: x, expr: 'monetary, secret AS y'}]", "more than one"),
+        ("sources.users.columns.age.expr='age) FROM t'", "closes more than was opened"),
+    ],
+)
+def test_config_expressions_are_one_expression_each(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(LOCAL_CONF, [override])
+
+
+def test_every_shipped_and_default_expression_is_one_expression():
+    from shopseg.config import (
+        DEFAULT_PROPENSITY_FEATURES,
+        DEFAULT_SEGMENT_FEATURES,
+        DEFAULT_UPLIFT_FEATURES,
+        DEFAULT_UPLIFT_RULES,
+        load_campaigns,
+    )
+    from shopseg.config.base import _one_expression
+
+    defaults = [*DEFAULT_SEGMENT_FEATURES, *DEFAULT_PROPENSITY_FEATURES, *DEFAULT_UPLIFT_FEATURES]
+    texts = [e for _, e, _ in defaults if e] + [w for _, w, _ in DEFAULT_UPLIFT_RULES]
+    assert len(texts) > 10
+    for text in texts:
+        assert _one_expression(text) == text
+    campaigns = load_campaigns(REPO / "conf" / "campaigns.yaml")
+    assert all(c.exclude.opted_out for c in campaigns)

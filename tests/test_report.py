@@ -126,3 +126,27 @@ def test_customer_value_without_amounts_charts_expected_transactions():
     left = fig.axes[0]
     assert left.get_title().startswith("Expected transactions by segment")
     assert [bar.get_width() for bar in left.patches] == pytest.approx([0.4, 1.9])
+
+
+def test_the_rfm_grid_hides_cells_below_the_minimum_group(spark, tmp_path):
+    import datetime as dt
+
+    import numpy as np
+
+    from shopseg import charts
+    from shopseg import tables as t
+    from shopseg.delta import Lakehouse
+
+    lake = Lakehouse(spark, str(tmp_path), "delta-rs")
+    day = dt.date(2025, 6, 1)
+    rows = [(u, day, 5, 5) for u in range(12)] + [(100 + u, day, 1, 2) for u in range(3)]
+    rows += [(200, day, None, None)]
+    lake.write(
+        spark.createDataFrame(rows, "user_id long, as_of_date date, r_score int, f_score int"),
+        t.USER_FEATURES.name,
+    )
+    grid = charts.rfm_grid_data(lake, min_group=10)
+    assert grid.loc[5, 5] == 12 and np.isnan(grid.loc[1, 2])
+    texts = {a.get_text() for a in charts.rfm_grid_figure(grid).axes[0].texts}
+    assert "12" in texts and "<10" in texts and "3" not in texts
+    assert charts.rfm_grid_data(lake).loc[1, 2] == 3

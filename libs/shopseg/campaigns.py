@@ -48,8 +48,10 @@ def sampled(campaign_id: str, user_id: Column, share: float) -> Column:
     return bucket("shopseg.sample", campaign_id, user_id) < F.lit(share)
 
 
-def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
-    """Users the campaign targets, before exclusions: every target condition holds.
+def eligible(users: DataFrame, campaign: CampaignConf, consent: bool = True) -> DataFrame:
+    """Users the campaign targets, before the exclusions by contact history: every
+    target condition holds and (unless `consent` is False) the user has not opted
+    out, an unknown opt-out counting as out.
 
     Args:
         users: one row per user with `segment_name`, `rfm_segment`, the
@@ -74,9 +76,17 @@ def eligible(users: DataFrame, campaign: CampaignConf) -> DataFrame:
         cond = cond & F.coalesce(F.col(uplift_pick_column(campaign.id)), F.lit(False))
     if target.sample is not None:
         cond = cond & sampled(campaign.id, F.col(t.USER_ID), target.sample)
-    if campaign.exclude.opted_out:
-        cond = cond & ~F.coalesce(F.expr(campaign.exclude.opted_out), F.lit(False))
+    if campaign.exclude.opted_out and consent:
+        cond = cond & ~opted_out(campaign)
     return users.filter(cond)
+
+
+def opted_out(campaign: CampaignConf) -> Column:
+    """Whether a user is out of the campaign by its `exclude.opted_out` predicate:
+    where the predicate is unknown (null: no consent on record), the user is out."""
+    if campaign.exclude.opted_out is None:
+        return F.lit(False)
+    return F.coalesce(F.expr(campaign.exclude.opted_out), F.lit(True))
 
 
 def recently_contacted(
@@ -311,6 +321,9 @@ def outcome_sums(
 
 
 ALL_SEGMENTS = "(all)"
+# The segments of a campaign whose treated or control users are too few to show
+# on their own, pooled.
+SMALL_SEGMENTS = "(smaller segments)"
 
 
 def uplift(

@@ -169,8 +169,11 @@ def transitions_data(lake: Lakehouse) -> pd.DataFrame:
 # --------------------------------------------------------------------------- RFM
 
 
-def rfm_grid_data(lake: Lakehouse, as_of: dt.date | None = None) -> pd.DataFrame:
-    """Buyers per recency score (rows) and frequency score (columns), latest snapshot."""
+def rfm_grid_data(
+    lake: Lakehouse, as_of: dt.date | None = None, min_group: int = 1
+) -> pd.DataFrame:
+    """Buyers per recency score (rows) and frequency score (columns), latest snapshot;
+    a cell of fewer than `min_group` buyers (privacy.min_group_size) is NaN, not shown."""
     features = _snapshot(lake.read(t.USER_FEATURES.name), at_most=as_of)
     counts = (
         features.where(F.col("r_score").isNotNull() & F.col("f_score").isNotNull())
@@ -178,7 +181,9 @@ def rfm_grid_data(lake: Lakehouse, as_of: dt.date | None = None) -> pd.DataFrame
         .agg(F.count(F.lit(1)).alias("users"))
         .toPandas()
     )
-    return counts.pivot(index="r_score", columns="f_score", values="users").fillna(0).astype(int)
+    grid = counts.pivot(index="r_score", columns="f_score", values="users").fillna(0)
+    grid.attrs["min_group"] = min_group
+    return grid.where(grid >= min_group)
 
 
 def rfm_grid_figure(grid: pd.DataFrame) -> Figure:
@@ -190,7 +195,8 @@ def rfm_grid_figure(grid: pd.DataFrame) -> Figure:
     ax.set_xlabel("frequency score")
     ax.set_ylabel("recency score (5 = most recent)")
     for (i, j), users in np.ndenumerate(grid.to_numpy()):
-        ax.text(j, i, f"{users:,}", ha="center", va="center", color="white", fontsize="small")
+        text = f"<{grid.attrs.get('min_group', 1)}" if np.isnan(users) else f"{int(users):,}"
+        ax.text(j, i, text, ha="center", va="center", color="white", fontsize="small")
     fig.colorbar(image, ax=ax, label="buyers")
     ax.set_title("RFM grid")
     return fig

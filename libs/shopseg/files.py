@@ -19,6 +19,8 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -184,6 +186,57 @@ def content_hashes(spark: SparkSession, paths: Sequence[str]) -> dict[str, str]:
     slices = min(len(paths), 4 * spark.sparkContext.defaultParallelism)
     rdd = spark.sparkContext.parallelize(list(paths), slices)
     return dict(rdd.mapPartitions(hash_all).collect())
+
+
+def publish_folder(staged: str, final: str) -> None:
+    """Put the folder `staged` in the place of `final` (which may not exist yet),
+    leaving nothing of the old `final` behind.
+
+    On a local file system by two renames: a reader sees the old folder or the
+    new one whole, never a mix. Object stores have no rename: the old folder is
+    deleted and the new one copied, so a writer puts a manifest in it last.
+    """
+    from pyarrow import fs
+
+    filesystem, source = _arrow_fs(staged)
+    _, target = _arrow_fs(final)
+    present = filesystem.get_file_info(target).type != fs.FileType.NotFound
+    if isinstance(filesystem, fs.LocalFileSystem):
+        old = f"{target}.replaced-{uuid.uuid4().hex[:8]}"
+        if present:
+            os.replace(target, old)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(source, target)
+        if present:
+            shutil.rmtree(old)
+        return
+    if present:
+        filesystem.delete_dir(target)
+    fs.copy_files(source, target, source_filesystem=filesystem, destination_filesystem=filesystem)
+    filesystem.delete_dir(source)
+
+
+def delete_folder(path: str) -> None:
+    """Delete a folder and everything in it, if it exists."""
+    from pyarrow import fs
+
+    filesystem, inner = _arrow_fs(path)
+    if filesystem.get_file_info(inner).type != fs.FileType.NotFound:
+        filesystem.delete_dir(inner)
+
+
+def file_inventory(folder: str) -> list[tuple[str, int, str]]:
+    """Every file under `folder`: (path relative to it, bytes, sha256:<hex>), sorted."""
+    from pyarrow import fs
+
+    filesystem, inner = _arrow_fs(folder)
+    found = filesystem.get_file_info(fs.FileSelector(inner, recursive=True))
+    out = []
+    for info in found:
+        if info.type == fs.FileType.File:
+            relative = info.path[len(inner.rstrip("/")) + 1 :]
+            out.append((relative, info.size, _sha256_of(f"{folder.rstrip('/')}/{relative}")))
+    return sorted(out)
 
 
 def first_lines(

@@ -75,7 +75,11 @@ RAW_USERS = "raw/users"
 RAW_ITEMS = "raw/items"
 RAW_EVENTS = "raw/events"
 
-RAW_USER_COLUMNS = (USER_ID, SIGNUP_TS, AGE, GENDER, REGION, CHANNEL, FULL_NAME, EMAIL, PHONE)
+# The generated users' consent to marketing: true, false, or blank (none on record).
+MARKETING_OPT_IN = "marketing_opt_in"
+RAW_USER_COLUMNS = (
+    USER_ID, SIGNUP_TS, AGE, GENDER, REGION, CHANNEL, MARKETING_OPT_IN, FULL_NAME, EMAIL, PHONE
+)  # fmt: skip
 RAW_ITEM_COLUMNS = (ITEM_ID, CATEGORY, BRAND, PRICE)
 RAW_EVENT_COLUMNS = (
     EVENT_ID,

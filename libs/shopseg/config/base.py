@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from annotated_types import Ge, Gt, Interval
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -108,6 +109,37 @@ def _text_values(value: Any) -> Any:
     }
 
 
+def _one_expression(text: Any) -> Any:
+    """A Spark SQL expression from a configuration file, checked lexically: one
+    expression (no top-level comma, alias or FROM), no statement separator,
+    comment or subquery. Conf files are code: this stops mistakes and pasted
+    statements, not a hostile editor."""
+    if not isinstance(text, str):
+        return text
+    # String literals and quoted identifiers say nothing about the structure.
+    bare = re.sub(r"'(?:[^'\\]|\\.|'')*'|\"(?:[^\"\\]|\\.)*\"|`[^`]*`", "''", text)
+    if ";" in bare:
+        raise ValueError(f"{text!r}: a ';' would end the expression (one expression only)")
+    if "--" in bare or "/*" in bare:
+        raise ValueError(f"{text!r}: SQL comments are not allowed in an expression")
+    if re.search(r"\bselect\b", bare, re.IGNORECASE):
+        raise ValueError(f"{text!r}: a subquery (SELECT) is not allowed in an expression")
+    depth = 0
+    for i, char in enumerate(bare):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth < 0:
+            raise ValueError(f"{text!r}: a ')' closes more than was opened")
+        word_starts = i == 0 or not (bare[i - 1].isalnum() or bare[i - 1] == "_")
+        keyword = word_starts and re.match(r"(as|from)\b", bare[i:], re.IGNORECASE)
+        if depth == 0 and (char == "," or keyword):
+            raise ValueError(f"{text!r}: more than one expression (a top-level ',', AS or FROM)")
+    if depth:
+        raise ValueError(f"{text!r}: a '(' is never closed")
+    return text
+
+
+SqlExpression = Annotated[str, AfterValidator(_one_expression)]
+"""One Spark SQL expression (see `_one_expression`)."""
 PathStr = Annotated[str, PATH]
 Date = Annotated[dt.date, BeforeValidator(_iso_date)]
 TextMap = Annotated[

@@ -18,6 +18,7 @@ from shopseg.config.base import (
     Positive,
     Section,
     Share,
+    SqlExpression,
     check,
     config_error,
 )
@@ -74,7 +75,7 @@ class CampaignTarget(Section):
     """Names of gold/user_segments (segment_name)."""
     rfm_segments: list[str] = Field(default_factory=list)
     """RFM segments of silver/user_features (rfm_segment)."""
-    where: str | None = None
+    where: SqlExpression | None = None
     """A Spark SQL predicate over the silver/user_features columns."""
     propensity: PropensityCondition | None = None
     """Deciles of a propensity target (the latest scores up to the segments' snapshot)."""
@@ -91,7 +92,7 @@ class CampaignTarget(Section):
 class CampaignExclusions(Section):
     contacted_within_days: int | None = Field(30, ge=0)
     """Users treated by any campaign sent within this many days before the send date."""
-    opted_out: str | None = None
+    opted_out: SqlExpression | None = None
     """A Spark SQL predicate over silver/user_features marking opted-out users (e.g.
     `marketing_opt_in = false`); null = nobody has opted out.
     """
@@ -169,7 +170,7 @@ class UpliftRule(Section):
     """A planted group: treated users matching `where` (and no earlier rule) get `lift`."""
 
     name: str = Field("", min_length=1)
-    where: str = Field("", min_length=1)
+    where: SqlExpression = Field("", min_length=1)
     """Spark SQL over the silver/user_features columns of the send date."""
     lift: float = Field(0.0, ge=-1, le=1)
     """Absolute change of the conversion probability when treated (negative: put off)."""

@@ -14,6 +14,7 @@ from shopseg.config.base import (
     PositiveFloat,
     Section,
     Share,
+    SqlExpression,
     check,
 )
 
@@ -125,7 +126,7 @@ class SegmentFeature(Section):
 
     name: str = Field("", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     """A plain identifier."""
-    expr: str | None = None
+    expr: SqlExpression | None = None
     """Spark SQL over the user_features columns; default: the column `name` itself."""
     log: bool = False
     """log1p (of the value floored at 0) before scaling: for skewed counts and amounts."""

@@ -19,6 +19,7 @@ from shopseg.config.base import (
     Problem,
     Section,
     Share,
+    SqlExpression,
     TextMap,
     check,
 )
@@ -190,7 +191,7 @@ class ColumnConf(Section):
     """Source column name (default: the target name), or its 0-based position in a csv or
     whitespace line. Ignored for fixed_width.
     """
-    expr: str | None = None
+    expr: SqlExpression | None = None
     """Or a Spark SQL expression over the source's columns (read as text), e.g. "Quantity *
     UnitPrice"; evaluated leniently: a value that does not convert gives null (a
     quarantined record), never a failed job.

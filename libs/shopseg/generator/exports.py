@@ -84,6 +84,16 @@ def events_as_json_lines(events: DataFrame, conf: GenerateConf) -> DataFrame:
     )
 
 
+# Consent as a shop's CRM holds it: most users opted in, some out, a few never asked.
+OPT_IN_SHARES = {"true": 0.92, "false": 0.05}
+
+
+def _opt_in(draw: Column) -> Column:
+    """`true`, `false` or null (no consent on record) by a uniform draw."""
+    yes, no = OPT_IN_SHARES["true"], OPT_IN_SHARES["false"]
+    return F.when(draw < yes, F.lit("true")).when(draw < yes + no, F.lit("false"))
+
+
 def users_as_csv_rows(users: DataFrame, conf: GenerateConf) -> DataFrame:
     """The user export: text columns, a `dirty_fraction` share with bad ages or no id,
     and as many exported twice."""
@@ -97,7 +107,9 @@ def users_as_csv_rows(users: DataFrame, conf: GenerateConf) -> DataFrame:
         .when(kind == "negative_age", F.lit("-4"))
         .otherwise(F.col(t.AGE).cast("string"))
         .alias(t.AGE),
-        *[F.col(c) for c in (t.GENDER, t.REGION, t.CHANNEL, t.FULL_NAME, t.EMAIL, t.PHONE)],
+        *[F.col(c) for c in (t.GENDER, t.REGION, t.CHANNEL)],
+        _opt_in(uniform(seed, "opt_in", uid)).alias(t.MARKETING_OPT_IN),
+        *[F.col(c) for c in (t.FULL_NAME, t.EMAIL, t.PHONE)],
         F.explode(
             F.when(
                 uniform(seed, "duplicate_user", uid) < conf.dirty_fraction,

@@ -16,11 +16,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import uuid
 
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.utils import AnalysisException
 
 from shopseg import campaigns as cp
+from shopseg import files
 from shopseg import tables as t
 from shopseg.config import CampaignConf, ConfigError, load_campaigns, local_dir
 from shopseg.pipeline import StageContext, latest
@@ -37,7 +41,19 @@ def snapshot_users(ctx: StageContext) -> tuple[DataFrame, object]:
     )
     features = ctx.read(t.USER_FEATURES.name).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
     users = segments.join(features.drop(t.AS_OF_DATE), on=t.USER_ID, how="left")
-    return users, as_of
+    return users.join(profiles(ctx, users.columns), on=t.USER_ID, how="left"), as_of
+
+
+def profiles(ctx: StageContext, known: list[str]) -> DataFrame:
+    """The latest profile of each user as bronze/users holds it, the columns the
+    features lack (a consent flag such as `marketing_opt_in`, for `opted_out`),
+    no identifier among them (dropped or hashed at bronze, left out here too)."""
+    if not ctx.lakehouse.exists(t.BRONZE_USERS.name):
+        return ctx.spark.createDataFrame([], f"{t.USER_ID} long")
+    bronze = ctx.read(t.BRONZE_USERS.name)
+    hidden = {*known, *t.DIRECT_IDENTIFIERS, *ctx.config.privacy.identifiers, *t.BRONZE_METADATA}
+    extra = [c for c in bronze.columns if c not in hidden]
+    return bronze.select(t.USER_ID, *extra).dropDuplicates([t.USER_ID])
 
 
 def with_propensity_deciles(
@@ -164,6 +180,16 @@ def _recommendations(ctx: StageContext, as_of: object) -> DataFrame | None:
     return recs.filter(F.col(t.AS_OF_DATE) == F.lit(recs_as_of))
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula.
+FORMULA_START = "^[=+\\-@\t\r]"
+
+
+def csv_safe(column: Column) -> Column:
+    """A text cell a spreadsheet shows as text: one starting like a formula gets a
+    leading apostrophe (OWASP's advice against CSV injection)."""
+    return F.when(column.rlike(FORMULA_START), F.concat(F.lit("'"), column)).otherwise(column)
+
+
 def _export(
     ctx: StageContext,
     campaigns: list[CampaignConf],
@@ -171,10 +197,19 @@ def _export(
     send_date: object,
     counts: dict[tuple[str, str], int],
 ) -> None:
-    """Each campaign's treated users, without direct identifiers, as CSV and Parquet."""
+    """Each campaign's treated users, without direct identifiers, as CSV and Parquet.
+
+    The send date's folder is built aside and put in place whole
+    (`files.publish_folder`): a campaign below `privacy.min_group_size`, or no
+    longer configured, leaves nothing of an earlier run's export behind.
+    `manifest.json` (campaign, rows, files with bytes and SHA-256) is written
+    last: a consumer that finds it finds every file it lists.
+    """
     conf = ctx.config
     base = f"{ctx.lakehouse.root}/exports/{send_date}"
+    staged = f"{ctx.lakehouse.root}/exports/.staging-{send_date}-{uuid.uuid4().hex[:8]}"
     columns = [t.USER_ID, "campaign_id", "offer", "channel", "recommended_items"]
+    exported: dict[str, int] = {}
     for campaign in campaigns:
         treated = counts.get((campaign.id, cp.TREATMENT), 0)
         if treated < conf.privacy.min_group_size:
@@ -188,13 +223,84 @@ def _export(
         rows = audience.filter(
             (F.col("campaign_id") == campaign.id) & (F.col("variant") == cp.TREATMENT)
         ).select(*columns)
-        target = f"{base}/{campaign.id}"
-        rows.coalesce(1).write.mode("overwrite").parquet(f"{target}/parquet")
+        target = f"{staged}/{campaign.id}"
+        rows.coalesce(1).write.parquet(f"{target}/parquet")
         flat = rows.withColumn("recommended_items", F.array_join("recommended_items", "|"))
-        flat.coalesce(1).write.mode("overwrite").option("header", "true").csv(f"{target}/csv")
-        where = local_dir(target) or target
-        ctx.record_files(f"exports/{send_date}/{campaign.id}", "CSV + Parquet", treated)
-        ctx.log.info("campaign %s: %d treated users exported to %s", campaign.id, treated, where)
+        flat = flat.select(
+            t.USER_ID, *[csv_safe(F.col(c)).alias(c) for c in columns if c != t.USER_ID]
+        )
+        # RFC 4180 quoting (a quote doubled), as spreadsheets read it; Spark's
+        # default escapes with a backslash.
+        options = {"header": "true", "escape": '"'}
+        flat.coalesce(1).write.options(**options).csv(f"{target}/csv")
+        exported[campaign.id] = treated
+    if not exported:
+        files.delete_folder(base)
+        ctx.log.info("no campaign exported for %s; %s holds nothing", send_date, base)
+        return
+    files.publish_folder(staged, base)
+    inventory = [f for f in files.file_inventory(base) if not f[0].endswith(".crc")]
+    manifest = {
+        "send_date": str(send_date),
+        "campaigns": [
+            {
+                "campaign_id": cid,
+                "rows": rows,
+                "files": [
+                    {"path": path, "bytes": size, "checksum": digest}
+                    for path, size, digest in inventory
+                    if path.startswith(f"{cid}/")
+                ],
+            }
+            for cid, rows in exported.items()
+        ],
+    }
+    files.write_text(f"{base}/manifest.json", json.dumps(manifest, indent=2) + "\n")
+    for cid, treated in exported.items():
+        ctx.record_files(f"exports/{send_date}/{cid}", "CSV + Parquet", treated)
+        where = local_dir(f"{base}/{cid}") or f"{base}/{cid}"
+        ctx.log.info("campaign %s: %d treated users exported to %s", cid, treated, where)
+
+
+def check_consent(users: DataFrame, campaigns: list[CampaignConf]) -> None:
+    """Every `opted_out` predicate can be evaluated over the users: a consent column
+    the data lack stops the send instead of contacting everyone."""
+    for campaign in campaigns:
+        if not campaign.exclude.opted_out:
+            continue
+        try:
+            users.select(F.expr(campaign.exclude.opted_out)).schema  # noqa: B018 - analysis
+        except AnalysisException as exc:
+            raise ConfigError(
+                f"campaign {campaign.id}: exclude.opted_out ({campaign.exclude.opted_out!r}) "
+                f"cannot be evaluated over the users' features and profiles: "
+                f"{str(exc).splitlines()[0]}. Ingest the consent column with the users, or "
+                "remove opted_out if the shop holds no consent data"
+            ) from None
+
+
+def log_consent(ctx: StageContext, users: DataFrame, campaign: CampaignConf) -> None:
+    """How many of the users a campaign targets its `opted_out` predicate leaves
+    out: opted out, or unknown (null), which counts as out."""
+    predicate = F.expr(campaign.exclude.opted_out)
+    row = (
+        cp.eligible(users, campaign, consent=False)
+        .agg(
+            F.count_if(predicate).alias("out"),
+            F.count_if(predicate.isNull()).alias("unknown"),
+            F.count("*").alias("targeted"),
+        )
+        .first()
+    )
+    ctx.log.info(
+        "campaign %s: %d of %d targeted users left out by opted_out (%s): %d opted out, "
+        "%d with no consent on record (unknown counts as out)",
+        campaign.id, row.out + row.unknown, row.targeted, campaign.exclude.opted_out,
+        row.out, row.unknown,
+    )  # fmt: skip
+    ctx.run.log_metrics(
+        {f"opted_out.{campaign.id}": row.out, f"consent_unknown.{campaign.id}": row.unknown}
+    )
 
 
 def run(ctx: StageContext) -> None:
@@ -205,6 +311,7 @@ def run(ctx: StageContext) -> None:
     ctx.log.info("%d campaigns from %s", len(campaigns), conf.campaigns_file)
     users, as_of = snapshot_users(ctx)
     send_date = conf.send_date or as_of
+    check_consent(users, campaigns)
     users, campaigns = with_propensity_deciles(ctx, users, as_of, campaigns)
     users, campaigns = with_uplift_picks(ctx, users, send_date, campaigns)
     users = users.cache()
@@ -221,6 +328,8 @@ def run(ctx: StageContext) -> None:
     lines = [f"audiences for {send_date} (segments of {as_of}):"]
     for campaign in campaigns:
         targeted = cp.eligible(users, campaign).count()
+        if campaign.exclude.opted_out:
+            log_consent(ctx, users, campaign)
         treated = counts.get((campaign.id, cp.TREATMENT), 0)
         control = counts.get((campaign.id, cp.CONTROL), 0)
         share = control / (treated + control) if treated + control else 0.0

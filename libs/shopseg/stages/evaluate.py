@@ -6,12 +6,15 @@ control users of each campaign: conversion (share of users with a
 purchase) and revenue per user, their difference (treatment minus control)
 and a normal-approximation interval at `evaluate.confidence` (for revenue
 with Welch's unequal variances). Per segment and over all of a campaign's
-users (`(all)`), into `gold/campaign_results` and MLflow.
+users (`(all)`), into `gold/campaign_results` and MLflow; segments with fewer
+than `privacy.min_group_size` treated or control users are pooled into
+`(smaller segments)`, and a cell still that small is not shown.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 
 from pyspark.sql import functions as F
 from scipy.stats import norm
@@ -19,6 +22,61 @@ from scipy.stats import norm
 from shopseg import campaigns as cp
 from shopseg import tables as t
 from shopseg.pipeline import StageContext, latest
+
+
+@dataclass(frozen=True)
+class Sums:
+    """One variant's outcome sums in a cell (campaign x segment); they add up."""
+
+    users: int
+    converters: int
+    revenue: float
+    revenue_sq: float
+
+    def __add__(self, other: Sums) -> Sums:
+        return Sums(
+            self.users + other.users,
+            self.converters + other.converters,
+            self.revenue + other.revenue,
+            self.revenue_sq + other.revenue_sq,
+        )
+
+
+def suppress_small_cells(
+    ctx: StageContext, cells: dict[tuple[str, str], dict[str, Sums]], min_group: int
+) -> dict[tuple[str, str], dict[str, Sums]]:
+    """No cell with fewer than `min_group` treated or control users: a campaign's
+    small segments are pooled into `(smaller segments)`, which is left out, like
+    a campaign's `(all)`, if it is still too small. Logged with what was left out."""
+
+    def small(variants: dict[str, Sums]) -> bool:
+        return any(variants.get(v, Sums(0, 0, 0, 0)).users < min_group
+                   for v in (cp.TREATMENT, cp.CONTROL))  # fmt: skip
+
+    out: dict[tuple[str, str], dict[str, Sums]] = {}
+    pooled: dict[str, dict[str, Sums]] = {}
+    for (campaign_id, segment), variants in cells.items():
+        if segment == cp.ALL_SEGMENTS or not small(variants):
+            out[(campaign_id, segment)] = variants
+            continue
+        into = pooled.setdefault(campaign_id, {})
+        for variant, sums in variants.items():
+            into[variant] = into[variant] + sums if variant in into else sums
+        ctx.log.info("%s / %s: fewer than %d treated or control users (privacy."
+                     "min_group_size): pooled into %s", campaign_id, segment, min_group,
+                     cp.SMALL_SEGMENTS)  # fmt: skip
+    for campaign_id, variants in pooled.items():
+        out[(campaign_id, cp.SMALL_SEGMENTS)] = variants
+    kept = {}
+    for key, variants in out.items():
+        if small(variants):
+            ctx.log.warning("%s / %s: fewer than %d treated or control users: not shown "
+                            "(privacy.min_group_size)", *key, min_group)  # fmt: skip
+        else:
+            kept[key] = variants
+    ctx.run.log_metrics({"cells_suppressed": len(out) - len(kept),
+                         "segments_pooled": sum(1 for k in cells if k not in out)})  # fmt: skip
+    return kept
 
 
 def run(ctx: StageContext) -> None:
@@ -43,16 +101,15 @@ def run(ctx: StageContext) -> None:
         )
     sums = cp.outcome_sums(audience, outcomes, send_date, conf.window_days).collect()
     z = float(norm.ppf(0.5 + conf.confidence / 2))
-    cells: dict[tuple[str, str], dict[str, object]] = {}
+    cells: dict[tuple[str, str], dict[str, Sums]] = {}
     for r in sums:
-        cells.setdefault((r.campaign_id, r.segment_name), {})[r.variant] = r
+        cells.setdefault((r.campaign_id, r.segment_name), {})[r.variant] = Sums(
+            r.users, r.converters, r.revenue, r.revenue_sq
+        )
+    cells = suppress_small_cells(ctx, cells, ctx.config.privacy.min_group_size)
     rows = []
     for (campaign_id, segment), variants in sorted(cells.items()):
-        treated, control = variants.get(cp.TREATMENT), variants.get(cp.CONTROL)
-        if treated is None or control is None:
-            ctx.log.info("%s / %s: no %s users, no uplift", campaign_id, segment,
-                         "control" if control is None else "treated")  # fmt: skip
-            continue
+        treated, control = variants[cp.TREATMENT], variants[cp.CONTROL]
         p_t, p_c, diff, low, high = cp.uplift(
             treated.users, treated.converters, control.users, control.converters, z
         )

@@ -34,6 +34,7 @@ class Section:
 def sections(ctx: StageContext) -> list[Section]:
     lake = ctx.lakehouse
     features, seed = ctx.config.segment.features, ctx.config.segment.seed
+    min_group = ctx.config.privacy.min_group_size
     return [
         Section(
             "Segment shares over snapshots",
@@ -64,9 +65,11 @@ def sections(ctx: StageContext) -> list[Section]:
         ),
         Section(
             "RFM grid",
-            "Buyers by recency score and frequency score (quintiles among buyers).",
+            "Buyers by recency score and frequency score (quintiles among buyers); a "
+            f"cell of fewer than {min_group} buyers shows '<{min_group}' "
+            "(privacy.min_group_size).",
             (t.USER_FEATURES.name,),
-            lambda: charts.rfm_grid_figure(charts.rfm_grid_data(lake)),
+            lambda: charts.rfm_grid_figure(charts.rfm_grid_data(lake, min_group=min_group)),
         ),
         Section(
             "Recommendations against baselines",
@@ -80,7 +83,10 @@ def sections(ctx: StageContext) -> list[Section]:
         Section(
             "Campaign uplift",
             "Conversion of treated minus holdout users per campaign and segment, with "
-            "its confidence interval (an interval above zero is a measured effect).",
+            "its confidence interval (an interval above zero is a measured effect). "
+            f"Segments with fewer than {min_group} treated or holdout users are pooled "
+            "into '(smaller segments)', and a cell still that small is not shown "
+            "(privacy.min_group_size).",
             (t.CAMPAIGN_RESULTS.name,),
             lambda: charts.uplift_figure(charts.uplift_data(lake)),
         ),
