@@ -186,6 +186,10 @@ def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     recs = lake.read(t.RECOMMENDATIONS.name).collect()
     assert {r.user_id for r in recs} == set(ratings)
     assert {r.item_id for r in recs} <= {x[1] for x in good}
+    # A rating log: every rating makes its item seen, so no served list holds one.
+    rated = {(int(user), item) for user, item, _, _ in good}
+    assert not [r for r in recs if (r.user_id, r.item_id) in rated]
+    assert {r.k for r in lake.read(t.RECOMMENDATION_EVAL.name).collect()} == {10}, "top_n"
     evaluation = {r.method for r in lake.read(t.RECOMMENDATION_EVAL.name).collect()}
     assert {"als", "popular"} <= evaluation
 

@@ -372,10 +372,12 @@ class RecommendConf(Section):
 
     as_of_date: Date | None = None
     """Snapshot of silver/interactions (and user_features) to use; default the latest."""
-    top_n: Positive = 20
-    """Recommendations per user in gold/recommendations."""
-    eval_k: Positive = 10
-    """Cut-off of the evaluation metrics (precision_at_<k>, ndcg_at_<k>, ...)."""
+    top_n: Positive = 10
+    """Recommendations per user in gold/recommendations (and the validation's k)."""
+    eval_k: Positive | None = None
+    """Cut-off of the evaluation metrics (precision_at_<k>, ndcg_at_<k>, ...); null = top_n,
+    so the validation measures the lists that are served.
+    """
     split: Literal["auto", "last_days", "last_share", "last_n", "cutoff"] = "auto"
     """How events are split for evaluation: last_days (each user's last holdout_days),
     last_share (each user's latest holdout_share of events), last_n (each user's latest
@@ -388,10 +390,14 @@ class RecommendConf(Section):
     cutoff_date: Date | None = None
     min_evaluable_share: Share = 0.1
     """A split leaving fewer evaluable users (of those with interactions) is refused."""
-    exclude_purchased: bool = True
-    """Leave out items the user already bought (purchase events)."""
+    seen_events: list[str] | None = None
+    """Event types that make an item seen: never recommended again to that user, in the
+    validation split (the training side) and in serving (ALS, item-item, popularity, cold
+    start) alike. null = every event type that builds interactions
+    (features.interaction_weights above 0, returns excepted); [] = nothing is excluded.
+    """
     ranks: list[Positive] = Field(default_factory=lambda: [16, 32], min_length=1)
-    """Grid searched on the split; the best NDCG@eval_k is refitted on all data."""
+    """Grid searched on the split; the best NDCG at eval_k is refitted on all data."""
     reg_params: list[NonNegative] = Field(default_factory=lambda: [0.05], min_length=1)
     alphas: list[PositiveFloat] = Field(default_factory=lambda: [5.0, 20.0], min_length=1)
     max_iter: Positive = 10

@@ -117,11 +117,21 @@ def time_split(
     return split_events(usable_events(events, event_types), SplitSpec("last_days", holdout_days))
 
 
-def relevant_items(train: DataFrame, held: DataFrame) -> DataFrame:
-    """(user, item) pairs of the held-out window the user never had before, for users with
-    training interactions."""
-    seen = train.select(t.USER_ID, t.ITEM_ID).distinct()
-    trained_users = seen.select(t.USER_ID).distinct()
+def seen_pairs(events: DataFrame, event_types: Sequence[str]) -> DataFrame:
+    """`(user_id, item_id)` a user has seen: the items of their events of `event_types`
+    (`recommend.seen_events`), never recommended to them again."""
+    return (
+        events.where(F.col(t.ITEM_ID).isNotNull() & F.col(t.EVENT_TYPE).isin(*event_types))
+        .select(t.USER_ID, t.ITEM_ID)
+        .distinct()
+    )
+
+
+def relevant_items(train: DataFrame, held: DataFrame, seen: DataFrame | None = None) -> DataFrame:
+    """(user, item) pairs of the held-out window the user had not seen before (`seen`,
+    default every training pair), for users with training interactions."""
+    trained_users = train.select(t.USER_ID).distinct()
+    seen = (seen if seen is not None else train).select(t.USER_ID, t.ITEM_ID).distinct()
     return (
         held.select(t.USER_ID, t.ITEM_ID)
         .distinct()

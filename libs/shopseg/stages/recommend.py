@@ -7,7 +7,7 @@
 2. Grid search over rank, regParam and alpha on the split, next to three
    baselines on the same split (global and within-segment popularity,
    item-item co-occurrence).
-3. The best grid point (NDCG@eval_k) is refitted on all interactions and
+3. The best grid point (NDCG at `eval_k`, default `top_n`) is refitted on all interactions and
    registered as `recommend.model_name` with alias `recommend.alias`.
 4. Top N per user from whichever method was best on the split (ALS by
    block scoring unless a baseline beat it); users it cannot serve get their
@@ -50,6 +50,25 @@ def _segments(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
     )
 
 
+def eval_k(conf) -> int:
+    """The cut-off of the validation metrics: `recommend.eval_k`, default the list
+    length served (`top_n`)."""
+    return conf.eval_k if conf.eval_k is not None else conf.top_n
+
+
+def interaction_types(ctx: StageContext) -> list[str]:
+    """Event types that build interactions (weight above 0; returns take away)."""
+    weights = ctx.config.features.interaction_weights
+    return [kind for kind, w in weights.items() if w > 0 and kind != "return"]
+
+
+def seen_types(ctx: StageContext) -> list[str]:
+    """Event types whose items count as seen (`recommend.seen_events`, default those
+    that build interactions): left out of every list, validated and served alike."""
+    wanted = ctx.config.recommend.seen_events
+    return interaction_types(ctx) if wanted is None else list(wanted)
+
+
 def _ids_to_idx(df: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
     with_users = rc.with_index(df, users, t.USER_ID, rc.USER_IDX)
     return rc.with_index(with_users, items, t.ITEM_ID, rc.ITEM_IDX)
@@ -70,8 +89,8 @@ def _evaluate(
 ) -> tuple[rc.AlsParams, list[tuple], str]:
     conf = ctx.config.recommend
     fconf = ctx.config.features
-    k = conf.eval_k
-    weighted = [kind for kind, w in fconf.interaction_weights.items() if w > 0 and kind != "return"]
+    k = eval_k(conf)
+    weighted = interaction_types(ctx)
     usable = rc.usable_events(events, weighted).cache()
     spec, why = rc.resolve_split(
         rc.SplitSpec(
@@ -83,7 +102,9 @@ def _evaluate(
     train = build_interactions(
         train_events, as_of, fconf.interaction_weights, fconf.interaction_half_life_days
     ).cache()
-    relevant = rc.relevant_items(train_events, held).cache()
+    # One definition of seen for validation and serving (`recommend.seen_events`).
+    train_seen = rc.seen_pairs(train_events, seen_types(ctx)).cache()
+    relevant = rc.relevant_items(train_events, held, train_seen).cache()
     eval_users = relevant.select(t.USER_ID).distinct().cache()
     n_eval = eval_users.count()
     n_users = usable.select(t.USER_ID).distinct().count()
@@ -120,8 +141,10 @@ def _evaluate(
         .cache()
     )
     eval_idx = eval_users.join(user_index, on=t.USER_ID, how="inner").select(rc.USER_IDX)
-    seen_idx = train_idx.join(eval_idx, on=rc.USER_IDX, how="left_semi").select(
-        rc.USER_IDX, rc.ITEM_IDX
+    seen_idx = (
+        _ids_to_idx(train_seen, user_index, item_index)
+        .join(eval_idx, on=rc.USER_IDX, how="left_semi")
+        .select(rc.USER_IDX, rc.ITEM_IDX)
     )
 
     rows: list[tuple] = []
@@ -152,17 +175,18 @@ def _evaluate(
 
     def popular() -> DataFrame:
         ranked = rc.popularity(train)
-        return rc.top_popular_unseen(eval_users.withColumn(rc.GROUP, F.lit(0)), ranked, train, k)
+        users = eval_users.withColumn(rc.GROUP, F.lit(0))
+        return rc.top_popular_unseen(users, ranked, train_seen, k)
 
     def segment_popular() -> DataFrame:
         groups = rc.with_groups(train.select(t.USER_ID).distinct(), segments)
         ranked = rc.popularity(train, groups)
-        return rc.top_popular_unseen(rc.with_groups(eval_users, segments), ranked, train, k)
+        return rc.top_popular_unseen(rc.with_groups(eval_users, segments), ranked, train_seen, k)
 
     def item_item() -> DataFrame:
         neighbours = rc.item_neighbours(train, conf.item_neighbours)
         history = train.join(eval_users, on=t.USER_ID, how="left_semi")
-        return rc.top_item_item(history, neighbours, None, k)
+        return rc.top_item_item(history, neighbours, train_seen, k)
 
     methods = [(rc.SOURCE_POPULAR, "", popular), (rc.SOURCE_SEGMENT, "", segment_popular)]
     if conf.item_item:
@@ -274,7 +298,7 @@ def _evaluate(
             "serving %s recommendations; ALS is still registered for its factors",
             served, k, scores.ndcg, served_ndcg, served,
         )  # fmt: skip
-    for df in (train, relevant, eval_users, train_idx, usable):
+    for df in (train, train_seen, relevant, eval_users, train_idx, usable):
         df.unpersist()
     return params, rows, served
 
@@ -321,14 +345,13 @@ def run(ctx: StageContext) -> None:
     version = tracking.register_spark_model(model, conf.model_name, conf.alias)
     als = rc.als_of(model)
 
-    bought = None
-    if conf.exclude_purchased:
-        bought = (
-            events.filter(F.col(t.EVENT_TYPE) == "purchase")
-            .select(t.USER_ID, t.ITEM_ID)
-            .where(F.col(t.ITEM_ID).isNotNull())
-            .distinct()
-        )
+    types = seen_types(ctx)
+    seen = rc.seen_pairs(events, types) if types else None
+    ctx.log.info(
+        "serving leaves out what each user has seen: items of their %s events (%s)",
+        ", ".join(types) or "no", "recommend.seen_events" if conf.seen_events is not None
+        else "every event type that builds interactions",
+    )  # fmt: skip
     started = time.perf_counter()
     warm = None
     if served == rc.SOURCE_ALS:
@@ -336,14 +359,14 @@ def run(ctx: StageContext) -> None:
             als.userFactors,
             als.itemFactors,
             conf.top_n,
-            seen=_ids_to_idx(bought, user_index, item_index) if bought is not None else None,
+            seen=_ids_to_idx(seen, user_index, item_index) if seen is not None else None,
             user_block=conf.user_block,
             item_block=conf.item_block,
         )
         warm = _idx_to_ids(top, user_index, item_index)
     elif served == rc.SOURCE_ITEM_ITEM:
         neighbours = rc.item_neighbours(interactions, conf.item_neighbours)
-        warm = rc.top_item_item(interactions, neighbours, bought, conf.top_n)
+        warm = rc.top_item_item(interactions, neighbours, seen, conf.top_n)
     # Everyone the shop knows: users with a feature row or interactions.
     everyone = users.unionByName(interactions.select(t.USER_ID)).distinct()
     if warm is not None:
@@ -355,7 +378,7 @@ def run(ctx: StageContext) -> None:
         cold = everyone
     # Popularity served: the global list for everyone, segments or not.
     by_segment = None if served == rc.SOURCE_POPULAR else segments
-    fallback = rc.cold_start(cold, by_segment, interactions, bought, conf.top_n)
+    fallback = rc.cold_start(cold, by_segment, interactions, seen, conf.top_n)
     recs = fallback if warm is None else warm.unionByName(fallback)
     recs = (
         recs.withColumn(t.AS_OF_DATE, F.lit(as_of))
