@@ -303,7 +303,9 @@ def test_recommend_stage_end_to_end(spark, default_lake):
     assert (evaluation[evaluation["method"] != "als"]["ndcg"] < served["ndcg"]).all()
     grid = load_config(LOCAL_CONF, DEFAULT_LAKE_SETS).recommend
     points = len(grid.ranks) * len(grid.reg_params) * len(grid.alphas)
-    assert len(evaluation[evaluation["method"] == "als"]) == points
+    # ... and MLlib's defaults, always a candidate.
+    assert len(evaluation[evaluation["method"] == "als"]) == points + 1
+    assert "rank=10 reg=0.1 alpha=1" in set(evaluation["params"])
     assert evaluation["chosen"].sum() == 1
     chosen = evaluation[evaluation["chosen"]].iloc[0]
     assert chosen["ndcg"] == evaluation[evaluation["method"] == "als"]["ndcg"].max()

@@ -24,6 +24,7 @@ the block scoring); every name is importable from `shopseg.recommend`.
 """
 
 from shopseg.recommend.als import (
+    MLLIB_DEFAULTS,
     AlsParams,
     _top_n_rows,
     als_of,
@@ -70,6 +71,7 @@ from shopseg.recommend.ids import (
 )
 
 __all__ = [
+    "MLLIB_DEFAULTS",
     "_top_n_rows",
     "als_of",
     "AlsParams",

@@ -35,6 +35,11 @@ class AlsParams:
         return f"rank={self.rank} reg={self.reg_param:g} alpha={self.alpha:g}"
 
 
+# Spark MLlib ALS's own defaults (rank 10, regParam 0.1, alpha 1.0): always a
+# candidate of the search, so it never serves less than the library untuned.
+MLLIB_DEFAULTS = AlsParams(10, 0.1, 1.0)
+
+
 def random_trials(
     n: int,
     rank: Sequence[int],

@@ -4,7 +4,8 @@
    latest share or latest n events, or one cut-off date; `auto` picks by the
    length of the histories), refused when too few users are evaluable
    (`shopseg.recommend` states the metrics).
-2. Grid search over rank, regParam and alpha on the split, next to three
+2. Grid search over rank, regParam and alpha on the split (MLlib's defaults
+   always among the points), next to three
    baselines on the same split (global and within-segment popularity,
    item-item co-occurrence).
 3. The best grid point (NDCG at `eval_k`, default `top_n`) is refitted on all interactions and
@@ -209,6 +210,8 @@ def _evaluate(
         rc.AlsParams(rank, reg, alpha)
         for rank, reg, alpha in itertools.product(conf.ranks, conf.reg_params, conf.alphas)
     ]
+    if rc.MLLIB_DEFAULTS not in grid:
+        grid.append(rc.MLLIB_DEFAULTS)
     search = conf.search
     trials: list[rc.AlsParams] = []
     if search.trials:
