@@ -279,9 +279,10 @@ def check_consent(users: DataFrame, campaigns: list[CampaignConf]) -> None:
             ) from None
 
 
-def log_consent(ctx: StageContext, users: DataFrame, campaign: CampaignConf) -> None:
+def log_consent(ctx: StageContext, users: DataFrame, campaign: CampaignConf) -> int:
     """How many of the users a campaign targets its `opted_out` predicate leaves
-    out: opted out, or unknown (null), which counts as out."""
+    out (opted out, or unknown: null, which counts as out), logged; returns the
+    targeted users left, in the same one job."""
     predicate = F.expr(campaign.exclude.opted_out)
     row = (
         cp.eligible(users, campaign, consent=False)
@@ -301,6 +302,7 @@ def log_consent(ctx: StageContext, users: DataFrame, campaign: CampaignConf) -> 
     ctx.run.log_metrics(
         {f"opted_out.{campaign.id}": row.out, f"consent_unknown.{campaign.id}": row.unknown}
     )
+    return row.targeted - row.out - row.unknown
 
 
 def run(ctx: StageContext) -> None:
@@ -327,9 +329,10 @@ def run(ctx: StageContext) -> None:
     }
     lines = [f"audiences for {send_date} (segments of {as_of}):"]
     for campaign in campaigns:
-        targeted = cp.eligible(users, campaign).count()
         if campaign.exclude.opted_out:
-            log_consent(ctx, users, campaign)
+            targeted = log_consent(ctx, users, campaign)
+        else:
+            targeted = cp.eligible(users, campaign).count()
         treated = counts.get((campaign.id, cp.TREATMENT), 0)
         control = counts.get((campaign.id, cp.CONTROL), 0)
         share = control / (treated + control) if treated + control else 0.0
