@@ -20,6 +20,7 @@ import pytest
 
 from shopseg import tables as t
 from shopseg.cli import main
+from shopseg.config import load_config
 from shopseg.delta import Lakehouse
 from shopseg.pipeline import recommendation_summary
 
@@ -201,11 +202,12 @@ def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     assert 3 <= sum(r.method == "als" for r in split) <= 5
     assert "rank=10 reg=0.1 alpha=1" in {r.params for r in split if r.method == "als"}
     served = [r for r in split if r.served]
-    assert len(served) == 1 and served[0].ndcg == max(r.ndcg for r in split)
+    tie = load_config(conf).recommend.serve_tie
+    assert len(served) == 1 and served[0].ndcg >= max(r.ndcg for r in split) - tie
+    assert {"item_item", "ease"} <= evaluation, "item-based candidates on a small catalogue"
     assert {r.source for r in recs} <= {served[0].method, "popular", "segment_popular"}
     line = recommendation_summary(lake)
-    assert f"served by {served[0].method}" in line
-    assert ("ALS lost" in line) == (served[0].method != "als")
+    assert f"served by {served[0].method}" in line and "the validation winner" in line
     capsys.readouterr()
     refused = ["recommend", "--conf", conf, "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
     refused += ["--set", "recommend.split=cutoff", "--set", "recommend.cutoff_date=2020-01-01"]

@@ -57,13 +57,14 @@ def test_ranking_scores_agree_with_spark_ranking_evaluator(spark):
     rng = np.random.default_rng(3)
     recs, relevant = [], []
     for user in range(60):
-        items = rng.choice(40, size=8, replace=False)
+        items = rng.choice(40 if user % 2 else 10, size=8, replace=False)
         recs += [(user, int(item), rank) for rank, item in enumerate(items, start=1)]
         relevant += [(user, int(i)) for i in rng.choice(40, size=rng.integers(1, 9), replace=False)]
     recs_df = spark.createDataFrame(recs, "user_id long, item_id long, rank int")
     rel_df = spark.createDataFrame(relevant, "user_id long, item_id long")
-    k = 5
-    ours = rc.ranking_scores(recs_df, rel_df, k, catalog_size=40)
+    # Several cut-offs from the same lists in one call, each as Spark's at that k.
+    at = rc.ranking_scores_at(recs_df, rel_df, [8, 3, 5], catalog_size=40)
+    assert sorted(at) == [3, 5, 8]
 
     lists = (
         recs_df.groupBy("user_id")
@@ -78,13 +79,16 @@ def test_ranking_scores_agree_with_spark_ranking_evaluator(spark):
         )
     )
 
-    def spark_metric(name: str) -> float:
-        return RankingEvaluator(metricName=name, k=k).evaluate(lists)
+    for k, ours in at.items():
 
-    assert ours.precision == pytest.approx(spark_metric("precisionAtK"))
-    assert ours.recall == pytest.approx(spark_metric("recallAtK"))
-    assert ours.ndcg == pytest.approx(spark_metric("ndcgAtK"))
-    assert ours.map == pytest.approx(spark_metric("meanAveragePrecisionAtK"))
+        def spark_metric(name: str, k: int = k) -> float:
+            return RankingEvaluator(metricName=name, k=k).evaluate(lists)
+
+        assert ours.precision == pytest.approx(spark_metric("precisionAtK"))
+        assert ours.recall == pytest.approx(spark_metric("recallAtK"))
+        assert ours.ndcg == pytest.approx(spark_metric("ndcgAtK"))
+        assert ours.map == pytest.approx(spark_metric("meanAveragePrecisionAtK"))
+        assert ours.coverage == len({i for _, i, r in recs if r <= k}) / 40
 
 
 # --------------------------------------------------------------------------- popularity
@@ -289,18 +293,19 @@ def test_recommend_stage_end_to_end(spark, default_lake):
     features = lake.read(t.USER_FEATURES.name).select("user_id").toPandas()
     assert set(recs["user_id"]) == set(features["user_id"])
     interacted = set(lake.read(t.INTERACTIONS.name).select("user_id").toPandas()["user_id"])
+    evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
+    assert set(evaluation["k"]) == {10}, "validated at the k served, which is 10"
+    assert set(evaluation["method"]) == {"als", "ease", "popular", "segment_popular"}
+    # The validation winner is served (a tie within serve_tie to the cheaper one).
+    assert evaluation["served"].sum() == 1
+    served = evaluation[evaluation["served"]].iloc[0]
+    assert served["ndcg"] >= evaluation["ndcg"].max() - conf.serve_tie
+    assert (evaluation[evaluation["method"].str.contains("popular")]["ndcg"] < served["ndcg"]).all()
     sources = recs.groupby("user_id")["source"].first()
     cold = sources[~sources.index.isin(interacted)]
     assert len(cold) > 0, "the synthetic data has users without interactions"
     assert (cold == "segment_popular").all()
-    assert (sources[sources.index.isin(interacted)] == "als").all()
-
-    evaluation = lake.read(t.RECOMMENDATION_EVAL.name).toPandas()
-    assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}
-    # ALS wins on the shop it was planted for, and is what is served.
-    assert evaluation[evaluation["served"]]["method"].tolist() == ["als"]
-    served = evaluation[evaluation["served"]].iloc[0]
-    assert (evaluation[evaluation["method"] != "als"]["ndcg"] < served["ndcg"]).all()
+    assert (sources[sources.index.isin(interacted)] == served["method"]).all()
     grid = load_config(LOCAL_CONF, DEFAULT_LAKE_SETS).recommend
     points = len(grid.ranks) * len(grid.reg_params) * len(grid.alphas)
     # ... and MLlib's defaults, always a candidate.
@@ -324,6 +329,8 @@ def test_recommend_stage_end_to_end(spark, default_lake):
         assert run.data.metrics[name] == pytest.approx(chosen[name.split("_at_")[0]])
         assert f"baseline_popularity_{name}" in run.data.metrics
         assert f"baseline_segment_{name}" in run.data.metrics
+    assert run.data.params["served_method"] == served["method"]
+    assert run.data.metrics["served_ndcg_at_10"] == pytest.approx(served["ndcg"])
     assert run.data.params["input.silver/interactions.version"] == "0"
 
 
@@ -459,3 +466,122 @@ def test_random_trials_are_log_uniform_within_bounds_and_alpha_follows_the_stren
     # Log-uniform: about half of the draws below the geometric middle.
     assert 0.4 < (confidence < 10**0.5).mean() < 0.6
     assert 0.4 < (regs < 0.1).mean() < 0.6
+
+
+def _random_log(spark, users=60, items=12, seed=3):
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for user in range(users):
+        for item in rng.choice(items, size=int(rng.integers(1, 6)), replace=False):
+            rows[(user, int(item))] = float(rng.integers(1, 5))
+    pdf = pd.DataFrame(
+        [(u, i, s) for (u, i), s in rows.items()], columns=["user_id", "item_id", "strength"]
+    )
+    return pdf, spark.createDataFrame(pdf, "user_id long, item_id long, strength double")
+
+
+def test_item_gram_equals_the_matrix_product_over_users(spark):
+    pdf, interactions = _random_log(spark)
+    got = rc.build_item_gram(interactions, buckets=3).toPandas()
+    matrix = pdf.pivot_table(index="user_id", columns="item_id", values="strength", fill_value=0)
+    dot = matrix.T.to_numpy() @ matrix.to_numpy()
+    co = (matrix.T.to_numpy() > 0).astype(float) @ (matrix.to_numpy() > 0).astype(float)
+    ids = list(matrix.columns)
+    a = got["item_a"].map(ids.index).to_numpy()
+    b = got["item_b"].map(ids.index).to_numpy()
+    np.testing.assert_allclose(got["dot"], dot[a, b])
+    np.testing.assert_allclose(got["co"], co[a, b])
+    # Every non-zero pair is there, once.
+    assert len(got) == int((co > 0).sum())
+
+
+def test_jaccard_and_lift_neighbours_by_hand(spark):
+    # Item 1: users a, b, c; item 2: a, b; item 3: c, d, e, f.
+    rows = [(u, 1) for u in "abc"] + [(u, 2) for u in "ab"] + [(u, 3) for u in "cdef"]
+    interactions = spark.createDataFrame(
+        [(ord(u), i, 1.0) for u, i in rows], "user_id long, item_id long, strength double"
+    )
+    pairs = {}
+    for similarity in ("jaccard", "lift"):
+        got = rc.item_neighbours(interactions, 5, similarity).collect()
+        pairs[similarity] = {(r.item_id, r.similar_item_id): r.score for r in got}
+    assert pairs["jaccard"] == pytest.approx(
+        {(1, 2): 2 / 3, (2, 1): 2 / 3, (1, 3): 1 / 6, (3, 1): 1 / 6}
+    )
+    assert pairs["lift"] == pytest.approx(
+        {(1, 2): 2 / 6, (2, 1): 2 / 6, (1, 3): 1 / 12, (3, 1): 1 / 12}
+    )
+    with pytest.raises(ValueError, match="unknown item similarity 'pearson'"):
+        rc.item_neighbours(interactions, 5, "pearson")
+
+
+def test_ease_weights_are_each_items_ridge_regression_on_the_others(spark):
+    from sklearn.linear_model import Ridge
+
+    pdf, interactions = _random_log(spark, users=80, items=8, seed=5)
+    gram = rc.build_item_gram(interactions, buckets=2)
+    x = pdf.pivot_table(index="user_id", columns="item_id", values="strength", fill_value=0) > 0
+    x = x.astype(float)
+    l2 = 0.5 * x.sum(axis=0).mean()  # scale 0.5 of the mean users per item
+    model = rc.fit_ease(rc.collect_gram(gram, max_items=8), [0.5])[0.5]
+    assert list(model.ids) == list(x.columns)
+    for j, target in enumerate(model.ids):
+        others = [i for i in model.ids if i != target]
+        ridge = Ridge(alpha=l2, fit_intercept=False).fit(x[others], x[target])
+        rows = [i for i in range(len(model.ids)) if i != j]
+        np.testing.assert_allclose(model.weights[rows, j], ridge.coef_, atol=1e-5)
+        assert model.weights[j, j] == 0
+    with pytest.raises(
+        ValueError, match="8 x 8 item matrix .* above recommend.ease.max_items \\(7\\)"
+    ):
+        rc.collect_gram(gram, max_items=7)
+
+
+@pytest.mark.parametrize("similarity", ["cosine", "jaccard", "lift"])
+def test_dense_item_item_scores_as_the_spark_joins_do(spark, similarity):
+    pdf, interactions = _random_log(spark, users=70, items=15, seed=9)
+    gram = rc.build_item_gram(interactions, buckets=2).cache()
+    n = 4
+    model = rc.item_item_model(rc.collect_gram(gram, 100), similarity, n)
+    joined = rc.neighbours_from_gram(gram, n, similarity).toPandas()
+    # Each row keeps its n best: the same weights (up to ties at the n-th).
+    for item, group in joined.groupby("item_id"):
+        row = model.weights[list(model.ids).index(item)]
+        kept = np.sort(row[row > 0])[::-1]
+        np.testing.assert_allclose(kept[: len(group)], group["score"].to_numpy(), rtol=1e-5)
+    history = interactions.where("user_id < 20")
+    dense = rc.score_item_model(history, model, None, 3).toPandas()
+    neighbours = spark.createDataFrame(
+        [
+            (int(a), int(b), float(model.weights[i, j]))
+            for i, a in enumerate(model.ids)
+            for j, b in enumerate(model.ids)
+            if model.weights[i, j] > 0
+        ],
+        "item_id long, similar_item_id long, score double",
+    )
+    joins = rc.top_item_item(history, neighbours, None, 3).toPandas()
+    merged = dense.merge(joins, on=["user_id", "rank"], suffixes=("", "_joins"))
+    assert len(merged) == len(joins) > 0
+    np.testing.assert_allclose(merged["score"], merged["score_joins"], rtol=1e-5)
+    # Nothing a user already has is scored.
+    assert dense.merge(pdf, on=["user_id", "item_id"]).empty
+
+
+def test_the_validation_winner_is_served_and_a_tie_goes_to_the_cheaper_method():
+    from shopseg.stages.recommend import Candidate, Result, serving_choice
+
+    def result(method: str, ndcg: float, params: str = "") -> Result:
+        scores = rc.RankingScores(0.1, 0.1, ndcg, 0.1, 0.5, 100)
+        return Result(Candidate(method, params), {10: scores}, 1.0)
+
+    pop, ii, ease = result("popular", 0.10), result("item_item", 0.150), result("ease", 0.200)
+    als = result("als", 0.2005, "rank=10")
+    served, runner_up = serving_choice([pop, ii, ease, als], 10, tie=0.0)
+    assert (served, runner_up) == (als, ease)
+    # Within the tie margin the cheaper EASE is served; ALS is then the runner-up.
+    served, runner_up = serving_choice([pop, ii, ease, als], 10, tie=0.001)
+    assert (served, runner_up) == (ease, als)
+    # The runner-up is another method's best, not a second point of the winner's.
+    als2 = result("als", 0.19, "rank=32")
+    assert serving_choice([pop, als2, als, ii], 10, tie=0.0) == (als, ii)

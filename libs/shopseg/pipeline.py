@@ -411,8 +411,15 @@ def customer_value_summary(lakehouse: Lakehouse) -> str | None:
     )
 
 
+def validation_k(ks) -> int:
+    """The k a recommendation evaluation ranked by: NDCG@10 rows are added beside
+    any other k (gold/recommendation_eval)."""
+    ks = set(ks)
+    return max(ks - {10}, default=10)
+
+
 def recommendation_summary(lakehouse: Lakehouse) -> str | None:
-    """One line on what the latest recommendations were served by, and why."""
+    """One line on what the latest recommendations were served by, why, and by how much."""
     from pyspark.sql import functions as F
 
     if not lakehouse.exists(tables.RECOMMENDATION_EVAL.name):
@@ -422,20 +429,28 @@ def recommendation_summary(lakehouse: Lakehouse) -> str | None:
         return None
     as_of = latest(scores, tables.AS_OF_DATE)
     rows = scores.filter(F.col(tables.AS_OF_DATE) == F.lit(as_of)).collect()
+    k = validation_k(r.k for r in rows)
+    rows = [r for r in rows if r.k == k]
     served = [r for r in rows if r.served]
     if not served:
         return None
-    best_als = max((r for r in rows if r.method == "als"), key=lambda r: r.ndcg, default=None)
-    others = ", ".join(
-        f"{r.method} {r.ndcg:.4f}" for r in rows if r.method != "als" and not r.served
-    )
+    won = served[0]
+    best = {}
+    for r in rows:
+        if r.method != won.method and (r.method not in best or r.ndcg > best[r.method].ndcg):
+            best[r.method] = r
     line = (
-        f"Recommendations ({as_of}): served by {served[0].method} "
-        f"(NDCG@{served[0].k} {served[0].ndcg:.4f})"
+        f"Recommendations ({as_of}): served by {won.method}"
+        + (f" ({won.params})" if won.params else "")
+        + f", the validation winner (NDCG@{k} {won.ndcg:.4f})"
     )
-    if best_als is not None and served[0].method != "als":
-        line += f"; ALS lost to it on the validation split (best ALS {best_als.ndcg:.4f})"
-    return line + (f"; {others}" if others else "")
+    if "popular" in best:
+        line += f", {won.ndcg - best['popular'].ndcg:+.4f} over popularity"
+    if best:
+        runner = max(best.values(), key=lambda r: r.ndcg)
+        line += f", {won.ndcg - runner.ndcg:+.4f} over the runner-up {runner.method}"
+    others = ", ".join(f"{m} {r.ndcg:.4f}" for m, r in sorted(best.items()))
+    return line + (f"; best of each other method: {others}" if others else "")
 
 
 def mlflow_ui_command(config: Config) -> str:

@@ -436,9 +436,9 @@ RECOMMENDATIONS = TableSpec(
     "gold/recommendations",
     (USER_ID, AS_OF_DATE, "rank", ITEM_ID, "score", "source", MODEL_VERSION),
     "recommend",
-    "Top N items per user and as-of date, ranks 1..N; source `als` (ALS score), "
-    "`segment_popular` or `popular` (users without interactions; score = users who "
-    "interacted with the item).",
+    "Top N items per user and as-of date, ranks 1..N; source: the served method (`als`, "
+    "`ease` or `item_item`: its score), or `segment_popular` / `popular` (the served "
+    "method, or users it cannot serve; score = users who interacted with the item).",
     partition_by=(AS_OF_DATE,),
 )
 SIMILAR_ITEMS = TableSpec(
@@ -466,9 +466,10 @@ RECOMMENDATION_EVAL = TableSpec(
         "served",
     ),
     "recommend",
-    "Ranking metrics at k on the validation split: every ALS grid point (`chosen`: the "
-    "best) and the baselines (`popular`, `segment_popular`, `item_item`); `served`: the "
-    "method whose recommendations gold/recommendations holds.",
+    "Ranking metrics at k on the validation split, and at k = 10 beside any other k: "
+    "every candidate (`popular`, `segment_popular`, `item_item` per similarity, `ease` "
+    "per l2, every ALS point; `chosen`: the best ALS point, registered); `served`: the "
+    "validation winner, whose lists gold/recommendations holds.",
     partition_by=(AS_OF_DATE,),
 )
 

@@ -52,6 +52,7 @@ from shopseg.config.customers import (
     SEGMENT_ALGORITHMS,
     SEGMENT_MODES,
     AlsSearch,
+    EaseConf,
     FeaturesConf,
     ItemsFromEvents,
     RecommendConf,
@@ -107,6 +108,7 @@ from shopseg.config.platform import (
 
 __all__ = [
     "AlsSearch",
+    "EaseConf",
     "AudiencesConf",
     "CampaignConf",
     "CampaignExclusions",

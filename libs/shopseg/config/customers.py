@@ -367,6 +367,21 @@ class AlsSearch(Section):
             )
 
 
+class EaseConf(Section):
+    """EASE, the closed-form ridge item-item model: the item Gram matrix built in Spark,
+    inverted on the driver (memory 8 x items² bytes, time ~items³)."""
+
+    enabled: bool = True
+    max_items: Positive = 5000
+    """Item-based models up to this many items are dense matrices on the driver (EASE,
+    and item-item scored in vectorised blocks); above it EASE is refused (a log line says
+    so) and item-item runs as Spark joins. 5,000 items: 200 MB per matrix, seconds per
+    inversion on 2 cores."""
+    l2: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
+    """Ridge regularisation, per unit of the mean number of users per item (so one value
+    means the same on a small and a large log); each value is a validated candidate."""
+
+
 class RecommendConf(Section):
     """Stage `recommend`: ALS on implicit feedback, evaluated against baselines."""
 
@@ -407,10 +422,23 @@ class RecommendConf(Section):
     similar_items: Positive = 10
     """Most similar items per item in gold/similar_items."""
     item_item: bool = True
-    """The item-item co-occurrence baseline (popularity baselines always run), and its
-    neighbours per item.
+    """Item-item co-occurrence candidates (popularity baselines always run), and their
+    neighbours per item (also the weights kept per item by EASE).
     """
     item_neighbours: Positive = 50
+    item_similarities: list[Literal["cosine", "jaccard", "lift"]] = Field(
+        default_factory=lambda: ["cosine", "jaccard", "lift"], min_length=1
+    )
+    """Item-item similarities, each a validated candidate: cosine of the items' strength
+    columns, Jaccard or lift of their users (the co-occurrence family of SAR)."""
+    item_half_lives: list[PositiveFloat | None] = Field(default_factory=lambda: [None])
+    """Time decay of a user's history when item-item scores it (half-life in days), each
+    value a candidate; null = the interactions as built (features.interaction_half_life_days).
+    """
+    ease: EaseConf = Field(default_factory=EaseConf)
+    serve_tie: NonNegative = 0.001
+    """Validation NDCGs within this of the best count as a tie, served by the cheapest
+    method (popular < segment_popular < item_item < ease < als)."""
     search: AlsSearch = Field(default_factory=AlsSearch)
     user_block: Positive = 4096
     """Block sizes of the top-N scorer (scores per task: user_block x item_block)."""

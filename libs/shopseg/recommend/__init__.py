@@ -20,7 +20,8 @@ ranks only items the user had no training interaction with.
 
 The package: `ids` (column names, dense ids), `evaluation` (the split and the
 metrics), `baselines` (popularity, cold start, item-item) and `als` (the fit and
-the block scoring); every name is importable from `shopseg.recommend`.
+the block scoring), `cooccurrence` (the item Gram matrix, item-item similarities
+and EASE); every name is importable from `shopseg.recommend`.
 """
 
 from shopseg.recommend.als import (
@@ -42,6 +43,19 @@ from shopseg.recommend.baselines import (
     top_popular_unseen,
     with_groups,
 )
+from shopseg.recommend.cooccurrence import (
+    SIMILARITIES,
+    DenseGram,
+    ItemModel,
+    binary,
+    build_item_gram,
+    collect_gram,
+    fit_ease,
+    gram_items,
+    item_item_model,
+    neighbours_from_gram,
+    score_item_model,
+)
 from shopseg.recommend.evaluation import (
     SPLITS,
     RankingScores,
@@ -49,6 +63,7 @@ from shopseg.recommend.evaluation import (
     describe_split,
     median_history_days,
     ranking_scores,
+    ranking_scores_at,
     relevant_items,
     resolve_split,
     seen_pairs,
@@ -62,6 +77,8 @@ from shopseg.recommend.ids import (
     RANK,
     SCORE,
     SOURCE_ALS,
+    SOURCE_COST,
+    SOURCE_EASE,
     SOURCE_ITEM_ITEM,
     SOURCE_POPULAR,
     SOURCE_SEGMENT,
@@ -75,27 +92,41 @@ __all__ = [
     "_top_n_rows",
     "als_of",
     "AlsParams",
+    "binary",
     "build_index",
+    "build_item_gram",
     "cold_start",
     "describe_split",
+    "collect_gram",
+    "DenseGram",
+    "fit_ease",
+    "item_item_model",
+    "ItemModel",
     "fit_als",
     "GROUP",
+    "gram_items",
     "ITEM_IDX",
     "item_neighbours",
     "median_history_days",
+    "neighbours_from_gram",
     "normalized",
     "popularity",
     "random_trials",
     "RANK",
     "ranking_scores",
+    "ranking_scores_at",
     "RankingScores",
     "relevant_items",
     "seen_pairs",
     "resolve_split",
     "SCORE",
+    "score_item_model",
     "score_top_n",
     "similar_items",
+    "SIMILARITIES",
     "SOURCE_ALS",
+    "SOURCE_COST",
+    "SOURCE_EASE",
     "SOURCE_ITEM_ITEM",
     "SOURCE_POPULAR",
     "SOURCE_SEGMENT",

@@ -7,6 +7,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from shopseg import tables as t
+from shopseg.recommend.cooccurrence import build_item_gram, neighbours_from_gram
 from shopseg.recommend.ids import (
     GROUP,
     RANK,
@@ -142,47 +143,25 @@ def cold_start(
 # --------------------------------------------------------------------------- item-item
 
 
-def item_neighbours(interactions: DataFrame, n: int, max_items_per_user: int = 100) -> DataFrame:
-    """Each item's `n` nearest items by cosine of their columns of the user x item matrix.
+def item_neighbours(
+    interactions: DataFrame,
+    n: int,
+    similarity: str = "cosine",
+    max_items_per_user: int = 100,
+    buckets: int = 2,
+) -> DataFrame:
+    """Each item's `n` nearest items by `similarity` (cosine of their columns of the
+    user x item matrix, Jaccard or lift: `shopseg.recommend.cooccurrence`).
 
-    The strengths are the matrix values. Pairs come from a self-join on the
-    user, whose cost grows with the square of a user's items: each user's
-    `max_items_per_user` strongest items are kept (ties by item id).
+    Each user's `max_items_per_user` strongest items are kept; `buckets` is
+    the number of parallel partial Gram matrices.
 
     Returns:
         `(item_id, similar_item_id, score)`, at most `n` rows per item, the
         best first; ties by similar item id.
     """
-    strongest = Window.partitionBy(t.USER_ID).orderBy(F.col(t.STRENGTH).desc(), t.ITEM_ID)
-    values = (
-        interactions.select(t.USER_ID, t.ITEM_ID, t.STRENGTH)
-        .where(F.col(t.STRENGTH) > 0)
-        .withColumn("_r", F.row_number().over(strongest))
-        .where(F.col("_r") <= max_items_per_user)
-        .drop("_r")
-    )
-    norms = values.groupBy(t.ITEM_ID).agg(F.sqrt(F.sum(F.col(t.STRENGTH) ** 2)).alias("_norm"))
-    left = values.select(t.USER_ID, F.col(t.ITEM_ID).alias("_a"), F.col(t.STRENGTH).alias("_sa"))
-    right = values.select(t.USER_ID, F.col(t.ITEM_ID).alias("_b"), F.col(t.STRENGTH).alias("_sb"))
-    dots = (
-        left.join(right, on=t.USER_ID, how="inner")
-        .where(F.col("_a") != F.col("_b"))
-        .groupBy("_a", "_b")
-        .agg(F.sum(F.col("_sa") * F.col("_sb")).alias("_dot"))
-    )
-    norm_a = norms.select(F.col(t.ITEM_ID).alias("_a"), F.col("_norm").alias("_na"))
-    norm_b = norms.select(F.col(t.ITEM_ID).alias("_b"), F.col("_norm").alias("_nb"))
-    cosine = (
-        dots.join(F.broadcast(norm_a), on="_a", how="inner")
-        .join(F.broadcast(norm_b), on="_b", how="inner")
-        .withColumn(SCORE, F.col("_dot") / (F.col("_na") * F.col("_nb")))
-    )
-    best = Window.partitionBy("_a").orderBy(F.col(SCORE).desc(), F.col("_b"))
-    return (
-        cosine.withColumn("_r", F.row_number().over(best))
-        .where(F.col("_r") <= n)
-        .select(F.col("_a").alias(t.ITEM_ID), F.col("_b").alias("similar_item_id"), F.col(SCORE))
-    )
+    gram = build_item_gram(interactions, buckets, max_items_per_user)
+    return neighbours_from_gram(gram, n, similarity)
 
 
 def top_item_item(

@@ -19,6 +19,10 @@ SOURCE_ALS = "als"
 SOURCE_SEGMENT = "segment_popular"
 SOURCE_POPULAR = "popular"
 SOURCE_ITEM_ITEM = "item_item"
+SOURCE_EASE = "ease"
+
+# The cheaper of two methods that tie on the validation split is served.
+SOURCE_COST = (SOURCE_POPULAR, SOURCE_SEGMENT, SOURCE_ITEM_ITEM, SOURCE_EASE, SOURCE_ALS)
 
 
 # --------------------------------------------------------------------------- ids

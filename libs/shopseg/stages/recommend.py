@@ -1,18 +1,21 @@
-"""Stage `recommend`: silver/interactions -> ALS -> gold/recommendations, similar items.
+"""Stage `recommend`: silver/interactions -> candidates -> gold/recommendations, similar items.
 
 1. Split of the snapshot's events (`recommend.split`: each user's last days,
    latest share or latest n events, or one cut-off date; `auto` picks by the
    length of the histories), refused when too few users are evaluable
    (`shopseg.recommend` states the metrics).
-2. Grid search over rank, regParam and alpha on the split (MLlib's defaults
-   always among the points), next to three
-   baselines on the same split (global and within-segment popularity,
-   item-item co-occurrence).
-3. The best grid point (NDCG at `eval_k`, default `top_n`) is refitted on all interactions and
-   registered as `recommend.model_name` with alias `recommend.alias`.
-4. Top N per user from whichever method was best on the split (ALS by
-   block scoring unless a baseline beat it); users it cannot serve get their
-   segment's popular items, users without a segment the global ones.
+2. Every candidate on the same split, with one seen-set and one k (`eval_k`,
+   default `top_n`; NDCG@10 reported beside it): global and within-segment
+   popularity, item-item for each similarity and history decay, EASE for each
+   regularisation (below `recommend.ease.max_items`), and ALS over its grid
+   (MLlib's defaults always among the points) and random trials.
+3. The best ALS point is refitted on all interactions and registered as
+   `recommend.model_name` with alias `recommend.alias` (its factors give
+   gold/similar_items).
+4. The served model is the validation winner (a tie within
+   `recommend.serve_tie` goes to the cheaper method), refitted on all
+   interactions; users it cannot serve get their segment's popular items,
+   users without a segment the global ones.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import time
+from dataclasses import dataclass
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -79,6 +83,134 @@ def _idx_to_ids(df: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
     return df.join(users, on=rc.USER_IDX, how="inner").join(items, on=rc.ITEM_IDX, how="inner")
 
 
+# NDCG@10 is reported whatever k the validation ranks by (the number most papers and
+# peers quote).
+REPORT_K = 10
+
+
+# MLflow metric prefixes of each method's best candidate.
+BASELINE_PREFIX = {
+    rc.SOURCE_POPULAR: "baseline_popularity_",
+    rc.SOURCE_SEGMENT: "baseline_segment_",
+    rc.SOURCE_ITEM_ITEM: "baseline_item_item_",
+    rc.SOURCE_EASE: "baseline_ease_",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One method and its settings, as validated and as served."""
+
+    method: str
+    params: str = ""
+    similarity: str | None = None
+    half_life: float | None = None
+    l2: float | None = None
+
+
+@dataclass(frozen=True)
+class Result:
+    candidate: Candidate
+    scores: dict[int, rc.RankingScores]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What the validation decided: ALS's best point (refitted, registered) and the
+    candidate whose lists are served."""
+
+    als: rc.AlsParams
+    served: Candidate
+    rows: list[tuple]
+
+
+def serving_choice(results: list[Result], k: int, tie: float) -> tuple[Result, Result | None]:
+    """The served result and the runner-up (the best of another method).
+
+    The best NDCG@k wins; results within `tie` of it are a tie, which the
+    cheapest method (`rc.SOURCE_COST`) takes.
+    """
+    best = max(r.scores[k].ndcg for r in results)
+    tied = [r for r in results if r.scores[k].ndcg >= best - tie]
+    served = min(tied, key=lambda r: (rc.SOURCE_COST.index(r.candidate.method), -r.scores[k].ndcg))
+    others = [r for r in results if r.candidate.method != served.candidate.method]
+    runner_up = max(others, key=lambda r: r.scores[k].ndcg, default=None)
+    return served, runner_up
+
+
+def _item_candidates(conf) -> list[Candidate]:
+    out = []
+    for half_life in conf.item_half_lives:
+        decay = f" half_life={half_life:g}d" if half_life else ""
+        for similarity in conf.item_similarities:
+            out.append(
+                Candidate(
+                    rc.SOURCE_ITEM_ITEM,
+                    f"{similarity} neighbours={conf.item_neighbours}{decay}",
+                    similarity=similarity,
+                    half_life=half_life,
+                )
+            )
+    return out
+
+
+def _dense_gram(ctx: StageContext, gram: DataFrame, what: str) -> rc.DenseGram | None:
+    """The Gram matrix on the driver, or None with the reason logged (catalogue too
+    large: EASE is then no candidate, item-item runs as Spark joins)."""
+    limit = ctx.config.recommend.ease.max_items
+    items = rc.gram_items(gram)
+    if items > limit:
+        ctx.log.warning(
+            "EASE refused and item-item scored by joins: %d items in the %s, above "
+            "recommend.ease.max_items (%d); a dense %d x %d matrix is inverted on the driver",
+            items, what, limit, items, items,
+        )  # fmt: skip
+        ctx.run.log_params({"ease_refused": f"{items} items > max_items {limit}"})
+        return None
+    started = time.perf_counter()
+    dense = rc.collect_gram(gram, limit)
+    ctx.log.info(
+        "item Gram matrix of the %s: %d items on the driver (%.1fs)",
+        what, len(dense.ids), time.perf_counter() - started,
+    )  # fmt: skip
+    return dense
+
+
+def _item_lists(
+    conf,
+    candidate: Candidate,
+    gram: DataFrame,
+    dense: rc.DenseGram | None,
+    ease: dict[float, rc.ItemModel],
+    history: DataFrame,
+    seen: DataFrame | None,
+    n: int,
+) -> DataFrame:
+    """Top `n` of an item-based candidate for the users of `history`."""
+    if candidate.method == rc.SOURCE_EASE:
+        return rc.score_item_model(rc.binary(history), ease[candidate.l2], seen, n)
+    if dense is not None:
+        model = rc.item_item_model(dense, candidate.similarity, conf.item_neighbours)
+        return rc.score_item_model(history, model, seen, n)
+    neighbours = rc.neighbours_from_gram(gram, conf.item_neighbours, candidate.similarity)
+    return rc.top_item_item(history, neighbours, seen, n)
+
+
+def _history(
+    ctx: StageContext,
+    interactions: DataFrame,
+    events: DataFrame,
+    as_of: dt.date,
+    half_life: float | None,
+) -> DataFrame:
+    """The strengths item-item scores a user's history with: `interactions` as built,
+    or rebuilt from `events` with the candidate's half-life."""
+    if not half_life:
+        return interactions
+    return build_interactions(events, as_of, ctx.config.features.interaction_weights, half_life)
+
+
 def _evaluate(
     ctx: StageContext,
     events: DataFrame,
@@ -87,10 +219,12 @@ def _evaluate(
     item_index: DataFrame,
     segments: DataFrame | None,
     blocks: int,
-) -> tuple[rc.AlsParams, list[tuple], str]:
+) -> Choice:
     conf = ctx.config.recommend
     fconf = ctx.config.features
     k = eval_k(conf)
+    ks = sorted({k, REPORT_K})
+    list_k = ks[-1]
     weighted = interaction_types(ctx)
     usable = rc.usable_events(events, weighted).cache()
     spec, why = rc.resolve_split(
@@ -148,64 +282,72 @@ def _evaluate(
         .select(rc.USER_IDX, rc.ITEM_IDX)
     )
 
-    rows: list[tuple] = []
+    results: list[Result] = []
 
-    def record(method: str, params: str, scores: rc.RankingScores, seconds: float) -> None:
-        rows.append(
-            (
-                as_of,
-                method,
-                params,
-                k,
-                scores.precision,
-                scores.recall,
-                scores.ndcg,
-                scores.map,
-                scores.coverage,
-                scores.users,
-                seconds,
-                False,
-                False,
-            )  # fmt: skip
+    def record(result: Result) -> None:
+        results.append(result)
+        scores, c = result.scores[k], result.candidate
+        also = "".join(
+            f", NDCG@{other} {result.scores[other].ndcg:.4f}" for other in ks if other != k
         )
         ctx.log.info(
-            "%-16s %-28s precision@%d %.4f recall %.4f NDCG %.4f MAP %.4f coverage %.3f (%.1fs)",
-            method, params, k, scores.precision, scores.recall, scores.ndcg, scores.map,
-            scores.coverage, seconds,
+            "%-16s %-32s precision@%d %.4f recall %.4f NDCG %.4f MAP %.4f coverage %.3f%s "
+            "(%.1fs)",
+            c.method, c.params, k, scores.precision, scores.recall, scores.ndcg, scores.map,
+            scores.coverage, also, result.seconds,
         )  # fmt: skip
 
     def popular() -> DataFrame:
         ranked = rc.popularity(train)
         users = eval_users.withColumn(rc.GROUP, F.lit(0))
-        return rc.top_popular_unseen(users, ranked, train_seen, k)
+        return rc.top_popular_unseen(users, ranked, train_seen, list_k)
 
     def segment_popular() -> DataFrame:
         groups = rc.with_groups(train.select(t.USER_ID).distinct(), segments)
         ranked = rc.popularity(train, groups)
-        return rc.top_popular_unseen(rc.with_groups(eval_users, segments), ranked, train_seen, k)
+        return rc.top_popular_unseen(
+            rc.with_groups(eval_users, segments), ranked, train_seen, list_k
+        )
 
-    def item_item() -> DataFrame:
-        neighbours = rc.item_neighbours(train, conf.item_neighbours)
-        history = train.join(eval_users, on=t.USER_ID, how="left_semi")
-        return rc.top_item_item(history, neighbours, train_seen, k)
-
-    methods = [(rc.SOURCE_POPULAR, "", popular), (rc.SOURCE_SEGMENT, "", segment_popular)]
-    if conf.item_item:
-        methods.append((rc.SOURCE_ITEM_ITEM, f"neighbours={conf.item_neighbours}", item_item))
-
-    def measured(method) -> tuple[str, str, rc.RankingScores, float]:
-        name, params, recommend = method
+    gram = dense = None
+    if conf.item_item or conf.ease.enabled:
+        gram = rc.build_item_gram(train, blocks).cache()
+        dense = _dense_gram(ctx, gram, "training interactions")
+    ease: dict[float, rc.ItemModel] = {}
+    if conf.ease.enabled and dense is not None:
         started = time.perf_counter()
-        scores = rc.ranking_scores(recommend(), relevant, k, catalog)
-        return name, params, scores, time.perf_counter() - started
+        ease = rc.fit_ease(dense, conf.ease.l2)
+        ctx.log.info(
+            "EASE fitted for l2 %s x the mean users per item (%.1fs)",
+            conf.ease.l2, time.perf_counter() - started,
+        )  # fmt: skip
 
-    # The baselines are independent: their small jobs run side by side.
-    baselines = []
-    for name, params, scores, seconds in concurrently(measured, methods, len(methods)):
-        record(name, params, scores, seconds)
-        baselines.append((name, scores))
+    def item_based(c: Candidate) -> DataFrame:
+        interactions = train if c.method == rc.SOURCE_EASE else (
+            _history(ctx, train, train_events, as_of, c.half_life)
+        )  # fmt: skip
+        history = interactions.join(eval_users, on=t.USER_ID, how="left_semi")
+        return _item_lists(conf, c, gram, dense, ease, history, train_seen, list_k)
 
-    best: tuple[float, rc.AlsParams, rc.RankingScores] | None = None
+    methods = [
+        (Candidate(rc.SOURCE_POPULAR), popular),
+        (Candidate(rc.SOURCE_SEGMENT), segment_popular),
+    ]
+    candidates = _item_candidates(conf) if conf.item_item else []
+    candidates += [Candidate(rc.SOURCE_EASE, f"l2={scale:g}", l2=scale) for scale in ease]
+    methods += [(c, lambda c=c: item_based(c)) for c in candidates]
+
+    def measured(method) -> Result:
+        candidate, recommend = method
+        started = time.perf_counter()
+        scores = rc.ranking_scores_at(recommend(), relevant, ks, catalog)
+        return Result(candidate, scores, time.perf_counter() - started)
+
+    # The candidates without a search are independent: their small jobs run side by side.
+    for result in concurrently(measured, methods, min(len(methods), 2)):
+        record(result)
+    baselines = list(results)
+
     grid = [
         rc.AlsParams(rank, reg, alpha)
         for rank, reg, alpha in itertools.product(conf.ranks, conf.reg_params, conf.alphas)
@@ -225,6 +367,7 @@ def _evaluate(
             len(grid), search.trials, search.rank, search.reg_param, search.confidence, median,
             search.patience, search.min_gain,
         )  # fmt: skip
+    best: tuple[float, rc.AlsParams] | None = None
     stale = 0
     for step, params in enumerate([*grid, *trials]):
         if step >= len(grid) and stale >= search.patience:
@@ -240,16 +383,18 @@ def _evaluate(
         top = rc.score_top_n(
             user_factors,
             als.itemFactors,
-            k,
+            list_k,
             seen=seen_idx,
             user_block=conf.user_block,
             item_block=conf.item_block,
         )
-        scores = rc.ranking_scores(_idx_to_ids(top, user_index, item_index), relevant, k, catalog)
-        record(rc.SOURCE_ALS, params.label(), scores, fit_seconds)
+        scores = rc.ranking_scores_at(
+            _idx_to_ids(top, user_index, item_index), relevant, ks, catalog
+        )
+        record(Result(Candidate(rc.SOURCE_ALS, params.label()), scores, fit_seconds))
         ctx.run.log_metrics(
             {
-                f"tuning.ndcg_at_{k}": scores.ndcg,
+                f"tuning.ndcg_at_{k}": scores[k].ndcg,
                 "tuning.fit_seconds": fit_seconds,
                 "tuning.rank": params.rank,
                 "tuning.reg_param": params.reg_param,
@@ -257,53 +402,114 @@ def _evaluate(
             },
             step=step,
         )
-        if best is None or scores.ndcg > best[0] + search.min_gain:
-            best, stale = (scores.ndcg, params, scores), 0
+        if best is None or scores[k].ndcg > best[0] + search.min_gain:
+            best, stale = (scores[k].ndcg, params), 0
         else:
             stale += 1
-            if scores.ndcg > best[0]:
-                best = (scores.ndcg, params, scores)
+            if scores[k].ndcg > best[0]:
+                best = (scores[k].ndcg, params)
     assert best is not None
-    _, params, scores = best
-    # The best on the validation split is served; a baseline must beat ALS outright.
-    served, served_ndcg = rc.SOURCE_ALS, scores.ndcg
-    for method, baseline in baselines:
-        if baseline.ndcg > served_ndcg:
-            served, served_ndcg = method, baseline.ndcg
-    for i, row in enumerate(rows):
-        chosen = row[1] == rc.SOURCE_ALS and row[2] == params.label()
-        is_served = row[1] == served and (served != rc.SOURCE_ALS or chosen)
-        rows[i] = (*row[:-2], chosen, is_served)
-    by_method = dict(baselines)
-    base_pop, base_seg = by_method[rc.SOURCE_POPULAR], by_method[rc.SOURCE_SEGMENT]
-    ctx.run.log_params({"rank": params.rank, "reg_param": params.reg_param, "alpha": params.alpha})
-    ctx.run.log_metrics(
-        scores.as_metrics(k)
-        | base_pop.as_metrics(k, "baseline_popularity_")
-        | base_seg.as_metrics(k, "baseline_segment_")
-        | (
-            by_method[rc.SOURCE_ITEM_ITEM].as_metrics(k, "baseline_item_item_")
-            if conf.item_item
-            else {}
-        )
-        | {"eval_users": scores.users, f"served_ndcg_at_{k}": served_ndcg}
-    )
-    ctx.run.log_params({"served_method": served})
-    ratio = scores.ndcg / base_pop.ndcg if base_pop.ndcg else float("inf")
-    ctx.log.info(
-        "chosen ALS %s: NDCG@%d %.4f, %.2fx global popularity (%.4f); %s",
-        params.label(), k, scores.ndcg, ratio, base_pop.ndcg,
-        ", ".join(f"{m} {b.ndcg:.4f}" for m, b in baselines[1:]),
-    )  # fmt: skip
-    if served != rc.SOURCE_ALS:
-        ctx.log.warning(
-            "ALS loses to the %s baseline on the validation split (NDCG@%d %.4f against %.4f): "
-            "serving %s recommendations; ALS is still registered for its factors",
-            served, k, scores.ndcg, served_ndcg, served,
+    params = best[1]
+    chosen_als = next(r for r in results if r.candidate == Candidate(rc.SOURCE_ALS, params.label()))
+    served, runner_up = serving_choice(results, k, conf.serve_tie)
+    rows = [
+        (
+            as_of,
+            r.candidate.method,
+            r.candidate.params,
+            at,
+            s.precision,
+            s.recall,
+            s.ndcg,
+            s.map,
+            s.coverage,
+            s.users,
+            r.seconds,
+            r is chosen_als,
+            r is served,
         )  # fmt: skip
-    for df in (train, train_seen, relevant, eval_users, train_idx, usable):
-        df.unpersist()
-    return params, rows, served
+        for r in results
+        for at, s in sorted(r.scores.items())
+    ]
+    by_method = {r.candidate.method: r for r in reversed(baselines)}
+    base_pop = by_method[rc.SOURCE_POPULAR].scores[k]
+    ctx.run.log_params(
+        {
+            "rank": params.rank,
+            "reg_param": params.reg_param,
+            "alpha": params.alpha,
+            "served_method": served.candidate.method,
+            "served_params": served.candidate.params,
+        }
+    )
+    best_of = {}
+    for r in results:
+        m = r.candidate.method
+        if m not in best_of or r.scores[k].ndcg > best_of[m].scores[k].ndcg:
+            best_of[m] = r
+    metrics = chosen_als.scores[k].as_metrics(k) | {"eval_users": chosen_als.scores[k].users}
+    for method, r in best_of.items():
+        if method != rc.SOURCE_ALS:
+            metrics |= r.scores[k].as_metrics(k, BASELINE_PREFIX[method])
+    for at in ks:
+        metrics[f"served_ndcg_at_{at}"] = served.scores[at].ndcg
+    served_ndcg = served.scores[k].ndcg
+    metrics["served_gain_over_popularity"] = served_ndcg - base_pop.ndcg
+    if runner_up is not None:
+        metrics["served_gain_over_runner_up"] = served_ndcg - runner_up.scores[k].ndcg
+    ctx.run.log_metrics(metrics)
+    ratio = served_ndcg / base_pop.ndcg if base_pop.ndcg else float("inf")
+    why_served = f"the best NDCG@{k} on the validation split"
+    top_ndcg = max(r.scores[k].ndcg for r in results)
+    if served_ndcg < top_ndcg:
+        why_served = (
+            f"within recommend.serve_tie ({conf.serve_tie:g}) of the best NDCG@{k} "
+            f"{top_ndcg:.4f}, and cheaper"
+        )
+    runner = (
+        f"; runner-up {runner_up.candidate.method} {runner_up.candidate.params} "
+        f"{runner_up.scores[k].ndcg:.4f} ({served_ndcg - runner_up.scores[k].ndcg:+.4f})"
+        if runner_up is not None
+        else ""
+    )
+    ctx.log.info(
+        "serving %s %s: %s, NDCG@%d %.4f, %.2fx global popularity (%.4f, %+.4f)%s; ALS's best "
+        "%s %.4f",
+        served.candidate.method, served.candidate.params, why_served, k, served_ndcg, ratio,
+        base_pop.ndcg, served_ndcg - base_pop.ndcg, runner, params.label(),
+        chosen_als.scores[k].ndcg,
+    )  # fmt: skip
+    for df in (train, train_seen, relevant, eval_users, train_idx, usable, gram):
+        if df is not None:
+            df.unpersist()
+    return Choice(params, served.candidate, rows)
+
+
+def _served_lists(
+    ctx: StageContext,
+    served: Candidate,
+    interactions: DataFrame,
+    events: DataFrame,
+    as_of: dt.date,
+    seen: DataFrame | None,
+    blocks: int,
+) -> DataFrame | None:
+    """The served item-based model's top N on all interactions; None for ALS (scored
+    from its factors) and the popularity methods (served as cold start)."""
+    conf = ctx.config.recommend
+    if served.method not in (rc.SOURCE_ITEM_ITEM, rc.SOURCE_EASE):
+        return None
+    gram = rc.build_item_gram(interactions, blocks).cache()
+    dense = _dense_gram(ctx, gram, "interactions")
+    if served.method == rc.SOURCE_EASE and dense is None:
+        ctx.log.warning("EASE won the validation but is refused on all interactions: serving ALS")
+        gram.unpersist()
+        return None
+    if dense is not None:
+        gram.unpersist()  # the dense models do not read it again
+    ease = rc.fit_ease(dense, [served.l2]) if served.method == rc.SOURCE_EASE else {}
+    history = _history(ctx, interactions, events, as_of, served.half_life)
+    return _item_lists(conf, served, gram, dense, ease, history, seen, conf.top_n)
 
 
 def run(ctx: StageContext) -> None:
@@ -333,9 +539,8 @@ def run(ctx: StageContext) -> None:
         time.perf_counter() - started,
     )
 
-    params, eval_rows, served = _evaluate(
-        ctx, events, as_of, user_index, item_index, segments, blocks
-    )
+    choice = _evaluate(ctx, events, as_of, user_index, item_index, segments, blocks)
+    params, served = choice.als, choice.served
 
     started = time.perf_counter()
     full_idx = _ids_to_idx(interactions, user_index, item_index).select(
@@ -356,8 +561,10 @@ def run(ctx: StageContext) -> None:
         else "every event type that builds interactions",
     )  # fmt: skip
     started = time.perf_counter()
-    warm = None
-    if served == rc.SOURCE_ALS:
+    warm = _served_lists(ctx, served, interactions, events, as_of, seen, blocks)
+    served_method = served.method
+    if warm is None and served.method in (rc.SOURCE_ALS, rc.SOURCE_EASE):
+        served_method = rc.SOURCE_ALS
         top = rc.score_top_n(
             als.userFactors,
             als.itemFactors,
@@ -367,20 +574,17 @@ def run(ctx: StageContext) -> None:
             item_block=conf.item_block,
         )
         warm = _idx_to_ids(top, user_index, item_index)
-    elif served == rc.SOURCE_ITEM_ITEM:
-        neighbours = rc.item_neighbours(interactions, conf.item_neighbours)
-        warm = rc.top_item_item(interactions, neighbours, seen, conf.top_n)
     # Everyone the shop knows: users with a feature row or interactions.
     everyone = users.unionByName(interactions.select(t.USER_ID)).distinct()
     if warm is not None:
-        warm = warm.withColumn("source", F.lit(served)).select(
+        warm = warm.withColumn("source", F.lit(served_method)).select(
             t.USER_ID, rc.RANK, t.ITEM_ID, F.col(rc.SCORE).cast("double"), "source"
         )
         cold = everyone.join(warm.select(t.USER_ID), on=t.USER_ID, how="left_anti")
     else:
         cold = everyone
     # Popularity served: the global list for everyone, segments or not.
-    by_segment = None if served == rc.SOURCE_POPULAR else segments
+    by_segment = None if served_method == rc.SOURCE_POPULAR else segments
     fallback = rc.cold_start(cold, by_segment, interactions, seen, conf.top_n)
     recs = fallback if warm is None else warm.unionByName(fallback)
     recs = (
@@ -430,7 +634,7 @@ def run(ctx: StageContext) -> None:
     ctx.write(similar, t.SIMILAR_ITEMS.name, "overwrite_partitions", partition_by=(t.AS_OF_DATE,))
 
     evaluation = ctx.spark.createDataFrame(
-        eval_rows,
+        choice.rows,
         "as_of_date date, method string, params string, k int, precision double, "
         "recall double, ndcg double, map double, coverage double, users long, "
         "fit_seconds double, chosen boolean, served boolean",
