@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 JAVA_HINT := sudo apt-get install -y openjdk-17-jre-headless
 
-.PHONY: run test test-fast lint install check-java package clean bench cluster-up cluster-down cluster-run test-cluster
+.PHONY: run test test-fast lint install check-java package clean bench bench-recommend cluster-up cluster-down cluster-run test-cluster
 
 run: check-java install
 	@start=$$(date +%s); \
@@ -57,6 +57,13 @@ BENCH_SIZES ?= 1m,10m
 bench: check-java install
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[spark,dev,bench]'
 	$(BIN)/python bench/run.py --sizes $(BENCH_SIZES)
+	$(BIN)/python bench/bench_served.py
+
+# The served recommender against `implicit` tuned with as many trials, on the
+# groceries log and a generated one (bench/bench_served.py; ~10 minutes).
+bench-recommend: check-java install
+	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[spark,dev,bench]'
+	$(BIN)/python bench/bench_served.py
 
 # A real cluster on 127.0.0.1 (README: On a cluster): Spark standalone master
 # and two workers, moto's S3 server with the lakehouse bucket, an MLflow

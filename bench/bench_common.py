@@ -38,6 +38,11 @@ ORDER = [
     "segment_sweep",
     "als",
     "recommend_all",
+    "recommend_served_groceries",
+    "recommend_served_generated",
+    "recommend_served_ratings",
+    "recommend_served_invoice_lines",
+    "recommend_served_interactions",
     "propensity",
     "uplift",
 ]

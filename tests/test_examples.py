@@ -207,7 +207,9 @@ def test_ratings_log_end_to_end(spark, tmp_path, capsys):
     assert {"item_item", "ease"} <= evaluation, "item-based candidates on a small catalogue"
     assert {r.source for r in recs} <= {served[0].method, "popular", "segment_popular"}
     line = recommendation_summary(lake)
-    assert f"served by {served[0].method}" in line and "the validation winner" in line
+    assert f"served by {served[0].method}" in line
+    won = served[0].ndcg >= max(r.ndcg for r in split if r.k == 10)
+    assert ("the validation winner" if won else "tied with the best, and cheaper") in line
     capsys.readouterr()
     refused = ["recommend", "--conf", conf, "--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
     refused += ["--set", "recommend.split=cutoff", "--set", "recommend.cutoff_date=2020-01-01"]

@@ -585,3 +585,31 @@ def test_the_validation_winner_is_served_and_a_tie_goes_to_the_cheaper_method():
     # The runner-up is another method's best, not a second point of the winner's.
     als2 = result("als", 0.19, "rank=32")
     assert serving_choice([pop, als2, als, ii], 10, tie=0.0) == (als, ii)
+
+
+def test_confidence_transforms_by_hand(spark):
+    # Users 1 and 2; item 10 everyone has, item 11 only user 1.
+    rows = [(1, 10, 3.0), (1, 11, 3.0), (2, 10, 1.0)]
+    df = spark.createDataFrame(rows, "user_idx int, item_idx int, strength double")
+
+    def values(transform):
+        out = rc.with_confidence(df, transform, rc.USER_IDX, rc.ITEM_IDX).collect()
+        return {(r.user_idx, r.item_idx): r.strength for r in out}
+
+    assert values("linear") == {(1, 10): 3.0, (1, 11): 3.0, (2, 10): 1.0}
+    assert values("log") == pytest.approx(
+        {(1, 10): math.log(4.0), (1, 11): math.log(4.0), (2, 10): math.log(2.0)}
+    )
+    # BM25: N = 2 users, lengths 6 and 1 (mean 3.5), k1 1.2, b 0.75.
+    idf = {10: math.log(1 + 0.5 / 2.5), 11: math.log(1 + 1.5 / 1.5)}
+
+    def bm25(s, length, item):
+        return s * 2.2 / (s + 1.2 * (0.25 + 0.75 * length / 3.5)) * idf[item]
+
+    assert values("bm25") == pytest.approx(
+        {(1, 10): bm25(3, 6, 10), (1, 11): bm25(3, 6, 11), (2, 10): bm25(1, 1, 10)}
+    )
+    # The rare item weighs more than the common one at the same strength.
+    assert values("bm25")[(1, 11)] > values("bm25")[(1, 10)]
+    with pytest.raises(ValueError, match="unknown confidence transform 'sqrt'"):
+        rc.with_confidence(df, "sqrt", rc.USER_IDX, rc.ITEM_IDX)

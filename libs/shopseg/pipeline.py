@@ -439,10 +439,12 @@ def recommendation_summary(lakehouse: Lakehouse) -> str | None:
     for r in rows:
         if r.method != won.method and (r.method not in best or r.ndcg > best[r.method].ndcg):
             best[r.method] = r
+    top = max(r.ndcg for r in rows)
+    why = "the validation winner" if won.ndcg >= top else "tied with the best, and cheaper"
     line = (
         f"Recommendations ({as_of}): served by {won.method}"
         + (f" ({won.params})" if won.params else "")
-        + f", the validation winner (NDCG@{k} {won.ndcg:.4f})"
+        + f", {why} (NDCG@{k} {won.ndcg:.4f})"
     )
     if "popular" in best:
         line += f", {won.ndcg - best['popular'].ndcg:+.4f} over popularity"

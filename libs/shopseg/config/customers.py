@@ -346,12 +346,16 @@ class AlsSearch(Section):
 
     trials: int = Field(0, ge=0)
     """Random trials after the grid points (0: the grid only)."""
-    rank: list[int] = Field(default_factory=lambda: [8, 64])
-    reg_param: list[float] = Field(default_factory=lambda: [0.01, 1.0])
-    confidence: list[float] = Field(default_factory=lambda: [0.1, 100.0])
+    rank: list[int] = Field(default_factory=lambda: [8, 128])
+    reg_param: list[float] = Field(default_factory=lambda: [0.001, 1.0])
+    confidence: list[float] = Field(default_factory=lambda: [0.1, 40.0])
     """Confidence per unit of median interaction strength: alpha is drawn so that alpha x
     (the training pairs' median strength) falls within this range.
     """
+    transforms: list[Literal["linear", "log", "bm25"]] = Field(
+        default_factory=lambda: ["linear", "log", "bm25"], min_length=1
+    )
+    """Confidence transforms a trial draws from (recommend.transforms)."""
     patience: Positive = 4
     """Stop after this many trials in a row without a better NDCG (by min_gain)."""
     min_gain: float = 0.001
@@ -380,6 +384,9 @@ class EaseConf(Section):
     l2: list[PositiveFloat] = Field(default_factory=lambda: [1.0, 3.0, 10.0], min_length=1)
     """Ridge regularisation, per unit of the mean number of users per item (so one value
     means the same on a small and a large log); each value is a validated candidate."""
+    extend: int = Field(2, ge=0)
+    """When the best l2 is the smallest or largest of the list, up to this many more
+    values beyond it (at the list's outer ratio), while the best stays at the edge."""
 
 
 class RecommendConf(Section):
@@ -415,6 +422,13 @@ class RecommendConf(Section):
     """Grid searched on the split; the best NDCG at eval_k is refitted on all data."""
     reg_params: list[NonNegative] = Field(default_factory=lambda: [0.05], min_length=1)
     alphas: list[PositiveFloat] = Field(default_factory=lambda: [5.0, 20.0], min_length=1)
+    transforms: list[Literal["linear", "log", "bm25"]] = Field(
+        default_factory=lambda: ["linear"], min_length=1
+    )
+    """Confidence transforms of the strengths before ALS, a grid dimension: linear (c = 1 +
+    alpha s), log (c = 1 + alpha log(1 + s / log_epsilon)) or bm25 (BM25-weighted
+    strengths: common items and long histories weigh less), computed in Spark."""
+    log_epsilon: PositiveFloat = 1.0
     max_iter: Positive = 10
     seed: int = 42
     blocks: Positive | None = None

@@ -43,6 +43,7 @@ from shopseg.recommend.baselines import (
     top_popular_unseen,
     with_groups,
 )
+from shopseg.recommend.confidence import TRANSFORMS, with_confidence
 from shopseg.recommend.cooccurrence import (
     SIMILARITIES,
     DenseGram,
@@ -135,9 +136,11 @@ __all__ = [
     "SplitSpec",
     "time_split",
     "top_item_item",
+    "TRANSFORMS",
     "top_popular_unseen",
     "usable_events",
     "USER_IDX",
     "with_groups",
+    "with_confidence",
     "with_index",
 ]

@@ -4,7 +4,7 @@ every user's top n and of similar items from the factors."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,9 +30,12 @@ class AlsParams:
     rank: int
     reg_param: float
     alpha: float
+    transform: str = "linear"
+    """The confidence transform of the strengths (`recommend.confidence`)."""
 
     def label(self) -> str:
-        return f"rank={self.rank} reg={self.reg_param:g} alpha={self.alpha:g}"
+        label = f"rank={self.rank} reg={self.reg_param:g} alpha={self.alpha:g}"
+        return label if self.transform == "linear" else f"{label} {self.transform}"
 
 
 # Spark MLlib ALS's own defaults (rank 10, regParam 0.1, alpha 1.0): always a
@@ -45,30 +48,42 @@ def random_trials(
     rank: Sequence[int],
     reg_param: Sequence[float],
     confidence: Sequence[float],
-    median_strength: float,
+    median_strength: float | Mapping[str, float],
     seed: int,
+    transforms: Sequence[str] = ("linear",),
 ) -> list[AlsParams]:
     """`n` parameter sets drawn log-uniformly within the bounds.
 
     alpha is drawn as a confidence per unit of the median strength: ALS's
     confidence is 1 + alpha x strength, so with purchases weighted 5 an alpha
-    of 5 already means 25. Ranks are rounded to a multiple of 4.
+    of 5 already means 25. Ranks are rounded to a multiple of 4. With several
+    `transforms` each trial draws one, and `median_strength` maps each to the
+    median of its transformed strengths.
     """
     rng = np.random.default_rng(seed)
+    medians = (
+        dict(median_strength)
+        if isinstance(median_strength, Mapping)
+        else {transforms[0]: median_strength}
+    )
 
     def log_uniform(bounds: Sequence[float]) -> float:
         low, high = math.log(bounds[0]), math.log(bounds[1])
         return float(math.exp(rng.uniform(low, high)))
 
-    scale = median_strength if median_strength > 0 else 1.0
     out = []
     for _ in range(n):
+        transform = transforms[int(rng.integers(len(transforms)))] if len(transforms) > 1 else (
+            transforms[0]
+        )  # fmt: skip
+        scale = medians[transform] if medians[transform] > 0 else 1.0
         r = max(4, int(round(log_uniform(rank) / 4)) * 4)
         out.append(
             AlsParams(
                 r,
                 float(f"{log_uniform(reg_param):.3g}"),
                 float(f"{log_uniform(confidence) / scale:.3g}"),
+                transform,
             )
         )
     return out

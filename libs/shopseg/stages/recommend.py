@@ -61,17 +61,17 @@ def eval_k(conf) -> int:
     return conf.eval_k if conf.eval_k is not None else conf.top_n
 
 
-def interaction_types(ctx: StageContext) -> list[str]:
+def interaction_types(config) -> list[str]:
     """Event types that build interactions (weight above 0; returns take away)."""
-    weights = ctx.config.features.interaction_weights
+    weights = config.features.interaction_weights
     return [kind for kind, w in weights.items() if w > 0 and kind != "return"]
 
 
-def seen_types(ctx: StageContext) -> list[str]:
+def seen_types(config) -> list[str]:
     """Event types whose items count as seen (`recommend.seen_events`, default those
     that build interactions): left out of every list, validated and served alike."""
-    wanted = ctx.config.recommend.seen_events
-    return interaction_types(ctx) if wanted is None else list(wanted)
+    wanted = config.recommend.seen_events
+    return interaction_types(config) if wanted is None else list(wanted)
 
 
 def _ids_to_idx(df: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
@@ -211,6 +211,63 @@ def _history(
     return build_interactions(events, as_of, ctx.config.features.interaction_weights, half_life)
 
 
+@dataclass(frozen=True)
+class Split:
+    """The validation split of a snapshot's events (cached frames)."""
+
+    usable: DataFrame
+    spec: rc.SplitSpec
+    why: str
+    train_events: DataFrame
+    held: DataFrame
+    train: DataFrame
+    train_seen: DataFrame
+    relevant: DataFrame
+
+
+def validation_split(config, events: DataFrame, as_of: dt.date) -> Split:
+    """The split every candidate is validated on (`recommend.split`), its training
+    interactions, the seen pairs (`recommend.seen_events`) and the relevant held-out
+    pairs; also what the bench compares peers on."""
+    conf, fconf = config.recommend, config.features
+    weights = fconf.interaction_weights
+    usable = rc.usable_events(events, interaction_types(config)).cache()
+    spec, why = rc.resolve_split(
+        rc.SplitSpec(
+            conf.split, conf.holdout_days, conf.holdout_share, conf.holdout_last_n, conf.cutoff_date
+        ),
+        usable,
+    )
+    train_events, held = rc.split_events(usable, spec)
+    train = build_interactions(
+        train_events, as_of, weights, fconf.interaction_half_life_days
+    ).cache()
+    # One definition of seen for validation and serving (`recommend.seen_events`).
+    train_seen = rc.seen_pairs(train_events, seen_types(config)).cache()
+    relevant = rc.relevant_items(train_events, held, train_seen).cache()
+    return Split(usable, spec, why, train_events, held, train, train_seen, relevant)
+
+
+def als_points(
+    conf, median_strength: float | dict[str, float]
+) -> tuple[list[rc.AlsParams], list[rc.AlsParams]]:
+    """ALS's grid (MLlib's defaults always in it) and its random trials."""
+    grid = [
+        rc.AlsParams(rank, reg, alpha, transform)
+        for rank, reg, alpha, transform in itertools.product(
+            conf.ranks, conf.reg_params, conf.alphas, conf.transforms
+        )
+    ]
+    if rc.MLLIB_DEFAULTS not in grid:
+        grid.append(rc.MLLIB_DEFAULTS)
+    search = conf.search
+    trials = rc.random_trials(
+        search.trials, search.rank, search.reg_param, search.confidence, median_strength,
+        search.seed, search.transforms,
+    )  # fmt: skip
+    return grid, trials
+
+
 def _evaluate(
     ctx: StageContext,
     events: DataFrame,
@@ -221,25 +278,13 @@ def _evaluate(
     blocks: int,
 ) -> Choice:
     conf = ctx.config.recommend
-    fconf = ctx.config.features
     k = eval_k(conf)
     ks = sorted({k, REPORT_K})
     list_k = ks[-1]
-    weighted = interaction_types(ctx)
-    usable = rc.usable_events(events, weighted).cache()
-    spec, why = rc.resolve_split(
-        rc.SplitSpec(
-            conf.split, conf.holdout_days, conf.holdout_share, conf.holdout_last_n, conf.cutoff_date
-        ),
-        usable,
-    )
-    train_events, held = rc.split_events(usable, spec)
-    train = build_interactions(
-        train_events, as_of, fconf.interaction_weights, fconf.interaction_half_life_days
-    ).cache()
-    # One definition of seen for validation and serving (`recommend.seen_events`).
-    train_seen = rc.seen_pairs(train_events, seen_types(ctx)).cache()
-    relevant = rc.relevant_items(train_events, held, train_seen).cache()
+    split = validation_split(ctx.config, events, as_of)
+    usable, spec, why = split.usable, split.spec, split.why
+    train_events, held, train = split.train_events, split.held, split.train
+    train_seen, relevant = split.train_seen, split.relevant
     eval_users = relevant.select(t.USER_ID).distinct().cache()
     n_eval = eval_users.count()
     n_users = usable.select(t.USER_ID).distinct().count()
@@ -346,25 +391,47 @@ def _evaluate(
     # The candidates without a search are independent: their small jobs run side by side.
     for result in concurrently(measured, methods, min(len(methods), 2)):
         record(result)
+    # EASE's best at an edge of its l2 list: one more step beyond it, same ratio.
+    for _ in range(conf.ease.extend if len(ease) > 1 else 0):
+        tried = [r for r in results if r.candidate.method == rc.SOURCE_EASE]
+        best_l2 = max(tried, key=lambda r: r.scores[k].ndcg).candidate.l2
+        scales = sorted(ease)
+        if best_l2 == scales[-1]:
+            step = scales[-1] * scales[-1] / scales[-2]
+        elif best_l2 == scales[0]:
+            step = scales[0] * scales[0] / scales[1]
+        else:
+            break
+        step = float(f"{step:.3g}")
+        ctx.log.info("EASE's best l2 %g is at the edge of %s: trying %g", best_l2, scales, step)
+        ease.update(rc.fit_ease(dense, [step]))
+        extra = Candidate(rc.SOURCE_EASE, f"l2={step:g}", l2=step)
+        record(measured((extra, lambda c=extra: item_based(c))))
     baselines = list(results)
 
-    grid = [
-        rc.AlsParams(rank, reg, alpha)
-        for rank, reg, alpha in itertools.product(conf.ranks, conf.reg_params, conf.alphas)
-    ]
-    if rc.MLLIB_DEFAULTS not in grid:
-        grid.append(rc.MLLIB_DEFAULTS)
     search = conf.search
-    trials: list[rc.AlsParams] = []
+    confidence: dict[str, DataFrame] = {}
+
+    def with_confidence(transform: str) -> DataFrame:
+        if transform not in confidence:
+            confidence[transform] = rc.with_confidence(
+                train_idx, transform, rc.USER_IDX, rc.ITEM_IDX, conf.log_epsilon
+            ).cache()
+        return confidence[transform]
+
+    median: dict[str, float] = {tr: 1.0 for tr in search.transforms}
     if search.trials:
-        median = train.agg(F.percentile_approx(t.STRENGTH, 0.5)).first()[0] or 1.0
-        trials = rc.random_trials(
-            search.trials, search.rank, search.reg_param, search.confidence, median, search.seed
-        )
+        median = {
+            tr: with_confidence(tr).agg(F.percentile_approx(t.STRENGTH, 0.5)).first()[0] or 1.0
+            for tr in search.transforms
+        }
+    grid, trials = als_points(conf, median)
+    if search.trials:
         ctx.log.info(
             "search: %d grid point(s), then up to %d random trials (rank %s, reg %s, confidence "
-            "%s per median strength %.3g), stopping after %d without a gain of %.3g",
-            len(grid), search.trials, search.rank, search.reg_param, search.confidence, median,
+            "%s per median strength %s), stopping after %d without a gain of %.3g",
+            len(grid), search.trials, search.rank, search.reg_param, search.confidence,
+            ", ".join(f"{tr} {m:.3g}" for tr, m in median.items()),
             search.patience, search.min_gain,
         )  # fmt: skip
     best: tuple[float, rc.AlsParams] | None = None
@@ -374,7 +441,10 @@ def _evaluate(
             ctx.log.info("search stopped early after %d trials: no gain in %d", step, stale)
             break
         started = time.perf_counter()
-        model = rc.fit_als(train_idx, params, max_iter=conf.max_iter, seed=conf.seed, blocks=blocks)
+        model = rc.fit_als(
+            with_confidence(params.transform), params, max_iter=conf.max_iter, seed=conf.seed,
+            blocks=blocks,
+        )  # fmt: skip
         fit_seconds = time.perf_counter() - started
         als = rc.als_of(model)
         user_factors = als.userFactors.join(
@@ -479,7 +549,16 @@ def _evaluate(
         base_pop.ndcg, served_ndcg - base_pop.ndcg, runner, params.label(),
         chosen_als.scores[k].ndcg,
     )  # fmt: skip
-    for df in (train, train_seen, relevant, eval_users, train_idx, usable, gram):
+    for df in (
+        train,
+        train_seen,
+        relevant,
+        eval_users,
+        train_idx,
+        usable,
+        gram,
+        *confidence.values(),
+    ):
         if df is not None:
             df.unpersist()
     return Choice(params, served.candidate, rows)
@@ -543,9 +622,12 @@ def run(ctx: StageContext) -> None:
     params, served = choice.als, choice.served
 
     started = time.perf_counter()
-    full_idx = _ids_to_idx(interactions, user_index, item_index).select(
-        rc.USER_IDX, rc.ITEM_IDX, t.STRENGTH
-    )
+    full_idx = rc.with_confidence(
+        _ids_to_idx(interactions, user_index, item_index).select(
+            rc.USER_IDX, rc.ITEM_IDX, t.STRENGTH
+        ),
+        params.transform, rc.USER_IDX, rc.ITEM_IDX, conf.log_epsilon,
+    )  # fmt: skip
     model = rc.fit_als(full_idx, params, max_iter=conf.max_iter, seed=conf.seed, blocks=blocks)
     fit_seconds = time.perf_counter() - started
     ctx.log.info("refitted ALS %s on all interactions in %.1fs", params.label(), fit_seconds)
@@ -553,7 +635,7 @@ def run(ctx: StageContext) -> None:
     version = tracking.register_spark_model(model, conf.model_name, conf.alias)
     als = rc.als_of(model)
 
-    types = seen_types(ctx)
+    types = seen_types(ctx.config)
     seen = rc.seen_pairs(events, types) if types else None
     ctx.log.info(
         "serving leaves out what each user has seen: items of their %s events (%s)",
