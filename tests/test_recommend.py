@@ -613,3 +613,32 @@ def test_confidence_transforms_by_hand(spark):
     assert values("bm25")[(1, 11)] > values("bm25")[(1, 10)]
     with pytest.raises(ValueError, match="unknown confidence transform 'sqrt'"):
         rc.with_confidence(df, "sqrt", rc.USER_IDX, rc.ITEM_IDX)
+
+
+@pytest.mark.slow
+def test_ease_above_its_item_limit_is_refused_by_name_and_not_a_candidate(tmp_path, caplog):
+    import logging
+    import re
+
+    from deltalake import DeltaTable
+
+    from shopseg.cli import main
+
+    from .conftest import FAST_WRITER, REPO
+
+    conf = str(REPO / "conf" / "ratings_example.yaml")
+    root = tmp_path / "lh"
+    sets = ["--set", f"lakehouse.root={root}", "--set", FAST_WRITER]
+    sets += ["--set", "recommend.item_item=false", "--set", "recommend.ease.max_items=10"]
+    sets += ["--set", "recommend.search.trials=0"]
+    # The shopseg loggers do not propagate (shopseg.logs): caplog listens on them directly.
+    shopseg_log = logging.getLogger("shopseg")
+    shopseg_log.addHandler(caplog.handler)
+    try:
+        assert main(["run", "--conf", conf, *sets]) == 0
+    finally:
+        shopseg_log.removeHandler(caplog.handler)
+    refused = re.search(r"EASE refused: (\d+) items in the training interactions", caplog.text)
+    assert refused and int(refused.group(1)) > 10
+    evaluation = DeltaTable(str(root / "gold" / "recommendation_eval")).to_pandas()
+    assert set(evaluation["method"]) == {"als", "popular", "segment_popular"}

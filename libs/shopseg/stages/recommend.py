@@ -355,7 +355,15 @@ def _evaluate(
         )
 
     gram = dense = None
-    if conf.item_item or conf.ease.enabled:
+    if not conf.item_item and conf.ease.enabled and catalog > conf.ease.max_items:
+        # EASE alone would be refused: the Gram matrix is not built to say so.
+        ctx.log.warning(
+            "EASE refused: %d items in the training interactions, above "
+            "recommend.ease.max_items (%d)",
+            catalog, conf.ease.max_items,
+        )  # fmt: skip
+        ctx.run.log_params({"ease_refused": f"{catalog} items > max_items {conf.ease.max_items}"})
+    elif conf.item_item or conf.ease.enabled:
         gram = rc.build_item_gram(train, blocks).cache()
         dense = _dense_gram(ctx, gram, "training interactions")
     ease: dict[float, rc.ItemModel] = {}
