@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
-from sklearn.metrics import brier_score_loss, log_loss, roc_auc_score
+from sklearn.isotonic import IsotonicRegression
+from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
 
 from shopseg import features as fx
 from shopseg import propensity as pr
@@ -154,18 +155,71 @@ def test_gains_lift_and_deciles(scored):
 
 def test_isotonic_calibration_fitted_on_half_lowers_the_error_on_the_other(spark, scored):
     df, _ = scored
-    vectors = df.withColumn(
-        pr.PROBABILITY, array_to_vector(F.array(1 - F.col(pr.SCORE), F.col(pr.SCORE)))
-    )
     half = pr.calibration_half(0.5, 42)
-    calibrator = pr.fit_calibrator(vectors.filter(half))
-    test = calibrator.transform(vectors.filter(~half))
+    calibrator = pr.fit_calibrator(df.filter(half))
+    test = calibrator.transform(df.filter(~half))
     before, _ = pr.probability_metrics(test, pr.SCORE, 10)
     after, _ = pr.probability_metrics(test, pr.CALIBRATED, 10)
     assert after["ece"] < before["ece"] / 2, (before, after)
     assert after["brier"] < before["brier"]
-    n_fit = vectors.filter(half).count()
+    n_fit = df.filter(half).count()
     assert 850 < n_fit < 1150, "about half the users fit the calibration"
+
+    # Centred: strictly increasing in the score, so no two scores share a probability
+    # and the calibrated probability ranks users exactly as the score does.
+    got = test.select(pr.SCORE, pr.CALIBRATED).toPandas().sort_values(pr.SCORE)
+    assert got[pr.CALIBRATED].is_monotonic_increasing
+    assert got[pr.CALIBRATED].nunique() == got[pr.SCORE].nunique()
+    assert got[pr.CALIBRATED].between(0, 1).all()
+    # Plain isotonic regression ties the users of each of its steps.
+    steps = IsotonicRegression().fit(df.filter(half).toPandas()[pr.SCORE],
+                                     df.filter(half).toPandas()[pr.LABEL])  # fmt: skip
+    assert len(set(steps.predict(got[pr.SCORE]))) < got[pr.SCORE].nunique() / 5
+
+
+def test_centred_points_pass_through_each_step_centre():
+    # Steps [0.1, 0.3] at 0.2 and [0.5, 0.9] at 0.6: centres 0.2 and 0.7, then the ends.
+    points = pr.centred_points([0.1, 0.3, 0.5, 0.9], [0.2, 0.2, 0.6, 0.6], unit=True)
+    assert points == [(0.0, 0.0), (0.2, 0.2), (0.7, 0.6), (1.0, 1.0)]
+    # Steps at 0 or 1 give way to the ends; scores not in [0, 1] get no ends.
+    assert pr.centred_points([0.1, 0.3, 0.5, 0.9], [0.0, 0.0, 1.0, 1.0], unit=True) == [
+        (0.0, 0.0), (1.0, 1.0)]  # fmt: skip
+    assert pr.centred_points([0.1, 0.3, 0.4, 0.9], [0.2, 0.2, 1.0, 1.0], unit=True) == [
+        (0.0, 0.0), (0.2, 0.2), (1.0, 1.0)]  # fmt: skip
+    assert pr.centred_points([2.0, 4.0, 8.0], [0.1, 0.3, 0.3], unit=False) == [
+        (2.0, 0.1), (6.0, 0.3)]  # fmt: skip
+
+
+def test_the_score_extractor_and_the_baselines_are_pipeline_stages(spark):
+    rows = spark.createDataFrame(
+        [(0.2, 1, 2, 3, 0.5), (0.9, None, None, None, 0.0), (0.5, 5, 5, 5, 4.0)],
+        "p double, r_score int, f_score int, m_score int, bgnbd_expected_transactions double",
+    ).withColumn(pr.PROBABILITY, array_to_vector(F.array(1 - F.col("p"), F.col("p"))))
+    got = pr.score_extractor(spark).transform(rows).toPandas()
+    assert got[pr.SCORE].tolist() == pytest.approx(got["p"].tolist())
+    purchase = PropensityTarget(kind="purchase")
+    churn = PropensityTarget(kind="churn")
+    rfm = pr.baseline_scorer("rfm", purchase).transform(rows).toPandas()[pr.SCORE]
+    assert rfm.tolist() == pytest.approx([6 / 7, 0.0, 15 / 16])
+    bg = pr.baseline_scorer("bgnbd", churn).transform(rows).toPandas()[pr.SCORE]
+    assert bg.tolist() == pytest.approx([1 / 1.5, 1.0, 1 / 5])
+
+
+def test_average_precision_matches_scikit_learn_through_ties(spark):
+    rng = np.random.default_rng(8)
+    score = np.round(rng.uniform(0, 1, 3000), 2)  # 101 values: many ties
+    label = (rng.uniform(0, 1, 3000) < score**2).astype(float)
+    df = spark.createDataFrame(pd.DataFrame({pr.SCORE: score, pr.LABEL: label}))
+    assert pr.average_precision(df, pr.SCORE) == pytest.approx(
+        average_precision_score(label, score), abs=1e-9
+    )
+    # More distinct scores than bins: grouped by quantiles, close.
+    fine = rng.uniform(0, 1, 3000)
+    label = (rng.uniform(0, 1, 3000) < fine).astype(float)
+    df = spark.createDataFrame(pd.DataFrame({pr.SCORE: fine, pr.LABEL: label}))
+    assert pr.average_precision(df, pr.SCORE, bins=500) == pytest.approx(
+        average_precision_score(label, fine), abs=0.005
+    )
 
 
 def test_spearman_sees_a_monotone_relation_through_ties(spark):
@@ -270,8 +324,9 @@ def test_cdnow_purchase_propensity_out_of_time_beats_rfm_and_bgnbd(spark, tmp_pa
                  "--set", FAST_WRITER, "--set", grid]) == 0  # fmt: skip
     m = champion_metrics(root, "purchase_182d")
     for prefix in ("", "snapshot_"):
-        assert m[f"{prefix}auc_pr"] > m[f"{prefix}baseline_rfm_auc_pr"], m
-        assert m[f"{prefix}auc_pr"] > m[f"{prefix}baseline_bgnbd_auc_pr"], m
+        for metric in ("average_precision", "auc_roc"):
+            assert m[f"{prefix}{metric}"] > m[f"{prefix}baseline_rfm_{metric}"], m
+            assert m[f"{prefix}{metric}"] > m[f"{prefix}baseline_bgnbd_{metric}"], m
     # The chosen logistic model is calibrated already (ECE 0.006 before, 0.008 after
     # isotonic on half the 23,570 users): calibration must not spoil it.
     assert m["ece"] < 0.02, m
@@ -284,8 +339,24 @@ def test_cdnow_purchase_propensity_out_of_time_beats_rfm_and_bgnbd(spark, tmp_pa
     assert len(scores) == raw["customer_id"].nunique() == 23_570
     assert set(scores["as_of_date"].astype(str)) == {"1998-01-01"}
     label = scores["user_id"].isin(buyers).astype(int)
+    # What a user of the table measures: the served probability's average precision,
+    # against BG/NBD's on the same customers (the stage's, from its own fit).
     ap = average_precision_score(label, scores["probability"])
-    assert m["snapshot_auc_pr"] == pytest.approx(ap, abs=0.03)
+    assert ap > m["snapshot_baseline_bgnbd_average_precision"], (ap, m)
+    assert m["snapshot_average_precision"] == pytest.approx(ap, abs=0.002)
+    assert roc_auc_score(label, scores["probability"]) > m["snapshot_baseline_bgnbd_auc_roc"]
     # The top decile buys several times as often as the cohort.
     top = label[scores["decile"] == 1].mean()
     assert top > 3 * label.mean(), (top, label.mean())
+
+
+def test_a_tie_on_the_validation_metric_goes_to_the_simplest_scorer():
+    candidates = [
+        {"model": "gbt", "average_precision": 0.5740},
+        {"model": "random_forest", "average_precision": 0.5735},
+        {"model": "logistic", "average_precision": 0.5731},
+        {"model": "baseline_bgnbd", "average_precision": 0.5660},
+    ]
+    assert pr.serving_choice(candidates, "average_precision", 0.001) == 2
+    assert pr.serving_choice(candidates, "average_precision", 0.0) == 0
+    assert pr.serving_choice(candidates, "average_precision", 0.01) == 3

@@ -14,11 +14,20 @@ The registered model is one Spark ML `PipelineModel`:
     SQLTransformer (feature expressions, log1p of skewed ones)
       -> Imputer (median) -> VectorAssembler -> StandardScaler
       -> LogisticRegression | RandomForestClassifier | GBTClassifier
-      -> IsotonicRegression on P(positive) (`calibrated_probability`)
+         | MultilayerPerceptronClassifier
+      -> `score`: P(positive), the probability vector's second entry
+      -> centred isotonic calibration of `score` (`calibrated_probability`)
 
-(the feature preparation is the segment stage's, `segment.build_prep_pipeline`).
-Ranking (deciles, AUC, gains) reads the classifier's probability, which the
-monotone calibration keeps in order but turns into steps with ties.
+(the feature preparation is the segment stage's, `segment.build_prep_pipeline`),
+or, when a baseline wins the validation, the baseline's formula as `score`
+(an SQLTransformer) and its calibration. Isotonic regression (pool adjacent
+violators) fits a step function, which would tie every user of a step and
+lose the ranking inside it; the calibration served is the centred isotonic
+regression (Oron and Flournoy 2017): the line through the centres of the
+steps, strictly increasing, so the calibrated probability ranks users as
+the score does. Both the score's extraction and the calibration are stock
+`IsotonicRegressionModel`s (Spark interpolates linearly between its
+boundaries), so the model is pure MLlib.
 """
 
 from __future__ import annotations
@@ -34,15 +43,18 @@ from pyspark.ml import PipelineModel, Transformer
 from pyspark.ml.classification import (
     GBTClassifier,
     LogisticRegression,
+    MultilayerPerceptronClassifier,
     RandomForestClassifier,
 )
 from pyspark.ml.evaluation import BinaryClassificationEvaluator
-from pyspark.ml.feature import VectorAssembler
+from pyspark.ml.feature import Bucketizer, SQLTransformer, VectorAssembler
 from pyspark.ml.functions import vector_to_array
+from pyspark.ml.linalg import Vectors, VectorUDT
 from pyspark.ml.regression import IsotonicRegression, IsotonicRegressionModel
 from pyspark.ml.stat import Correlation
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
+from pyspark.sql.types import DoubleType, StructField, StructType
 
 from shopseg import clv
 from shopseg import segment as sg
@@ -57,11 +69,17 @@ PURCHASES_AFTER = "_purchases_after"
 # Logged probabilities are clipped away from 0 and 1 (a calibrated step can be 0).
 EPSILON = 1e-6
 
+WEIGHT = "_class_weight"
 ESTIMATORS = {
     "logistic": LogisticRegression,
     "random_forest": RandomForestClassifier,
     "gbt": GBTClassifier,
+    "mlp": MultilayerPerceptronClassifier,
 }
+BASELINES = ("rfm", "bgnbd")
+# Simplest first: a tie on the validation metric goes to the earlier.
+SIMPLICITY = ("baseline_rfm", "baseline_bgnbd", "logistic", "random_forest", "gbt", "mlp")
+METRICS = ("average_precision", "auc_roc", "auc_pr")
 
 
 # --------------------------------------------------------------------------- rows
@@ -168,14 +186,37 @@ def model_grid(model: PropensityModel) -> list[dict[str, float]]:
     ]
 
 
-def new_classifier(kind: str, params: Mapping[str, float], seed: int):
-    """An unfitted classifier on the scaled features, with `params` set by Spark name."""
+def new_classifier(
+    kind: str, params: Mapping[str, float], seed: int, n_features: int = 0, weighted: bool = False
+):
+    """An unfitted classifier on the scaled features, with `params` set by Spark name.
+
+    The perceptron's `hidden` is the width of its one hidden layer (layers:
+    n_features, hidden, 2); `weighted` reads the class weights of `class_weights`
+    (not the perceptron, which takes no weights).
+    """
+    params = dict(params)
     estimator = ESTIMATORS[kind](featuresCol=sg.SCALED, labelCol=LABEL)
+    if kind == "mlp":
+        hidden = int(params.pop("hidden", max(2, n_features)))
+        estimator.setLayers([n_features, hidden, 2])
     if estimator.hasParam("seed"):
         estimator.setSeed(seed)
+    if weighted and estimator.hasParam("weightCol"):
+        estimator.set(estimator.getParam("weightCol"), WEIGHT)
     for name, value in params.items():
-        estimator.set(estimator.getParam(name), value)
+        param = estimator.getParam(name)
+        estimator.set(param, int(value) if name in _INTEGER_PARAMS else value)
     return estimator
+
+
+_INTEGER_PARAMS = {"maxIter", "maxDepth", "numTrees", "minInstancesPerNode", "blockSize"}
+
+
+def class_weights(rows: DataFrame, positives: float, n: int) -> DataFrame:
+    """`rows` with balanced class weights: each class weighs half the rows in total."""
+    w_pos, w_neg = n / (2 * positives), n / (2 * (n - positives))
+    return rows.withColumn(WEIGHT, F.when(F.col(LABEL) == 1, F.lit(w_pos)).otherwise(F.lit(w_neg)))
 
 
 def fit_preparation(features: Sequence[SegmentFeature], rows: DataFrame) -> PipelineModel:
@@ -194,22 +235,81 @@ def with_score(scored: DataFrame) -> DataFrame:
     return scored.withColumn(SCORE, vector_to_array(F.col(PROBABILITY)).getItem(1))
 
 
-def fit_calibrator(scored: DataFrame) -> IsotonicRegressionModel:
-    """Isotonic regression of the label on P(positive), a pipeline stage."""
+def score_extractor(spark) -> IsotonicRegressionModel:
+    """A pipeline stage writing P(positive), the probability vector's second entry, as
+    the double column `score`: the isotonic fit of the two points (0, 0) and (1, 1),
+    which Spark interpolates as the identity on [0, 1]."""
+    points = spark.createDataFrame(
+        [(Vectors.dense([1.0, 0.0]), 0.0), (Vectors.dense([0.0, 1.0]), 1.0)],
+        StructType([StructField(PROBABILITY, VectorUDT()), StructField(LABEL, DoubleType())]),
+    )
     return IsotonicRegression(
-        featuresCol=PROBABILITY,
-        featureIndex=1,
-        labelCol=LABEL,
-        predictionCol=CALIBRATED,
-        isotonic=True,
-    ).fit(scored)
+        featuresCol=PROBABILITY, featureIndex=1, labelCol=LABEL, predictionCol=SCORE
+    ).fit(points)
+
+
+def centred_points(
+    boundaries: Sequence[float], levels: Sequence[float], unit: bool
+) -> list[tuple[float, float]]:
+    """The centred isotonic regression of a pool-adjacent-violators fit: one point per
+    step (the centre of its score range, its level). With `unit` (scores in [0, 1]) the
+    line runs from (0, 0) to (1, 1): a step at level 0 or 1 gives way to those ends, so
+    the line increases strictly everywhere (a step at 0 would tie its users)."""
+    points: list[tuple[float, float]] = []
+    start = 0
+    for i in range(1, len(levels) + 1):
+        if i == len(levels) or levels[i] != levels[start]:
+            centre = (float(boundaries[start]) + float(boundaries[i - 1])) / 2
+            points.append((centre, float(levels[start])))
+            start = i
+    if unit:
+        inner = [(x, y) for x, y in points if 0 < x < 1 and 0 < y < 1]
+        points = [(0.0, 0.0), *inner, (1.0, 1.0)]
+    return points
+
+
+def fit_calibrator(scored: DataFrame, unit: bool = True) -> IsotonicRegressionModel:
+    """The centred isotonic calibration of `score` (a pipeline stage writing
+    `calibrated_probability`): isotonic regression of the label on the score, then the
+    isotonic fit of its step centres (already increasing: Spark keeps them as they are
+    and interpolates between them)."""
+    steps = IsotonicRegression(
+        featuresCol=SCORE, labelCol=LABEL, predictionCol=CALIBRATED, isotonic=True
+    ).fit(scored.select(F.col(SCORE).cast("double").alias(SCORE), LABEL))
+    points = centred_points(list(steps.boundaries), list(steps.predictions), unit)
+    frame = scored.sparkSession.createDataFrame(points, f"{SCORE} double, {LABEL} double")
+    return IsotonicRegression(
+        featuresCol=SCORE, labelCol=LABEL, predictionCol=CALIBRATED, isotonic=True
+    ).fit(frame)
 
 
 def calibrated_model(
-    prep: PipelineModel, classifier: Transformer, calibrator: Transformer
+    prep: PipelineModel, classifier: Transformer, extractor: Transformer, calibrator: Transformer
 ) -> PipelineModel:
-    """What is registered: preparation, classifier and calibration in one model."""
-    return PipelineModel(stages=[*prep.stages, classifier, calibrator])
+    """What is registered: preparation, classifier, score and calibration in one model."""
+    return PipelineModel(stages=[*prep.stages, classifier, extractor, calibrator])
+
+
+def baseline_expression(method: str, target: PropensityTarget) -> str:
+    """A baseline's score as SQL over the snapshot's columns, in [0, 1) and increasing
+    in what the target predicts: x / (1 + x) of the RFM score sum (r + f + m, 0 for a
+    user never scored) or of BG/NBD's expected transactions; churn takes 1 / (1 + x)."""
+    x = {
+        "rfm": "(coalesce(r_score, 0) + coalesce(f_score, 0) + coalesce(m_score, 0))",
+        "bgnbd": f"greatest(coalesce({BGNBD_EXPECTED}, 0), 0)",
+    }[method]
+    return f"{x} / (1 + {x})" if target.kind == "purchase" else f"1 / (1 + {x})"
+
+
+def baseline_scorer(method: str, target: PropensityTarget) -> SQLTransformer:
+    """A pipeline stage adding a baseline's `score` (`baseline_expression`)."""
+    expr = baseline_expression(method, target)
+    return SQLTransformer(statement=f"SELECT *, CAST({expr} AS DOUBLE) AS {SCORE} FROM __THIS__")
+
+
+def baseline_model(scorer: Transformer, calibrator: Transformer) -> PipelineModel:
+    """What is registered when a baseline wins: its formula and its calibration."""
+    return PipelineModel(stages=[scorer, calibrator])
 
 
 def calibration_half(share: float, seed: int) -> Column:
@@ -220,27 +320,66 @@ def calibration_half(share: float, seed: int) -> Column:
 
 def feature_importances(classifier: Transformer, names: Sequence[str]) -> dict[str, float]:
     """Importance per feature: trees' impurity importances, or |coefficient| of the
-    logistic model on scaled features; normalised to sum to 1."""
+    logistic model on scaled features; normalised to sum to 1 (none for the perceptron)."""
     if hasattr(classifier, "featureImportances"):
         values = np.asarray(classifier.featureImportances.toArray())
-    else:
+    elif hasattr(classifier, "coefficients"):
         values = np.abs(np.asarray(classifier.coefficients.toArray()))
+    else:  # the perceptron: no importance per input
+        return {}
     total = values.sum()
     if total > 0:
         values = values / total
     return {n: float(v) for n, v in zip(names, values, strict=True)}
 
 
+def serving_choice(candidates: Sequence[Mapping], metric: str, tie: float) -> int:
+    """The index of the candidate to serve: the simplest (`SIMPLICITY`) of those within
+    `tie` of the best `metric`, the better of equally simple ones."""
+    best = max(c[metric] for c in candidates)
+    tied = [i for i, c in enumerate(candidates) if c[metric] >= best - tie]
+    return min(tied, key=lambda i: (SIMPLICITY.index(candidates[i]["model"]),
+                                    -candidates[i][metric]))  # fmt: skip
+
+
 # --------------------------------------------------------------------------- metrics
 
 
 def ranking_metrics(df: DataFrame, score_col: str, label_col: str = LABEL) -> dict[str, float]:
-    """AUC-ROC and AUC-PR (area under the precision-recall curve) of a score."""
+    """AUC-ROC, AUC-PR (Spark's trapezoidal area under the precision-recall curve) and
+    average precision of a score."""
     evaluator = BinaryClassificationEvaluator(rawPredictionCol=score_col, labelCol=label_col)
     return {
         "auc_roc": evaluator.setMetricName("areaUnderROC").evaluate(df),
         "auc_pr": evaluator.setMetricName("areaUnderPR").evaluate(df),
+        "average_precision": average_precision(df, score_col, label_col),
     }
+
+
+def average_precision(
+    df: DataFrame, score_col: str, label_col: str = LABEL, bins: int = 10_000
+) -> float:
+    """Average precision: the mean over positives of the precision among the users
+    scored at least as high (users of one score count together, as scikit-learn's
+    `average_precision_score` does). Exact when the score has at most `bins` distinct
+    values; beyond, users are grouped by `bins` approximate quantiles of the score."""
+    scores = df.select(F.col(score_col).cast("double").alias("_s"), F.col(label_col).alias("_y"))
+    thresholds = scores.approxQuantile("_s", [i / bins for i in range(bins + 1)], 1 / (4 * bins))
+    # Bucket i holds [split i, split i + 1): each threshold starts its own group.
+    splits = [-float("inf"), *sorted(set(thresholds)), float("inf")]
+    groups = (
+        Bucketizer(splits=splits, inputCol="_s", outputCol="_g", handleInvalid="keep")
+        .transform(scores.filter(F.col("_s").isNotNull()))
+        .groupBy("_g")
+        .agg(F.count(F.lit(1)).alias("n"), F.sum("_y").alias("positives"))
+        .toPandas()
+        .sort_values("_g", ascending=False)
+    )
+    total = groups["positives"].sum()
+    if not total:
+        return float("nan")
+    precision = groups["positives"].cumsum() / groups["n"].cumsum()
+    return float((groups["positives"] / total * precision).sum())
 
 
 def _bin(probability: Column, bins: int) -> Column:
@@ -351,11 +490,13 @@ def rfm_baseline(rows: DataFrame, target: PropensityTarget) -> Column:
 
 
 BGNBD_EXPECTED = "bgnbd_expected_transactions"
+BGNBD_P_ALIVE = "bgnbd_p_alive"
 
 
 def bgnbd_expected(events: DataFrame, cutoff: dt.date, horizon_days: int, unit: str) -> DataFrame:
     """BG/NBD fitted on the purchases before `cutoff`: per customer, expected
-    transactions over the horizon (`bgnbd_expected_transactions`).
+    transactions over the horizon (`bgnbd_expected_transactions`) and the
+    probability of being alive (`bgnbd_p_alive`).
 
     Users with no purchase before the cut-off are no customers of the model
     and get no row (callers use 0).
@@ -374,13 +515,16 @@ def bgnbd_expected(events: DataFrame, cutoff: dt.date, horizon_days: int, unit: 
         bg, horizon_days / unit_days, tuples["x"], tuples["t_x"], tuples["T"]
     )
     tuples[BGNBD_EXPECTED] = np.asarray(expected, dtype=float)
+    tuples[BGNBD_P_ALIVE] = np.asarray(
+        clv.probability_alive(bg, tuples["x"], tuples["t_x"], tuples["T"]), dtype=float
+    )
     table = events.sparkSession.createDataFrame(
-        tuples[["x", "t_x", "T", BGNBD_EXPECTED]].astype(
+        tuples[["x", "t_x", "T", BGNBD_EXPECTED, BGNBD_P_ALIVE]].astype(
             {"x": "int64", "t_x": "float64", "T": "float64"}
         )
     )
     return summary.join(F.broadcast(table), ["x", "t_x", "T"], "inner").select(
-        t.USER_ID, BGNBD_EXPECTED
+        t.USER_ID, BGNBD_EXPECTED, BGNBD_P_ALIVE
     )
 
 
@@ -394,7 +538,70 @@ def bgnbd_baseline(
 
 
 def with_bgnbd_expected(snapshot: DataFrame, expected: DataFrame) -> DataFrame:
-    """The snapshot with `bgnbd_expected_transactions` (0 for users who never bought)."""
-    return snapshot.join(expected, t.USER_ID, "left").withColumn(
-        BGNBD_EXPECTED, F.coalesce(F.col(BGNBD_EXPECTED), F.lit(0.0))
+    """The snapshot with `bgnbd_expected_transactions` and `bgnbd_p_alive` (0 for users
+    who never bought: no customers of the model)."""
+    return (
+        snapshot.join(expected, t.USER_ID, "left")
+        .withColumn(BGNBD_EXPECTED, F.coalesce(F.col(BGNBD_EXPECTED), F.lit(0.0)))
+        .withColumn(BGNBD_P_ALIVE, F.coalesce(F.col(BGNBD_P_ALIVE), F.lit(0.0)))
     )
+
+
+# --------------------------------------------------------------------------- purchase history
+
+HISTORY_COLUMNS = (
+    "days_since_2nd_last_purchase",
+    "days_since_3rd_last_purchase",
+    "purchase_days_30d",
+    "purchase_days_90d",
+    "purchase_days_365d",
+    "trend_30d_365d",
+    "trend_90d_365d",
+)
+
+
+def purchase_history(events: DataFrame, as_of: dt.date) -> DataFrame:
+    """Per user with a purchase before `as_of`: days since the 2nd and 3rd last purchase
+    day (null with fewer), purchase days in the last 30, 90 and 365 days, and the trends:
+    the rate of the last 30 (90) days over the rate of the year (1 = steady, 0 = none
+    lately, null without a purchase in the year)."""
+    from pyspark.sql import Window
+
+    days = (
+        events.filter((F.col(t.EVENT_TYPE) == "purchase") & (F.col(t.EVENT_DATE) < F.lit(as_of)))
+        .select(t.USER_ID, F.datediff(F.lit(as_of), F.col(t.EVENT_DATE)).alias("_ago"))
+        .distinct()
+    )
+    ranked = days.withColumn(
+        "_rank", F.row_number().over(Window.partitionBy(t.USER_ID).orderBy("_ago"))
+    )
+    within = {n: F.sum(F.when(F.col("_ago") <= n, 1).otherwise(0)) for n in (30, 90, 365)}
+    history = ranked.groupBy(t.USER_ID).agg(
+        F.min(F.when(F.col("_rank") == 2, F.col("_ago"))).alias(HISTORY_COLUMNS[0]),
+        F.min(F.when(F.col("_rank") == 3, F.col("_ago"))).alias(HISTORY_COLUMNS[1]),
+        *[within[n].alias(f"purchase_days_{n}d") for n in (30, 90, 365)],
+    )
+    year = F.col("purchase_days_365d") / 365
+    return history.select(
+        "*",
+        *[
+            F.when(year > 0, F.col(f"purchase_days_{n}d") / n / year).alias(f"trend_{n}d_365d")
+            for n in (30, 90)
+        ],
+    )
+
+
+def needs_history(features: Sequence[SegmentFeature]) -> bool:
+    """Whether a feature reads a `purchase_history` column."""
+    text = " ".join(f"{f.name} {f.expr or ''}" for f in features)
+    return any(column in text for column in HISTORY_COLUMNS)
+
+
+def with_purchase_history(snapshot: DataFrame, events: DataFrame, as_of: dt.date) -> DataFrame:
+    """The snapshot with the `purchase_history` columns (counts 0 for users who never
+    bought; the days since and trends stay null, for the model's imputation)."""
+    out = snapshot.join(purchase_history(events, as_of), t.USER_ID, "left")
+    for n in (30, 90, 365):
+        out = out.withColumn(f"purchase_days_{n}d", F.coalesce(F.col(f"purchase_days_{n}d"),
+                                                               F.lit(0)))  # fmt: skip
+    return out

@@ -5,18 +5,28 @@ Pure functions over DataFrames and plain values; the stage
 
 Rows are the users of one randomized campaign (or an exported experiment):
 `treated` (1 treated, 0 control), `label` (1 converted) and the features of
-the send date. Two learners, each one Spark ML `PipelineModel` whose output
-column `uplift` is the predicted change of the conversion probability:
+the send date. The outcome is binary (converted: `label` 1/0) or a number
+(revenue, orders, margin per user); every learner regresses it, so `uplift`
+is the predicted change of the conversion probability, or of the outcome in
+its own units. Three learners, each one Spark ML `PipelineModel` whose output
+column is `uplift`:
 
 - `t_learner`: the feature preparation, then a `GBTRegressor` of the
-  outcome fitted on the treated rows and one fitted on the control rows;
-  uplift = the first's prediction minus the second's.
+  outcome fitted on the treated rows (mu1) and one fitted on the control
+  rows (mu0); uplift = mu1(x) - mu0(x).
+- `x_learner` (Kuenzel et al. 2019): the T-learner's mu1 and mu0 impute each
+  row's effect, D = Y - mu0(x) on the treated and mu1(x) - Y on the control;
+  a regression of D per arm (tau1 on the treated, tau0 on the control),
+  mixed by a model of the treatment propensity e(x) (a linear probability
+  model, so a send that is not 50/50 or varies with the features is
+  covered): uplift = e(x) tau0(x) + (1 - e(x)) tau1(x).
 - `transformed_outcome`: one `GBTRegressor` of Z = Y (T - e) / (e (1 - e)),
   e the treated share, whose expectation given the features is the uplift.
 
-Both are measured on held-out users of both arms by the Qini curve: users
+Each is measured on held-out users of both arms by the Qini curve: users
 sorted by predicted uplift, at each share x of them the incremental
-conversions Q(x) = Y_t(x) - Y_c(x) N_t(x) / N_c(x) (per held-out user).
+outcome Q(x) = Y_t(x) - Y_c(x) N_t(x) / N_c(x) (per held-out user; Y the
+sum of the outcome: conversions, or revenue in its units).
 `qini` is the area between that curve and random targeting's straight line
 to Q(1); `auuc` the area under the uplift curve (the difference of the
 conversion rates at x times the users at x). The interval of the Qini comes
@@ -26,15 +36,16 @@ from a Poisson bootstrap of the held-out users. The curve is built on
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 from pyspark.ml import PipelineModel
 from pyspark.ml.feature import SQLTransformer
-from pyspark.ml.regression import GBTRegressor
+from pyspark.ml.regression import GBTRegressionModel, GBTRegressor, LinearRegression
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
@@ -48,7 +59,14 @@ LABEL = "label"
 UPLIFT = "uplift"
 _P_TREATED = "_uplift_p_treated"
 _P_CONTROL = "_uplift_p_control"
-LEARNERS = ("t_learner", "transformed_outcome")
+_TAU_TREATED = "_uplift_tau_treated"
+_TAU_CONTROL = "_uplift_tau_control"
+_PROPENSITY = "_uplift_propensity"
+LEARNERS = ("t_learner", "x_learner", "transformed_outcome")
+BINARY, NUMERIC = "binary", "numeric"
+# The X-learner's propensity is kept inside [0.01, 0.99] (a linear model can overshoot).
+_PROPENSITY_CLIP = 0.01
+_SUMS = ("n_t", "y_t", "n_c", "y_c", "yy_t", "yy_c")
 # Cumulative probabilities of Poisson(1) at 0..7: a bootstrap weight from a uniform draw.
 _POISSON_CDF = (0.367879, 0.735759, 0.919699, 0.981012, 0.996340, 0.999406, 0.999917, 0.999990)
 
@@ -122,6 +140,23 @@ def binary(column: Column) -> Column:
     )
 
 
+def numeric(column: Column) -> Column:
+    """The outcome as a double (`1,5` is not a number: null); yes/no and true/false
+    read as 1/0, so a binary export also reads here."""
+    as_number = F.trim(column.cast("string")).try_cast("double")
+    return F.coalesce(binary(column), as_number)
+
+
+def outcome_type(rows: DataFrame, outcome: Column) -> str:
+    """`binary` when every readable outcome is 0/1 (or yes/no, true/false), else `numeric`."""
+    value = numeric(outcome)
+    row = rows.agg(
+        F.count(value).alias("read"),
+        F.sum(F.when(value.isin(0.0, 1.0), 1).otherwise(0)).alias("binary"),
+    ).first()
+    return BINARY if row["read"] and row["read"] == row["binary"] else NUMERIC
+
+
 # --------------------------------------------------------------------------- learners
 
 
@@ -134,17 +169,82 @@ def _regressor(params: Mapping[str, float], seed: int, label: str, prediction: s
     return estimator
 
 
-def fit_t_learner(
-    prep: PipelineModel, vectors: DataFrame, params: Mapping[str, float], seed: int
+def grid(params: Mapping[str, float | list[float]]) -> list[dict[str, float]]:
+    """Every combination of the GBT parameters (a single value is a one-point list)."""
+    names = sorted(params)
+    lists = [v if isinstance(v, list) else [v] for v in (params[n] for n in names)]
+    return [dict(zip(names, values, strict=True)) for values in itertools.product(*lists)]
+
+
+def candidate_name(learner: str, params: Mapping[str, float], one_point: bool) -> str:
+    """`t_learner`, or with a grid of several points `t_learner maxDepth=3 maxIter=20`."""
+    if one_point:
+        return learner
+    shown = " ".join(f"{k}={v:g}" for k, v in sorted(params.items()))
+    return f"{learner} {shown}"
+
+
+def _arms(vectors: DataFrame) -> tuple[DataFrame, DataFrame]:
+    return vectors.filter(F.col(TREATED) == 1), vectors.filter(F.col(TREATED) == 0)
+
+
+def fit_outcome_models(
+    vectors: DataFrame, params: Mapping[str, float], seed: int
+) -> tuple[GBTRegressionModel, GBTRegressionModel]:
+    """mu1 and mu0: a regression of the outcome per arm (the T- and X-learners' first step)."""
+    treated, control = _arms(vectors)
+    return (
+        _regressor(params, seed, LABEL, _P_TREATED).fit(treated),
+        _regressor(params, seed, LABEL, _P_CONTROL).fit(control),
+    )
+
+
+def t_learner(
+    prep: PipelineModel, mu1: GBTRegressionModel, mu0: GBTRegressionModel
 ) -> PipelineModel:
-    """Two outcome regressions, one per arm, on the prepared rows (`seg_scaled`,
-    `treated`, `label`); one PipelineModel from the raw features to `uplift`."""
-    treated = _regressor(params, seed, LABEL, _P_TREATED).fit(vectors.filter(F.col(TREATED) == 1))
-    control = _regressor(params, seed, LABEL, _P_CONTROL).fit(vectors.filter(F.col(TREATED) == 0))
+    """uplift = mu1(x) - mu0(x), one PipelineModel from the raw features."""
     difference = SQLTransformer(
         statement=f"SELECT *, {_P_TREATED} - {_P_CONTROL} AS {UPLIFT} FROM __THIS__"
     )
-    return PipelineModel([*prep.stages, treated, control, difference])
+    return PipelineModel([*prep.stages, mu1, mu0, difference])
+
+
+def fit_t_learner(
+    prep: PipelineModel, vectors: DataFrame, params: Mapping[str, float], seed: int
+) -> PipelineModel:
+    """The T-learner at one GBT point (`fit_outcome_models`, then `t_learner`)."""
+    return t_learner(prep, *fit_outcome_models(vectors, params, seed))
+
+
+def fit_x_learner(
+    prep: PipelineModel,
+    vectors: DataFrame,
+    mu1: GBTRegressionModel,
+    mu0: GBTRegressionModel,
+    params: Mapping[str, float],
+    seed: int,
+) -> PipelineModel:
+    """The X-learner from the T-learner's outcome models (see the module's text)."""
+    imputed = mu0.transform(mu1.transform(vectors))
+    d = F.when(F.col(TREATED) == 1, F.col(LABEL) - F.col(_P_CONTROL)).otherwise(
+        F.col(_P_TREATED) - F.col(LABEL)
+    )
+    rows = imputed.select(sg.SCALED, TREATED, d.alias("_d"))
+    treated, control = _arms(rows)
+    tau1 = _regressor(params, seed, "_d", _TAU_TREATED).fit(treated)
+    tau0 = _regressor(params, seed, "_d", _TAU_CONTROL).fit(control)
+    propensity = LinearRegression(
+        featuresCol=sg.SCALED,
+        labelCol="_t",
+        predictionCol=_PROPENSITY,
+        regParam=0.01,
+    ).fit(vectors.select(sg.SCALED, F.col(TREATED).cast("double").alias("_t")))
+    e = f"least(greatest({_PROPENSITY}, {_PROPENSITY_CLIP}), {1 - _PROPENSITY_CLIP})"
+    mix = SQLTransformer(
+        statement=f"SELECT *, {e} * {_TAU_CONTROL} + (1 - {e}) * {_TAU_TREATED} AS {UPLIFT} "
+        "FROM __THIS__"
+    )
+    return PipelineModel([*prep.stages, tau1, tau0, propensity, mix])
 
 
 def fit_transformed_outcome(
@@ -161,6 +261,32 @@ def fit_transformed_outcome(
     return PipelineModel([*prep.stages, model])
 
 
+def fit_learners(
+    learners: Sequence[str],
+    prep: PipelineModel,
+    vectors: DataFrame,
+    treated_share: float,
+    params: Mapping[str, float],
+    seed: int,
+) -> dict[str, PipelineModel]:
+    """Each of `learners` at one GBT point; the T- and X-learners share mu1 and mu0."""
+    unknown = sorted(set(learners) - set(LEARNERS))
+    if unknown:
+        raise ValueError(f"unknown uplift learner(s) {unknown}; known: {list(LEARNERS)}")
+    out: dict[str, PipelineModel] = {}
+    if {"t_learner", "x_learner"} & set(learners):
+        mu1, mu0 = fit_outcome_models(vectors, params, seed)
+        if "t_learner" in learners:
+            out["t_learner"] = t_learner(prep, mu1, mu0)
+        if "x_learner" in learners:
+            out["x_learner"] = fit_x_learner(prep, vectors, mu1, mu0, params, seed)
+    if "transformed_outcome" in learners:
+        out["transformed_outcome"] = fit_transformed_outcome(
+            prep, vectors, treated_share, params, seed
+        )
+    return {learner: out[learner] for learner in learners}
+
+
 def fit(
     learner: str,
     prep: PipelineModel,
@@ -169,11 +295,8 @@ def fit(
     params: Mapping[str, float],
     seed: int,
 ) -> PipelineModel:
-    if learner == "t_learner":
-        return fit_t_learner(prep, vectors, params, seed)
-    if learner == "transformed_outcome":
-        return fit_transformed_outcome(prep, vectors, treated_share, params, seed)
-    raise ValueError(f"unknown uplift learner {learner!r}; known: {list(LEARNERS)}")
+    """One learner at one GBT point."""
+    return fit_learners([learner], prep, vectors, treated_share, params, seed)[learner]
 
 
 # --------------------------------------------------------------------------- measures
@@ -182,9 +305,9 @@ def fit(
 def bin_sums(
     scored: DataFrame, bins: int = 100, replicates: int = 0, seed: int = 0
 ) -> pd.DataFrame:
-    """Per resample and uplift bin (0 = highest predicted uplift): weighted users
-    and conversions of each arm. Resample 0 is the data itself; 1..`replicates`
-    are Poisson(1) bootstrap resamples.
+    """Per resample and uplift bin (0 = highest predicted uplift): weighted users,
+    outcome sums (conversions, or revenue) and sums of squares of each arm. Resample 0
+    is the data itself; 1..`replicates` are Poisson(1) bootstrap resamples.
 
     Args:
         scored: `uplift`, `treated`, `label`.
@@ -209,12 +332,12 @@ def bin_sums(
             F.sum(F.col("w") * F.col(TREATED) * F.col(LABEL)).alias("y_t"),
             F.sum(F.col("w") * (1 - F.col(TREATED))).alias("n_c"),
             F.sum(F.col("w") * (1 - F.col(TREATED)) * F.col(LABEL)).alias("y_c"),
+            F.sum(F.col("w") * F.col(TREATED) * F.col(LABEL) * F.col(LABEL)).alias("yy_t"),
+            F.sum(F.col("w") * (1 - F.col(TREATED)) * F.col(LABEL) * F.col(LABEL)).alias("yy_c"),
         )
         .toPandas()
     )
-    return sums.astype({"n_t": float, "y_t": float, "n_c": float, "y_c": float}).sort_values(
-        ["rep", "bin"], ignore_index=True
-    )
+    return sums.astype({c: float for c in _SUMS}).sort_values(["rep", "bin"], ignore_index=True)
 
 
 @dataclass(frozen=True)
@@ -268,17 +391,23 @@ def top_share_uplift(bins: pd.DataFrame, share: float) -> float:
     return float(top["y_t"].sum() / n_t - top["y_c"].sum() / n_c)
 
 
-def deciles(bins: pd.DataFrame, n_bins: int, z: float) -> pd.DataFrame:
-    """Treated minus control conversion per predicted-uplift decile (1 = highest),
+def arm_difference(r, z: float, kind: str) -> tuple[float, float, float, float, float]:
+    """Treated and control mean outcome, their difference and its normal interval, from
+    one row of sums (binomial for a binary outcome, Welch for a numeric one)."""
+    if kind == BINARY:
+        return cp.uplift(r.n_t, r.y_t, r.n_c, r.y_c, z)
+    return cp.mean_difference(r.n_t, r.y_t, r.yy_t, r.n_c, r.y_c, r.yy_c, z)
+
+
+def deciles(bins: pd.DataFrame, n_bins: int, z: float, kind: str = BINARY) -> pd.DataFrame:
+    """Treated minus control mean outcome per predicted-uplift decile (1 = highest),
     with a normal interval (`n_bins` quantile bins, a multiple of 10)."""
-    grouped = bins.assign(decile=bins["bin"] * 10 // n_bins + 1).groupby("decile")[
-        ["n_t", "y_t", "n_c", "y_c"]
-    ]
+    grouped = bins.assign(decile=bins["bin"] * 10 // n_bins + 1).groupby("decile")[list(_SUMS)]
     rows = []
     for decile, r in grouped.sum().iterrows():
         if r.n_t == 0 or r.n_c == 0:
             continue
-        p_t, p_c, diff, low, high = cp.uplift(r.n_t, r.y_t, r.n_c, r.y_c, z)
+        p_t, p_c, diff, low, high = arm_difference(r, z, kind)
         rows.append((int(decile), int(r.n_t + r.n_c), p_t, p_c, diff, low, high))
     return pd.DataFrame(
         rows, columns=["decile", "users", "treated_rate", "control_rate", "uplift", "low", "high"]
@@ -293,9 +422,15 @@ class Evaluation:
 
 
 def evaluate(
-    scored: DataFrame, replicates: int, confidence: float, seed: int, bins: int = 100
+    scored: DataFrame,
+    replicates: int,
+    confidence: float,
+    seed: int,
+    bins: int = 100,
+    kind: str = BINARY,
 ) -> Evaluation:
-    """Qini (with its bootstrap interval), AUUC, uplift in the top 30%, ATE and deciles."""
+    """Qini (with its bootstrap interval), AUUC, uplift in the top 30%, ATE and deciles,
+    in the outcome's units (`kind`: binary or numeric)."""
     from scipy.stats import norm
 
     sums = bin_sums(scored, bins, replicates, seed)
@@ -304,8 +439,9 @@ def evaluate(
     qinis = np.array([qini_coefficient(curves(g)) for rep, g in sums.groupby("rep") if rep != 0])
     tail = (1 - confidence) / 2
     z = float(norm.ppf(0.5 + confidence / 2))
-    n_t, y_t, n_c, y_c = (data[c].sum() for c in ("n_t", "y_t", "n_c", "y_c"))
-    _, _, ate, ate_low, ate_high = cp.uplift(n_t, y_t, n_c, y_c, z)
+    totals = data[list(_SUMS)].sum()
+    n_t, n_c = totals["n_t"], totals["n_c"]
+    _, _, ate, ate_low, ate_high = arm_difference(totals, z, kind)
     metrics = {
         "qini": qini_coefficient(curve),
         "qini_low": float(np.quantile(qinis, tail)) if len(qinis) else float("nan"),
@@ -319,7 +455,7 @@ def evaluate(
         "heldout_treated": float(n_t),
         "heldout_control": float(n_c),
     }
-    return Evaluation(metrics, curve, deciles(data, bins, z))
+    return Evaluation(metrics, curve, deciles(data, bins, z, kind))
 
 
 # --------------------------------------------------------------------------- targeting
@@ -379,3 +515,52 @@ def compare_targeting(
     best = frame.loc[frame["method"] == "planted_optimum", "incremental_conversions"].iloc[0]
     frame["share_of_optimum"] = frame["incremental_conversions"] / best if best else float("nan")
     return frame
+
+
+# --------------------------------------------------------------------------- expected gain
+
+
+def expected_gain(uplift: Column, kind: str, conversion_value: Column, margin: float,
+                  cost: float) -> Column:  # fmt: skip
+    """Expected gain of contacting a user: uplift x the value of one conversion (binary
+    outcome) or uplift x margin (numeric outcome, e.g. revenue), minus the contact's cost."""
+    per_unit = conversion_value if kind == BINARY else F.lit(margin)
+    return uplift * per_unit - F.lit(cost)
+
+
+def gain_targeting(scored: DataFrame, gain: Column, per_unit: float, cost: float) -> dict:
+    """What contacting the held-out users with a positive expected gain earned, estimated
+    from the arms (treated minus control mean outcome among them, x their number), against
+    contacting everyone: value per held-out user = incremental outcome x per_unit - cost of
+    the contacts.
+
+    Args:
+        scored: `uplift`, `treated`, `label` of held-out users of both arms.
+    """
+    picked = gain > F.lit(0.0)
+    sums = []
+    for name, cond in (("picked", picked), ("all", F.lit(True))):
+        sums += [
+            F.sum(F.when(cond, F.col(TREATED)).otherwise(0)).alias(f"{name}_n_t"),
+            F.sum(F.when(cond, 1 - F.col(TREATED)).otherwise(0)).alias(f"{name}_n_c"),
+            F.sum(F.when(cond, F.col(TREATED) * F.col(LABEL)).otherwise(0)).alias(f"{name}_y_t"),
+            F.sum(F.when(cond, (1 - F.col(TREATED)) * F.col(LABEL)).otherwise(0)).alias(
+                f"{name}_y_c"
+            ),
+        ]
+    row = scored.agg(*sums).first().asDict()
+    total = float(row["all_n_t"] + row["all_n_c"])
+    out = {}
+    for name in ("picked", "all"):
+        n_t, n_c = float(row[f"{name}_n_t"] or 0), float(row[f"{name}_n_c"] or 0)
+        n = n_t + n_c
+        effect = 0.0
+        if n_t and n_c:
+            effect = (row[f"{name}_y_t"] or 0) / n_t - (row[f"{name}_y_c"] or 0) / n_c
+        out[f"{name}_share"] = n / total if total else 0.0
+        out[f"{name}_value_per_user"] = (effect * per_unit - cost) * n / total if total else 0.0
+    return {
+        "expected_gain_share": out["picked_share"],
+        "expected_gain_value_per_user": out["picked_value_per_user"],
+        "everyone_value_per_user": out["all_value_per_user"],
+    }

@@ -9,6 +9,7 @@ from pydantic import Field
 from shopseg.config.base import (
     Confidence,
     Date,
+    NonNegative,
     OpenShare,
     PathStr,
     Positive,
@@ -72,6 +73,8 @@ PROPENSITY_MODEL_PARAMS = {
     "logistic": ("regParam", "elasticNetParam", "maxIter"),
     "random_forest": ("numTrees", "maxDepth", "minInstancesPerNode", "subsamplingRate"),
     "gbt": ("maxIter", "maxDepth", "stepSize", "minInstancesPerNode", "subsamplingRate"),
+    # hidden: the width of the perceptron's one hidden layer.
+    "mlp": ("maxIter", "stepSize", "blockSize", "hidden"),
 }
 DEFAULT_PROPENSITY_FEATURES = (
     # Never-bought users: recency and inactivity as long as they have been known.
@@ -113,7 +116,8 @@ class PropensityTarget(Section):
 class PropensityModel(Section):
     """One classifier family and its grid (every combination of the listed values)."""
 
-    kind: Literal["logistic", "random_forest", "gbt"] = "logistic"
+    kind: Literal["logistic", "random_forest", "gbt", "mlp"] = "logistic"
+    """mlp: MLlib's MultilayerPerceptronClassifier, one hidden layer (`hidden` wide)."""
     params: dict[str, list[float]] = Field(default_factory=dict)
 
     def rules(self) -> None:
@@ -169,6 +173,21 @@ class PropensityConf(Section):
         ],
         min_length=1,
     )
+    metric: Literal["average_precision", "auc_roc", "auc_pr"] = "average_precision"
+    """What chooses the served scorer on the validation cut-off, among every model and
+    grid point and the baselines (AUC, AUC-PR, log loss and calibration error are logged
+    beside it)."""
+    serve_baselines: bool = True
+    """The baselines (the RFM rule; BG/NBD's expected transactions when
+    bgnbd_feature_days is set) are candidates too: when one ranks best it is served,
+    calibrated like a model; false: they are reported only."""
+    serve_tie: NonNegative = 0.001
+    """Candidates within this much of the best metric are tied: the simplest of them is
+    served (RFM rule, BG/NBD, logistic, random forest, GBT, perceptron), as a tie in the
+    recommendation stage goes to the cheaper method."""
+    class_weights: Literal["none", "balanced"] = "none"
+    """balanced: each class weighs half the training rows (rare targets); the calibration
+    maps the scores back to probabilities."""
     calibration_share: OpenShare = 0.5
     """Share of the validation cut-off's users (by hash) the isotonic calibration is fitted
     on; calibration is measured on the others.
@@ -216,7 +235,13 @@ class ExperimentConf(Section):
     """Reader options (csv: header defaults to true)."""
     treatment: ExperimentTreatment = Field(default_factory=ExperimentTreatment)
     outcome: str = Field("", min_length=1)
-    """Converted (1) or not (0); true/false and yes/no are read as 1/0."""
+    """The outcome column: converted (1) or not (0; true/false and yes/no are read as 1/0),
+    or a number per row (revenue, orders, margin)."""
+    outcome_type: Literal["auto", "binary", "numeric"] = "auto"
+    """auto: binary when every value read is 0/1 (yes/no, true/false), numeric otherwise.
+    Rows whose outcome cannot be read are counted and left out."""
+    contact_cost: NonNegative = 0.0
+    """Cost of contacting one row, in the units of the expected gain (see uplift.margin)."""
     features: dict[str, Literal["numeric", "categorical"]] = Field(
         default_factory=dict, min_length=1
     )
@@ -250,17 +275,30 @@ class UpliftConf(Section):
     experiment: ExperimentConf | None = None
     """Train on an exported experiment instead (conf/uplift_experiment_example.yaml)."""
     features: list[SegmentFeature] = features_field(DEFAULT_UPLIFT_FEATURES)
-    learners: list[Literal["t_learner", "transformed_outcome"]] = Field(
-        default_factory=lambda: ["t_learner", "transformed_outcome"], min_length=1
+    outcome: Literal["conversion", "revenue"] = "conversion"
+    """A campaign send's outcome within evaluate.window_days: conversion (bought at all) or
+    revenue (the amount bought); an experiment's is its `outcome_type`.
+    """
+    learners: list[Literal["t_learner", "x_learner", "transformed_outcome"]] = Field(
+        default_factory=lambda: ["t_learner", "x_learner", "transformed_outcome"], min_length=1
     )
     """Candidates, chosen by the Qini coefficient on the held-out users: t_learner (a GBT
-    regression of the outcome per arm, uplift = difference) and transformed_outcome (one
-    GBT regression of Y (T - e) / (e (1 - e))).
+    regression of the outcome per arm, uplift = difference), x_learner (the T-learner's
+    imputed effects regressed per arm, mixed by a propensity model) and transformed_outcome
+    (one GBT regression of Y (T - e) / (e (1 - e))).
     """
-    gbt: dict[str, float] = Field(
+    gbt: dict[str, float | list[float]] = Field(
         default_factory=lambda: {"maxIter": 20, "maxDepth": 3, "stepSize": 0.1}
     )
-    """Spark ML GBTRegressor parameters of every learner."""
+    """Spark ML GBTRegressor parameters of every learner; a list is a grid dimension (every
+    learner at every combination is a candidate)."""
+    refit: bool = True
+    """Refit the chosen learner and GBT point on every row (training and held out) before
+    registering it; false: register the model fitted on the training rows."""
+    margin: float = Field(1.0, gt=0, le=1)
+    """Share of a numeric outcome (revenue) that is gain: expected gain of a contact =
+    uplift x margin - contact cost (a binary outcome's uplift is valued by
+    conversion_value)."""
     validation_share: OpenShare = 0.3
     """Share of the users (by hash, within each arm) held out to choose and measure."""
     bootstrap: int = Field(100, ge=20)
@@ -295,4 +333,7 @@ class UpliftConf(Section):
                 f"gbt.{param}",
                 f"not a GBTRegressor parameter shopseg sets; one of {list(allowed)}",
             )
+            value = self.gbt[param]
+            check(not isinstance(value, list) or bool(value), f"gbt.{param}",
+                  "a grid dimension needs at least one value")  # fmt: skip
         check_features(self.features, "features")

@@ -26,6 +26,7 @@ from pyspark.sql.utils import AnalysisException
 from shopseg import campaigns as cp
 from shopseg import files
 from shopseg import tables as t
+from shopseg import uplift as ul
 from shopseg.config import CampaignConf, ConfigError, load_campaigns, local_dir
 from shopseg.pipeline import StageContext, latest
 
@@ -137,7 +138,9 @@ def with_uplift_picks(
     scores = scores.filter(F.col(t.AS_OF_DATE) == F.lit(scored_as_of))
     present = sorted(r["campaign_id"] for r in scores.select("campaign_id").distinct().collect())
     value = F.lit(conf.conversion_value)
-    if conf.value_from_clv and ctx.lakehouse.exists(t.CUSTOMER_VALUE.name):
+    # A revenue uplift is valued by its margin, a conversion uplift by a conversion's value.
+    kind = ul.BINARY if conf.outcome == "conversion" else ul.NUMERIC
+    if kind == ul.BINARY and conf.value_from_clv and ctx.lakehouse.exists(t.CUSTOMER_VALUE.name):
         values = ctx.read(t.CUSTOMER_VALUE.name)
         values = values.filter(
             F.col(t.AS_OF_DATE) == F.lit(latest(values, t.AS_OF_DATE, send_date))
@@ -154,7 +157,8 @@ def with_uplift_picks(
             )
         cost = conf.contact_cost.get(campaign.channel, 0.0)
         gains = scores.filter(F.col("campaign_id") == source).select(
-            t.USER_ID, (F.col("uplift") * value - F.lit(cost)).alias("_gain")
+            t.USER_ID,
+            ul.expected_gain(F.col("uplift"), kind, value, conf.margin, cost).alias("_gain"),
         )
         pick = F.lit(True)
         if cond.min_gain is not None:

@@ -93,12 +93,15 @@ class _Snapshots:
 def _with_model_columns(
     ctx: StageContext, events: DataFrame, snapshot: DataFrame, as_of: dt.date
 ) -> DataFrame:
-    """The snapshot with the columns the stage derives for the models
-    (`propensity.bgnbd_feature_days`: BG/NBD fitted on the purchases before `as_of`)."""
-    days = ctx.config.propensity.bgnbd_feature_days
-    if days is None:
+    """The snapshot with the columns the stage derives for the models: the purchase
+    history's (`shopseg.propensity.purchase_history`, when a feature names one) and BG/NBD's
+    (`propensity.bgnbd_feature_days`: fitted on the purchases before `as_of`)."""
+    conf = ctx.config.propensity
+    if pr.needs_history(conf.features):
+        snapshot = pr.with_purchase_history(snapshot, events, as_of)
+    if conf.bgnbd_feature_days is None:
         return snapshot
-    expected = pr.bgnbd_expected(events, as_of, days, ctx.config.clv.time_unit)
+    expected = pr.bgnbd_expected(events, as_of, conf.bgnbd_feature_days, ctx.config.clv.time_unit)
     return pr.with_bgnbd_expected(snapshot, expected)
 
 
@@ -225,23 +228,59 @@ def _train_target(
         ctx.log.warning("%s: features without any value left out: %s", name, dropped)
 
     prep = pr.fit_preparation(features, train)
-    train_vectors = checkpointed(pr.prepared(prep, train))
+    weighted = conf.class_weights == "balanced"
+    keep = [pr.WEIGHT] if weighted else []
+    rows = pr.class_weights(train, pos_train, n_train) if weighted else train
+    train_vectors = checkpointed(pr.prepared(prep, rows, *keep))
     val_vectors = checkpointed(pr.prepared(prep, val, t.USER_ID))
-    best: tuple[dict[str, float], Any, DataFrame, str, dict] | None = None
     candidates = []
+    fitted_models: dict[int, tuple[Any, DataFrame]] = {}
     for spec in conf.models:
         for params in pr.model_grid(spec):
-            fitted = pr.new_classifier(spec.kind, params, conf.seed).fit(train_vectors)
+            fitted = pr.new_classifier(spec.kind, params, conf.seed, len(features), weighted).fit(
+                train_vectors
+            )
             scored = pr.with_score(fitted.transform(val_vectors))
             metrics = pr.ranking_metrics(scored, pr.SCORE)
+            fitted_models[len(candidates)] = (fitted, scored)
             candidates.append({"model": spec.kind, "params": params, **metrics})
-            ctx.log.info("%s: %s %s: AUC-PR %.4f, AUC-ROC %.4f", name, spec.kind, params,
-                         metrics["auc_pr"], metrics["auc_roc"])  # fmt: skip
-            if best is None or metrics["auc_pr"] > best[0]["auc_pr"]:
-                best = (metrics, fitted, scored, spec.kind, params)
-    assert best is not None
-    ranking, classifier, scored, kind, params = best
-    scored = checkpointed(scored)
+            ctx.log.info("%s: %s %s: AP %.4f, AUC-PR %.4f, AUC-ROC %.4f", name, spec.kind,
+                         params, metrics["average_precision"], metrics["auc_pr"],
+                         metrics["auc_roc"])  # fmt: skip
+    scorers = {}
+    if conf.serve_baselines:
+        for method in pr.BASELINES:
+            if method == "bgnbd" and pr.BGNBD_EXPECTED not in val.columns:
+                continue
+            scorers[len(candidates)] = pr.baseline_scorer(method, target)
+            scored = scorers[len(candidates)].transform(val)
+            metrics = pr.ranking_metrics(scored, pr.SCORE)
+            candidates.append({"model": f"baseline_{method}", "params": {}, **metrics})
+            ctx.log.info("%s: baseline %s (%s): AP %.4f, AUC-PR %.4f, AUC-ROC %.4f", name,
+                         method, pr.baseline_expression(method, target),
+                         metrics["average_precision"], metrics["auc_pr"],
+                         metrics["auc_roc"])  # fmt: skip
+    chosen = pr.serving_choice(candidates, conf.metric, conf.serve_tie)
+    kind, params = candidates[chosen]["model"], candidates[chosen]["params"]
+    ranking = {k: candidates[chosen][k] for k in pr.METRICS}
+    best = max(candidates, key=lambda c: c[conf.metric])
+    others = [c for i, c in enumerate(candidates) if i != chosen]
+    runner = max(others, key=lambda c: c[conf.metric]) if others else None
+    ctx.log.info(
+        "%s: served %s %s, %s on the validation cut-off (%s %.4f; %s)",
+        name, kind, params,
+        "the best" if best is candidates[chosen] else
+        f"the simplest within propensity.serve_tie {conf.serve_tie:g} of the best",
+        conf.metric, ranking[conf.metric],
+        "no other candidate" if runner is None
+        else f"next {runner['model']} {runner[conf.metric]:.4f}",
+    )  # fmt: skip
+    if chosen in scorers:
+        classifier, scorer = None, scorers[chosen]
+        scored = checkpointed(scorer.transform(val))
+    else:
+        classifier, scored = fitted_models[chosen]
+        scored = checkpointed(scored)
     train_vectors.unpersist()
 
     started = time.perf_counter()
@@ -260,6 +299,7 @@ def _train_target(
         "base_rate": pos_val / n_val,
         "training_rows": float(n_train),
         "validation_rows": float(n_val),
+        "served_baseline": float(classifier is None),
     }
     calibrated = time.perf_counter()
     for method, rows in _baselines(ctx, events, val, cuts.validation, target).items():
@@ -267,13 +307,15 @@ def _train_target(
         metrics |= {f"baseline_{method}_{k}": v for k, v in base.items()}
         curves[method] = pr.gains(rows, pr.SCORE)
         metrics[f"baseline_{method}_lift_at_10pct"] = pr.lift_at(curves[method], 0.1)
+    bgnbd_ap = metrics.get("baseline_bgnbd_average_precision")
     ctx.log.info(
-        "%s: chosen %s %s: AUC-PR %.4f (RFM rule %.4f, BG/NBD %s), AUC-ROC %.4f, lift@10%% %.2f; "
-        "calibration on %d held-out users: Brier %.4f -> %.4f, ECE %.4f -> %.4f",
-        name, kind, params, metrics["auc_pr"], metrics["baseline_rfm_auc_pr"],
-        f"{metrics['baseline_bgnbd_auc_pr']:.4f}" if "baseline_bgnbd_auc_pr" in metrics else "-",
+        "%s: chosen %s %s: AP %.4f (RFM rule %.4f, BG/NBD %s), AUC-ROC %.4f, lift@10%% %.2f; "
+        "calibration on %d held-out users: Brier %.4f -> %.4f, ECE %.4f -> %.4f, log loss "
+        "%.4f",
+        name, kind, params, metrics["average_precision"],
+        metrics["baseline_rfm_average_precision"], "-" if bgnbd_ap is None else f"{bgnbd_ap:.4f}",
         metrics["auc_roc"], metrics["lift_at_10pct"], int(reliability_after["users"].sum()),
-        before["brier"], after["brier"], before["ece"], after["ece"],
+        before["brier"], after["brier"], before["ece"], after["ece"], after["log_loss"],
     )  # fmt: skip
     ctx.log.info("%s: calibration and its metrics %.1f s, baselines %.1f s", name,
                  calibrated - started, time.perf_counter() - calibrated)  # fmt: skip
@@ -282,8 +324,9 @@ def _train_target(
     return _Trained(
         target, cuts, names, dropped, candidates, kind, params, metrics, curves,
         {"model_before": reliability_before, "model_after": reliability_after},
-        pr.calibrated_model(prep, classifier, calibrator),
-        pr.feature_importances(classifier, names),
+        pr.baseline_model(scorer, calibrator) if classifier is None
+        else pr.calibrated_model(prep, classifier, pr.score_extractor(ctx.spark), calibrator),
+        {} if classifier is None else pr.feature_importances(classifier, names),
     )  # fmt: skip
 
 
@@ -316,6 +359,7 @@ def _record_target(ctx: StageContext, trained: _Trained) -> tuple[PipelineModel,
         "params": json.dumps(params),
         "validation_cutoff": cuts.validation.isoformat(),
         "auc_pr": f"{metrics['auc_pr']:.4f}",
+        "average_precision": f"{metrics['average_precision']:.4f}",
     }
     for key, value in tags.items():
         client.set_model_version_tag(f"{conf.model_prefix}_{name}", version, key, value)
@@ -347,11 +391,10 @@ def _score(
     target: PropensityTarget,
     version: str,
 ) -> DataFrame:
-    scored = checkpointed(
-        pr.with_score(model.transform(pr.filter_population(snapshot, target))).select(
-            t.USER_ID, t.AS_OF_DATE, pr.SCORE, pr.CALIBRATED
-        )
-    )
+    out = model.transform(pr.filter_population(snapshot, target))
+    if pr.SCORE not in out.columns:  # a model registered before the score was a stage
+        out = pr.with_score(out)
+    scored = checkpointed(out.select(t.USER_ID, t.AS_OF_DATE, pr.SCORE, pr.CALIBRATED))
     thresholds = pr.decile_thresholds(scored, pr.SCORE)
     # The uncalibrated score stays beside the contract's columns: it ranks
     # without the ties of the calibration's steps (the back-test reads it).

@@ -23,6 +23,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -45,7 +46,8 @@ DO_NOT_DISTURB = "do_not_disturb"
 
 
 def _campaign_rows(ctx: StageContext) -> tuple[DataFrame, dt.date, dt.date]:
-    """The randomized send's users: treated, label and the features of its snapshot."""
+    """The randomized send's users: treated, label (converted, or revenue with
+    `uplift.outcome: revenue`) and the features of its snapshot."""
     conf, window = ctx.config.uplift, ctx.config.evaluate.window_days
     audiences = ctx.read(t.CAMPAIGN_AUDIENCES.name).filter(F.col("campaign_id") == conf.campaign)
     send_date = conf.send_date or latest(audiences, "send_date")
@@ -65,20 +67,22 @@ def _campaign_rows(ctx: StageContext) -> tuple[DataFrame, dt.date, dt.date]:
         ctx.log.warning("%s ends on %s, before the %d-day outcome window of the %s send "
                         "closes: conversions so far only", ctx.config.evaluate.outcomes_table,
                         last, window, send_date)  # fmt: skip
-    converted = cp.converted_users(outcomes, send_date, window).select(t.USER_ID, "converted")
+    outcome = "converted" if conf.outcome == "conversion" else "revenue"
+    converted = cp.converted_users(outcomes, send_date, window).select(t.USER_ID, outcome)
     features = ctx.read(t.USER_FEATURES.name).filter(F.col(t.AS_OF_DATE) == F.lit(as_of))
     rows = (
         audience.select(t.USER_ID, (F.col("variant") == cp.TREATMENT).cast("int").alias(ul.TREATED))
         .join(features.drop(t.AS_OF_DATE), t.USER_ID, "left")
         .join(converted, t.USER_ID, "left")
-        .withColumn(ul.LABEL, F.coalesce(F.col("converted"), F.lit(0)).cast("double"))
-        .drop("converted")
+        .withColumn(ul.LABEL, F.coalesce(F.col(outcome).cast("double"), F.lit(0.0)))
+        .drop(outcome)
     )
     return rows, send_date, as_of
 
 
-def _experiment_rows(ctx: StageContext) -> tuple[DataFrame, list[SegmentFeature]]:
-    """An exported experiment: treated, label, the configured columns, a row key."""
+def _experiment_rows(ctx: StageContext) -> tuple[DataFrame, list[SegmentFeature], str]:
+    """An exported experiment: treated, label, the configured columns, a row key; and
+    the outcome's type (binary or numeric)."""
     e = ctx.config.uplift.experiment
     assert e is not None
     options = {"header": "true", "inferSchema": "true"} if e.format == "csv" else {}
@@ -88,11 +92,16 @@ def _experiment_rows(ctx: StageContext) -> tuple[DataFrame, list[SegmentFeature]
         raise ValueError(
             f"uplift.experiment: {e.path} has no column(s) {missing}; it has {raw.columns}"
         )
+    kind = e.outcome_type
+    if kind == "auto":
+        kind = ul.outcome_type(raw, F.col(e.outcome))
+        ctx.log.info("experiment %s: outcome %s read as %s", e.path, e.outcome, kind)
+    read = ul.binary if kind == ul.BINARY else ul.numeric
     arm = F.col(e.treatment.column).cast("string")
     rows = raw.select(
         *raw.columns,
         F.when(arm == e.treatment.treated, 1).when(arm == e.treatment.control, 0).alias(ul.TREATED),
-        ul.binary(F.col(e.outcome)).alias(ul.LABEL),
+        read(F.col(e.outcome)).alias(ul.LABEL),
     )
     kept = rows.filter(F.col(ul.TREATED).isNotNull() & F.col(ul.LABEL).isNotNull())
     counts = rows.agg(
@@ -103,34 +112,46 @@ def _experiment_rows(ctx: StageContext) -> tuple[DataFrame, list[SegmentFeature]
     ctx.log.info("experiment %s: %d rows", e.path, counts["all"])
     if counts["no_arm"] or counts["no_outcome"]:
         ctx.log.warning(
-            "experiment %s: %d rows left out with %s neither %r nor %r, %d with %s not 0/1",
+            "experiment %s: %d rows left out with %s neither %r nor %r, %d with %s not %s",
             e.path, counts["no_arm"], e.treatment.column, e.treatment.treated,
             e.treatment.control, counts["no_outcome"], e.outcome,
+            "0/1" if kind == ul.BINARY else "a number",
         )  # fmt: skip
     features, categories = ul.experiment_features(kept, e)
     for column, values in categories.items():
         ctx.log.info("experiment column %s: one-hot over %s (+ other)", column, values)
     key = F.col(e.id_column) if e.id_column else F.xxhash64(*[F.col(c) for c in raw.columns])
-    return kept.withColumn(t.USER_ID, key.cast("string")), features
+    return kept.withColumn(t.USER_ID, key.cast("string")), features, kind
 
 
 def _counts(rows: DataFrame) -> dict[str, float]:
-    r = rows.agg(
-        F.sum(F.col(ul.TREATED)).alias("treated"),
-        F.sum(1 - F.col(ul.TREATED)).alias("control"),
-        F.sum(F.col(ul.TREATED) * F.col(ul.LABEL)).alias("treated_conversions"),
-        F.sum((1 - F.col(ul.TREATED)) * F.col(ul.LABEL)).alias("control_conversions"),
-    ).first()
+    """Rows, outcome sums and the spread of the outcome per arm."""
+    arms = {"treated": F.col(ul.TREATED) == 1, "control": F.col(ul.TREATED) == 0}
+    sums = []
+    for arm, cond in arms.items():
+        y = F.when(cond, F.col(ul.LABEL))
+        sums += [
+            F.sum(cond.cast("int")).alias(arm),
+            F.sum(y).alias(f"{arm}_conversions"),
+            F.stddev(y).alias(f"{arm}_spread"),
+        ]
+    r = rows.agg(*sums).first()
     return {k: float(v or 0) for k, v in r.asDict().items()}
 
 
-def _require(what: str, counts: dict[str, float]) -> None:
+def _require(what: str, counts: dict[str, float], kind: str) -> None:
     for arm in ("treated", "control"):
         n, y = counts[arm], counts[f"{arm}_conversions"]
-        if n == 0 or y in (0, n):
+        if kind == ul.BINARY and (n == 0 or y in (0, n)):
             raise ValueError(
                 f"uplift: the {what} have {n:.0f} {arm} rows with {y:.0f} conversions; each "
                 "arm needs both outcomes (a larger randomized send or validation_share)"
+            )
+        if kind == ul.NUMERIC and (n < 2 or counts[f"{arm}_spread"] == 0):
+            raise ValueError(
+                f"uplift: the {what} have {n:.0f} {arm} rows whose outcome never varies "
+                f"(total {y:g}); each arm needs different outcomes (a larger randomized send "
+                "or validation_share)"
             )
 
 
@@ -207,28 +228,98 @@ def _compare_targeting(
     return table
 
 
+def _contact_cost(ctx: StageContext) -> float:
+    """The cost of one contact: the experiment's, or that of the campaign's channel."""
+    conf = ctx.config.uplift
+    if conf.experiment is not None:
+        return conf.experiment.contact_cost
+    campaigns_file = ctx.config.audiences.campaigns_file
+    found = [c for c in load_campaigns(campaigns_file) if c.id == conf.campaign] \
+        if campaigns_file else []  # fmt: skip
+    return conf.contact_cost.get(found[0].channel, 0.0) if found else 0.0
+
+
+@dataclass
+class _Candidate:
+    name: str
+    learner: str
+    params: dict[str, float]
+    model: PipelineModel
+    evaluation: ul.Evaluation
+    scored: DataFrame
+
+
+def _choose(
+    ctx: StageContext,
+    val: DataFrame,
+    prep: PipelineModel,
+    vectors: DataFrame,
+    share: float,
+    kind: str,
+) -> tuple[dict[str, _Candidate], _Candidate]:
+    """Every learner at every GBT point, fitted on the training rows and measured on the
+    held-out ones; the highest Qini wins."""
+    conf = ctx.config.uplift
+    points = ul.grid(conf.gbt)
+    candidates: dict[str, _Candidate] = {}
+    for params in points:
+        models = ul.fit_learners(conf.learners, prep, vectors, share, params, conf.seed)
+        for learner, model in models.items():
+            name = ul.candidate_name(learner, params, len(points) == 1)
+            scored = checkpointed(model.transform(val).select(ul.UPLIFT, ul.TREATED, ul.LABEL))
+            ev = ul.evaluate(scored, conf.bootstrap, conf.confidence, conf.seed, kind=kind)
+            candidates[name] = _Candidate(name, learner, params, model, ev, scored)
+            m = ev.metrics
+            ctx.log.info(
+                "%s: Qini %.4f [%.4f, %.4f], AUUC %.4f (random %.4f), top-30%% uplift %+.3f, "
+                "ATE %+.3f [%+.3f, %+.3f]",
+                name, m["qini"], m["qini_low"], m["qini_high"], m["auuc"], m["auuc_random"],
+                m["uplift_top_30pct"], m["ate"], m["ate_low"], m["ate_high"],
+            )  # fmt: skip
+            ctx.run.log_metrics({f"{name}.{k}": v for k, v in m.items()})
+    ranked = sorted(candidates.values(), key=lambda c: -c.evaluation.metrics["qini"])
+    best = ranked[0]
+    for other in ranked[1:]:
+        other.scored.unpersist()
+    m = best.evaluation.metrics
+    if len(ranked) > 1:
+        runner = ranked[1].evaluation.metrics
+        ctx.log.info(
+            "chosen %s: the highest held-out Qini, %.4f against %.4f of %s (%s); its interval "
+            "[%.4f, %.4f] %s zero",
+            best.name, m["qini"], runner["qini"], ranked[1].name,
+            "within the winner's interval, a close call" if runner["qini"] >= m["qini_low"]
+            else "outside the winner's interval",
+            m["qini_low"], m["qini_high"], "excludes" if m["qini_low"] > 0 else "includes",
+        )  # fmt: skip
+        ctx.run.log_metrics({"qini_gain_over_runner_up": m["qini"] - runner["qini"]})
+    return candidates, best
+
+
 def run(ctx: StageContext) -> None:
     conf = ctx.config.uplift
     send_date = as_of = None
     if conf.experiment is not None:
-        rows, features = _experiment_rows(ctx)
+        rows, features, kind = _experiment_rows(ctx)
         campaign = f"experiment_{Path(conf.experiment.path.rstrip('/')).stem}"
     else:
         rows, send_date, as_of = _campaign_rows(ctx)
         features, campaign = conf.features, conf.campaign
-        ctx.log.info("campaign %s sent %s, features of %s", campaign, send_date, as_of)
+        kind = ul.BINARY if conf.outcome == "conversion" else ul.NUMERIC
+        ctx.log.info("campaign %s sent %s, features of %s, outcome %s", campaign, send_date,
+                     as_of, conf.outcome)  # fmt: skip
     rows = checkpointed(rows)
     held = ul.holdout(F.col(t.USER_ID), conf.validation_share, conf.seed)
     train, val = rows.filter(~held), rows.filter(held)
     n_train, n_val = _counts(train), _counts(val)
-    _require("training rows", n_train)
-    _require("held-out rows", n_val)
+    _require("training rows", n_train, kind)
+    _require("held-out rows", n_val, kind)
     ctx.log.info(
-        "%s: %d training rows (%d treated, conversion %.2f%% vs %.2f%% control), "
+        "%s: %d training rows (%d treated, mean outcome %.4g vs %.4g control), "
         "%d held out (%d treated)",
         campaign, n_train["treated"] + n_train["control"], n_train["treated"],
-        100 * n_train["treated_conversions"] / n_train["treated"],
-        100 * n_train["control_conversions"] / n_train["control"],
+        n_train["treated_conversions"] / n_train["treated"],
+        n_train["control_conversions"] / n_train["control"],
         n_val["treated"] + n_val["control"], n_val["treated"],
     )  # fmt: skip
     features, dropped = pr.usable_features(train, features)
@@ -238,6 +329,7 @@ def run(ctx: StageContext) -> None:
         {
             "campaign": campaign,
             "send_date": str(send_date),
+            "outcome_type": kind,
             "features": [f.name for f in features],
             "learners": conf.learners,
             "gbt": conf.gbt,
@@ -246,39 +338,41 @@ def run(ctx: StageContext) -> None:
     prep = pr.fit_preparation(features, train)
     vectors = checkpointed(prep.transform(train).select(sg.SCALED, ul.TREATED, ul.LABEL))
     share = n_train["treated"] / (n_train["treated"] + n_train["control"])
-    best: tuple[float, str, PipelineModel, ul.Evaluation] | None = None
-    evaluations: dict[str, ul.Evaluation] = {}
-    for learner in conf.learners:
-        model = ul.fit(learner, prep, vectors, share, conf.gbt, conf.seed)
-        scored = checkpointed(model.transform(val).select(ul.UPLIFT, ul.TREATED, ul.LABEL))
-        ev = ul.evaluate(scored, conf.bootstrap, conf.confidence, conf.seed)
-        scored.unpersist()
-        evaluations[learner] = ev
-        m = ev.metrics
-        ctx.log.info(
-            "%s: Qini %.4f [%.4f, %.4f], AUUC %.4f (random %.4f), top-30%% uplift %+.3f, "
-            "ATE %+.3f [%+.3f, %+.3f]",
-            learner, m["qini"], m["qini_low"], m["qini_high"], m["auuc"], m["auuc_random"],
-            m["uplift_top_30pct"], m["ate"], m["ate_low"], m["ate_high"],
-        )  # fmt: skip
-        ctx.run.log_metrics({f"{learner}.{k}": v for k, v in m.items()})
-        if best is None or m["qini"] > best[0]:
-            best = (m["qini"], learner, model, ev)
+    evaluations, best = _choose(ctx, val, prep, vectors, share, kind)
     vectors.unpersist()
-    assert best is not None
-    _, learner, model, ev = best
-    ctx.run.log_metrics(ev.metrics)
+    learner, ev, model = best.name, best.evaluation, best.model
+    per_unit = conf.conversion_value if kind == ul.BINARY else conf.margin
+    cost = _contact_cost(ctx)
+    gain = ul.expected_gain(F.col(ul.UPLIFT), kind, F.lit(conf.conversion_value), conf.margin,
+                            cost)  # fmt: skip
+    targeting = ul.gain_targeting(best.scored, gain, per_unit, cost)
+    best.scored.unpersist()
+    ctx.log.info(
+        "held out: contacting the %.1f%% with a positive expected gain (uplift x %g - %g) "
+        "earns %.4g per held-out user, estimated from the arms; contacting everyone %.4g",
+        100 * targeting["expected_gain_share"], per_unit, cost,
+        targeting["expected_gain_value_per_user"], targeting["everyone_value_per_user"],
+    )  # fmt: skip
+    ctx.run.log_metrics({**ev.metrics, **{f"targeting.{k}": v for k, v in targeting.items()}})
     ctx.run.log_frame(ev.deciles, "uplift_deciles.csv")
     for r in ev.deciles.itertuples():
-        ctx.log.info("decile %2d: %5d users, treated %.3f vs control %.3f, uplift %+.3f "
-                     "[%+.3f, %+.3f]", r.decile, r.users, r.treated_rate, r.control_rate,
+        ctx.log.info("decile %2d: %5d users, treated %.4g vs control %.4g, uplift %+.4g "
+                     "[%+.4g, %+.4g]", r.decile, r.users, r.treated_rate, r.control_rate,
                      r.uplift, r.low, r.high)  # fmt: skip
+    if conf.refit:
+        every = checkpointed(prep.transform(rows).select(sg.SCALED, ul.TREATED, ul.LABEL))
+        n_all = _counts(rows)
+        share_all = n_all["treated"] / (n_all["treated"] + n_all["control"])
+        model = ul.fit(best.learner, prep, every, share_all, best.params, conf.seed)
+        every.unpersist()
+        ctx.log.info("%s refitted on all %d rows", learner, n_all["treated"] + n_all["control"])
     version = tracking.register_spark_model(model, conf.model_name, conf.alias)
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    for key, value in {"learner": learner, "campaign": campaign,
-                       "qini": f"{ev.metrics['qini']:.5f}"}.items():  # fmt: skip
+    tags = {"learner": best.learner, "candidate": learner, "campaign": campaign,
+            "outcome_type": kind, "qini": f"{ev.metrics['qini']:.5f}"}  # fmt: skip
+    for key, value in tags.items():
         client.set_model_version_tag(conf.model_name, version, key, value)
     ctx.log.info("chosen %s (Qini %.4f), registered %s version %s", learner, ev.metrics["qini"],
                  conf.model_name, version)  # fmt: skip
@@ -286,8 +380,8 @@ def run(ctx: StageContext) -> None:
     eval_date = as_of or dt.date.today()
     curve_rows = [
         (eval_date, campaign, "qini", name, float(x), float(y), None, None, None)
-        for name, e in evaluations.items()
-        for x, y in zip(e.curve.x, e.curve.qini, strict=True)
+        for name, c in evaluations.items()
+        for x, y in zip(c.evaluation.curve.x, c.evaluation.curve.qini, strict=True)
     ] + [
         (eval_date, campaign, "decile", learner, float(r.decile), float(r.uplift), float(r.low),
          float(r.high), int(r.users))
