@@ -360,3 +360,24 @@ def test_a_tie_on_the_validation_metric_goes_to_the_simplest_scorer():
     assert pr.serving_choice(candidates, "average_precision", 0.001) == 2
     assert pr.serving_choice(candidates, "average_precision", 0.0) == 0
     assert pr.serving_choice(candidates, "average_precision", 0.01) == 3
+
+
+def test_the_random_search_draws_within_each_familys_space_after_its_grid():
+    model = PropensityModel(kind="gbt", params={"maxIter": [10], "maxDepth": [4]})
+    points = pr.search_points(model, 20, seed=3)
+    assert points[0] == {"maxDepth": 4, "maxIter": 10}
+    assert len(points) == 21
+    assert points == pr.search_points(model, 20, seed=3), "a seed gives the same draws"
+    for point in points[1:]:
+        assert set(point) == set(pr.SEARCH_SPACE["gbt"])
+        for name, (scale, low, high) in pr.SEARCH_SPACE["gbt"].items():
+            assert low <= point[name] <= high, (name, point)
+            if scale.startswith("int"):
+                assert point[name] == int(point[name])
+    # Log scales spread over the decades: rounds below 30 and above 30 both drawn.
+    rounds = [p["maxIter"] for p in points[1:]]
+    assert min(rounds) < 30 < max(rounds)
+    # A parameter the space does not draw keeps the grid's value.
+    logistic = PropensityModel(kind="logistic", params={"maxIter": [50], "regParam": [0.01]})
+    assert {p["maxIter"] for p in pr.search_points(logistic, 5, seed=1)} == {50}
+    assert pr.search_points(logistic, 0, seed=1) == [{"maxIter": 50, "regParam": 0.01}]

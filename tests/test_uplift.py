@@ -474,3 +474,15 @@ def test_a_revenue_experiment_targets_by_expected_gain_and_its_true_gain_is_meas
     optimum = true_gain[true_gain > 0].sum()
     assert ours > everyone and ours > at_random, (ours, everyone, at_random)
     assert ours > 0.6 * optimum, (ours, optimum)
+
+
+def test_every_learner_at_every_gbt_point_is_a_named_candidate():
+    points = ul.grid({"maxIter": [20, 50], "maxDepth": 3, "stepSize": [0.1]})
+    assert points == [
+        {"maxDepth": 3, "maxIter": 20, "stepSize": 0.1},
+        {"maxDepth": 3, "maxIter": 50, "stepSize": 0.1},
+    ]
+    assert ul.candidate_name("x_learner", points[1], one_point=False) == (
+        "x_learner_maxDepth3_maxIter50_stepSize0.1"
+    )
+    assert ul.candidate_name("x_learner", points[1], one_point=True) == "x_learner"

@@ -186,6 +186,62 @@ def model_grid(model: PropensityModel) -> list[dict[str, float]]:
     ]
 
 
+# The random search's space per family: (scale, low, high); `int` rounds the draw.
+SEARCH_SPACE: dict[str, dict[str, tuple[str, float, float]]] = {
+    "logistic": {"regParam": ("log", 1e-4, 1.0), "elasticNetParam": ("uniform", 0.0, 1.0)},
+    "random_forest": {
+        "numTrees": ("int_log", 20, 200),
+        "maxDepth": ("int", 3, 12),
+        "minInstancesPerNode": ("int_log", 1, 100),
+        "subsamplingRate": ("uniform", 0.5, 1.0),
+    },
+    "gbt": {
+        "maxIter": ("int_log", 10, 100),
+        "maxDepth": ("int", 2, 7),
+        "stepSize": ("log", 0.02, 0.3),
+        "minInstancesPerNode": ("int_log", 1, 100),
+        "subsamplingRate": ("uniform", 0.5, 1.0),
+    },
+    "mlp": {
+        "hidden": ("int_log", 4, 64),
+        "maxIter": ("int_log", 50, 300),
+        "stepSize": ("log", 0.005, 0.1),
+    },
+}
+
+
+def random_points(
+    space: Mapping[str, tuple[str, float, float]],
+    n: int,
+    seed: int,
+    fixed: Mapping[str, float] | None = None,
+) -> list[dict[str, float]]:
+    """`n` parameter sets drawn from `space` (log scales log-uniformly, `int*` rounded),
+    each with the `fixed` values of the parameters the space does not draw."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        point = dict(fixed or {})
+        for name, (scale, low, high) in space.items():
+            if scale.endswith("log"):
+                value = float(np.exp(rng.uniform(np.log(low), np.log(high))))
+            else:
+                value = float(rng.uniform(low, high))
+            point[name] = float(round(value)) if scale.startswith("int") else float(f"{value:.3g}")
+        out.append(point)
+    return out
+
+
+def search_points(model: PropensityModel, trials: int, seed: int) -> list[dict[str, float]]:
+    """The family's grid, then `trials` random points of its `SEARCH_SPACE` (the grid's
+    first values for the parameters the space does not draw)."""
+    grid = model_grid(model)
+    if not trials:
+        return grid
+    fixed = {k: v for k, v in grid[0].items() if k not in SEARCH_SPACE[model.kind]}
+    return grid + random_points(SEARCH_SPACE[model.kind], trials, seed, fixed)
+
+
 def new_classifier(
     kind: str, params: Mapping[str, float], seed: int, n_features: int = 0, weighted: bool = False
 ):

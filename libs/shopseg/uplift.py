@@ -177,11 +177,11 @@ def grid(params: Mapping[str, float | list[float]]) -> list[dict[str, float]]:
 
 
 def candidate_name(learner: str, params: Mapping[str, float], one_point: bool) -> str:
-    """`t_learner`, or with a grid of several points `t_learner maxDepth=3 maxIter=20`."""
+    """`t_learner`, or with several GBT points `t_learner_maxDepth3_maxIter20` (characters
+    an MLflow metric name allows)."""
     if one_point:
         return learner
-    shown = " ".join(f"{k}={v:g}" for k, v in sorted(params.items()))
-    return f"{learner} {shown}"
+    return "_".join([learner, *(f"{k}{v:g}" for k, v in sorted(params.items()))])
 
 
 def _arms(vectors: DataFrame) -> tuple[DataFrame, DataFrame]:

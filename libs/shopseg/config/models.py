@@ -173,6 +173,11 @@ class PropensityConf(Section):
         ],
         min_length=1,
     )
+    search_trials: int = Field(0, ge=0)
+    """Random points per family in `models` after its grid, drawn from the family's search
+    space (shopseg.propensity.SEARCH_SPACE: regularisation, trees, depth, learning rate,
+    leaf size, subsampling, the perceptron's width); 0: the grid only."""
+    search_seed: int = 11
     metric: Literal["average_precision", "auc_roc", "auc_pr"] = "average_precision"
     """What chooses the served scorer on the validation cut-off, among every model and
     grid point and the baselines (AUC, AUC-PR, log loss and calibration error are logged
@@ -292,6 +297,11 @@ class UpliftConf(Section):
     )
     """Spark ML GBTRegressor parameters of every learner; a list is a grid dimension (every
     learner at every combination is a candidate)."""
+    search_trials: int = Field(0, ge=0)
+    """Random GBT points after the `gbt` grid, from the GBT search space
+    (shopseg.propensity.SEARCH_SPACE["gbt"]: rounds, depth, step, leaf size,
+    subsampling); every learner at each is a candidate. 0: the grid only."""
+    search_seed: int = 11
     refit: bool = True
     """Refit the chosen learner and GBT point on every row (training and held out) before
     registering it; false: register the model fitted on the training rows."""

@@ -235,8 +235,8 @@ def _train_target(
     val_vectors = checkpointed(pr.prepared(prep, val, t.USER_ID))
     candidates = []
     fitted_models: dict[int, tuple[Any, DataFrame]] = {}
-    for spec in conf.models:
-        for params in pr.model_grid(spec):
+    for number, spec in enumerate(conf.models):
+        for params in pr.search_points(spec, conf.search_trials, conf.search_seed + number):
             fitted = pr.new_classifier(spec.kind, params, conf.seed, len(features), weighted).fit(
                 train_vectors
             )

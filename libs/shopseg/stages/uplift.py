@@ -261,6 +261,9 @@ def _choose(
     held-out ones; the highest Qini wins."""
     conf = ctx.config.uplift
     points = ul.grid(conf.gbt)
+    fixed = {k: v for k, v in points[0].items() if k not in pr.SEARCH_SPACE["gbt"]}
+    points += pr.random_points(pr.SEARCH_SPACE["gbt"], conf.search_trials, conf.search_seed,
+                               fixed)  # fmt: skip
     candidates: dict[str, _Candidate] = {}
     for params in points:
         models = ul.fit_learners(conf.learners, prep, vectors, share, params, conf.seed)
