@@ -227,3 +227,24 @@ def test_checkpoints_stay_with_the_executors_in_local_mode_and_go_to_the_folder_
         written[mode] = len(set(folder.rglob("part-*")) - before)
     assert written["local"] == 0
     assert written["reliable"] > 0
+
+
+def test_only_the_runtime_module_reaches_the_jvm():
+    """Spark Connect (Databricks serverless and shared clusters) has no JVM on the
+    Python side: the library asks `shopseg.spark` for what only the JVM knows."""
+    import re
+
+    from .conftest import REPO
+
+    reach = re.compile(r"\bsparkContext\b|\._jvm\b|\._jsc\b|\._jdf\b|\.rdd\b")
+    runtime = REPO / "libs" / "shopseg" / "spark.py"
+    offenders = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for folder in ("libs", "jobs", "notebooks")
+        for path in sorted((REPO / folder).rglob("*.py"))
+        if path != runtime
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if reach.search(line)
+    ]
+    assert not offenders, "\n".join(offenders)
+    assert reach.search(runtime.read_text()), "the runtime module is where the JVM is reached"

@@ -51,6 +51,111 @@ def is_local_master(master: str) -> bool:
     return master.startswith("local")
 
 
+# --------------------------------------------------------------------------- the runtime
+# Classic Spark or Spark Connect: what the rest of the library asks of the session
+# goes through here, so no other module reaches the JVM (`sparkContext`, `_jvm`,
+# `.rdd`), which a Connect client (Databricks serverless, shared clusters) cannot.
+
+
+def is_connect(spark: SparkSession) -> bool:
+    """True for a Spark Connect session: no JVM is reachable from Python."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
+def master_of(spark: SparkSession) -> str:
+    """The session's master (`spark.master`; a Connect server's own, or "connect")."""
+    if is_connect(spark):
+        return spark.conf.get("spark.master", None) or "connect"
+    return spark.sparkContext.master
+
+
+def parallelism(spark: SparkSession) -> int:
+    """How many tasks a job should offer: the default parallelism of a classic session
+    (its cores), `spark.sql.shuffle.partitions` over Connect (which hides the cores)."""
+    if is_connect(spark):
+        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions", "200")))
+    return spark.sparkContext.defaultParallelism
+
+
+def num_partitions(df: DataFrame) -> int | None:
+    """`df`'s partitions where the session can say without a job; None over Connect."""
+    if is_connect(df.sparkSession):
+        return None
+    return df.rdd.getNumPartitions()
+
+
+def checkpoint_dir(spark: SparkSession) -> str | None:
+    """The reliable checkpoints' folder: the SparkContext's, or over Connect the server's
+    `spark.checkpoint.dir`."""
+    if is_connect(spark):
+        return spark.conf.get("spark.checkpoint.dir", None)
+    return spark.sparkContext.getCheckpointDir()
+
+
+def set_log_level(spark: SparkSession, level: str) -> None:
+    """The JVM's log level (classic sessions; a Connect server keeps its own)."""
+    if not is_connect(spark):
+        spark.sparkContext.setLogLevel(level)
+
+
+def jvm_kmeans_from_centers(
+    data: DataFrame,
+    centers: list[list[float]],
+    *,
+    max_iter: int,
+    features_col: str,
+    prediction_col: str,
+):
+    """K-means (Lloyd's iterations, as spark.ml's K-means runs them) started from
+    `centers`, through the JVM: spark.ml's `KMeans` takes no initial centres; MLlib's RDD
+    K-means, which spark.ml's fit runs underneath, does (`setInitialModel`). The vectors
+    reach it inside the JVM (`DatasetUtils.columnToOldVector`), never through Python, and
+    the result is wrapped as a spark.ml `KMeansModel` with its training summary.
+
+    Raises:
+        RuntimeError: over Spark Connect, where no JVM is reachable.
+    """
+    from pyspark.ml.clustering import KMeansModel
+
+    spark = data.sparkSession
+    if is_connect(spark):
+        raise RuntimeError("K-means from given centres needs the JVM: not over Spark Connect")
+    jvm, gateway = spark._jvm, spark.sparkContext._gateway  # noqa: SLF001 - the runtime module
+    mllib = jvm.org.apache.spark.mllib
+    initial = gateway.new_array(mllib.linalg.Vector, len(centers))
+    for i, center in enumerate(centers):
+        values = gateway.new_array(jvm.double, len(center))
+        for j, value in enumerate(center):
+            values[j] = float(value)
+        initial[i] = mllib.linalg.Vectors.dense(values)
+    vectors = jvm.org.apache.spark.ml.util.DatasetUtils.columnToOldVector(data._jdf, features_col)
+    # As spark.ml's fit does for input that is not persisted: every iteration reads them.
+    vectors.persist(jvm.org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK())
+    try:
+        fitted = (
+            mllib.clustering.KMeans()
+            .setK(len(centers))
+            .setMaxIterations(max_iter)
+            .setInitialModel(mllib.clustering.KMeansModel(initial))
+            .run(vectors)
+        )
+    finally:
+        vectors.unpersist(False)
+    java_model = jvm.org.apache.spark.ml.clustering.KMeansModel(
+        f"KMeans_seeded_{id(fitted):x}", fitted
+    )
+    model = KMeansModel(java_model)
+    model._set(k=len(centers), maxIter=max_iter, featuresCol=features_col,
+               predictionCol=prediction_col)  # fmt: skip
+    model._transfer_params_to_java()
+    summary = jvm.org.apache.spark.ml.clustering.KMeansSummary(
+        java_model.transform(data._jdf), prediction_col, features_col, len(centers),
+        fitted.numIter(), fitted.trainingCost(),
+    )  # fmt: skip
+    java_model.setSummary(jvm.scala.Some(summary))
+    return model
+
+
 def local_cores(master: str) -> int:
     """Cores a `local[N]` / `local[*]` / `local` master uses."""
     inside = master[master.find("[") + 1 : master.find("]")] if "[" in master else "1"
@@ -309,7 +414,7 @@ def get_spark(
     started = time.perf_counter()
     if active is not None:
         spark = active
-        master = spark.sparkContext.master
+        master = master_of(spark)
     else:
         master = _requested_master(settings)
         props = {"spark.app.name": app_name, **session_properties(settings, master, app_name)}
@@ -327,14 +432,15 @@ def get_spark(
             time.perf_counter() - started,
         )
     if is_local_master(master):
-        spark.sparkContext.setLogLevel("ERROR")
+        set_log_level(spark, "ERROR")
         if settings.shuffle_partitions:
             spark.conf.set("spark.sql.shuffle.partitions", str(settings.shuffle_partitions))
     apply_session_settings(spark, settings)
     spark.conf.set(CHECKPOINTS, checkpoint_mode(settings.checkpoints, master))
-    sc = spark.sparkContext
-    if settings.checkpoint_dir and sc.getCheckpointDir() is None:
-        sc.setCheckpointDir(settings.checkpoint_dir)
+    if settings.checkpoint_dir and not is_connect(spark):
+        sc = spark.sparkContext
+        if sc.getCheckpointDir() is None:
+            sc.setCheckpointDir(settings.checkpoint_dir)
     return spark
 
 
@@ -358,9 +464,7 @@ def checkpointed(df: DataFrame) -> DataFrame:
     checkpoint directory; else a local one, kept by the executors.
     """
     spark = df.sparkSession
-    if spark.conf.get(CHECKPOINTS, "reliable") == "reliable" and (
-        spark.sparkContext.getCheckpointDir()
-    ):
+    if spark.conf.get(CHECKPOINTS, "reliable") == "reliable" and checkpoint_dir(spark):
         return df.checkpoint(eager=True)
     return df.localCheckpoint(eager=True)
 

@@ -17,7 +17,7 @@ from shopseg.delta.contract import (
     history_field,
     log_reader_uri,
 )
-from shopseg.spark import session_conf
+from shopseg.spark import parallelism, session_conf
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -257,7 +257,7 @@ class SparkDeltaWriter:
             # Vacuum lists the table's folders in this many tasks (10,000 by
             # default): 70-180 s for a 4-file table on 2 cores.
             "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
-                max(2, self.spark.sparkContext.defaultParallelism)
+                max(2, parallelism(self.spark))
             ),
         }
         sql = f"VACUUM delta.`{path}` RETAIN {retention_hours} HOURS"

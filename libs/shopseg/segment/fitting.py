@@ -9,7 +9,7 @@ from pyspark.ml.clustering import BisectingKMeans, BisectingKMeansModel, KMeans,
 from pyspark.sql import DataFrame
 
 from shopseg.segment.prepare import PREDICTION
-from shopseg.spark import checkpointed
+from shopseg.spark import checkpointed, jvm_kmeans_from_centers, num_partitions
 
 
 def new_clusterer(
@@ -67,46 +67,16 @@ def kmeans_from_centers(
     """K-means (Lloyd's iterations, as spark.ml's K-means runs them) started from
     `centers` instead of k-means|| seeding.
 
-    spark.ml's `KMeans` takes no initial centres; MLlib's RDD K-means, which
-    spark.ml's fit runs underneath, does (`setInitialModel`). The vectors reach
-    it inside the JVM (`DatasetUtils.columnToOldVector`), never through
-    Python, and the result is wrapped as a spark.ml `KMeansModel` with its
-    training summary, like any other fit.
+    Through the JVM (`shopseg.spark.jvm_kmeans_from_centers`): classic Spark
+    only; `seeded_start_available` says whether the session can.
     """
-    spark = data.sparkSession
-    jvm, gateway = spark._jvm, spark.sparkContext._gateway
-    mllib = jvm.org.apache.spark.mllib
-    initial = gateway.new_array(mllib.linalg.Vector, len(centers))
-    for i, center in enumerate(centers):
-        values = gateway.new_array(jvm.double, len(center))
-        for j, value in enumerate(center):
-            values[j] = float(value)
-        initial[i] = mllib.linalg.Vectors.dense(values)
-    vectors = jvm.org.apache.spark.ml.util.DatasetUtils.columnToOldVector(data._jdf, features_col)
-    # As spark.ml's fit does for input that is not persisted: every iteration reads them.
-    vectors.persist(jvm.org.apache.spark.storage.StorageLevel.MEMORY_AND_DISK())
-    try:
-        fitted = (
-            mllib.clustering.KMeans()
-            .setK(len(centers))
-            .setMaxIterations(max_iter)
-            .setInitialModel(mllib.clustering.KMeansModel(initial))
-            .run(vectors)
-        )
-    finally:
-        vectors.unpersist(False)
-    java_model = jvm.org.apache.spark.ml.clustering.KMeansModel(
-        f"KMeans_seeded_{id(fitted):x}", fitted
+    return jvm_kmeans_from_centers(
+        data,
+        [list(map(float, c)) for c in centers],
+        max_iter=max_iter,
+        features_col=features_col,
+        prediction_col=PREDICTION,
     )
-    model = KMeansModel(java_model)
-    model._set(k=len(centers), maxIter=max_iter, featuresCol=features_col, predictionCol=PREDICTION)
-    model._transfer_params_to_java()
-    summary = jvm.org.apache.spark.ml.clustering.KMeansSummary(
-        java_model.transform(data._jdf), PREDICTION, features_col, len(centers),
-        fitted.numIter(), fitted.trainingCost(),
-    )  # fmt: skip
-    java_model.setSummary(jvm.scala.Some(summary))
-    return model
 
 
 # Fits the bisecting start adds: bisecting K-means, then K-means from its centres.
@@ -155,8 +125,10 @@ def materialize_for_fitting(df: DataFrame, partitions: int) -> DataFrame:
     one (bisecting: 16-17 s against 9-10 s uncached). A checkpoint also
     keeps the feature pipeline from running again for every fit.
     """
-    current = df.rdd.getNumPartitions()
-    if current > partitions:
+    current = num_partitions(df)
+    if current is None:  # Spark Connect: the count is not known without a job
+        df = df.repartition(partitions)
+    elif current > partitions:
         df = df.coalesce(partitions)
     elif current < partitions:
         df = df.repartition(partitions)

@@ -30,7 +30,7 @@ from shopseg.segment.fitting import (
     seeded_from_bisecting,
 )
 from shopseg.segment.prepare import PREDICTION
-from shopseg.spark import concurrently
+from shopseg.spark import concurrently, num_partitions, parallelism
 
 
 def centers_column(centers: Sequence[Sequence[float]], prediction: Column) -> Column:
@@ -284,7 +284,7 @@ def sweep(
     """
     started = time.perf_counter()
     total = data.count()
-    partitions = data.rdd.getNumPartitions()
+    partitions = num_partitions(data) or parallelism(data.sparkSession)
 
     def drawn(rows: int, seed_: int) -> DataFrame:
         if total <= rows:
@@ -422,7 +422,7 @@ def sweep_and_fit(
 
     `settings` are `sweep`'s (algorithms, ks, seed, max_iter, features_col, ...).
     """
-    seed, cores = settings["seed"], data.sparkSession.sparkContext.defaultParallelism
+    seed, cores = settings["seed"], parallelism(data.sparkSession)
     swept = sweep_sample(data, sweep_rows, rows, seed + 2, cores, min_rows_per_partition)
     swept_rows = rows if swept is data else swept.count()
     if log and swept is not data:

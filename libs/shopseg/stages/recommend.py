@@ -33,7 +33,7 @@ from shopseg import tables as t
 from shopseg import tracking
 from shopseg.features import build_interactions
 from shopseg.pipeline import StageContext, latest
-from shopseg.spark import concurrently
+from shopseg.spark import concurrently, parallelism
 
 
 def _segments(ctx: StageContext, as_of: dt.date) -> DataFrame | None:
@@ -613,7 +613,7 @@ def run(ctx: StageContext) -> None:
     features = ctx.read(t.USER_FEATURES.name)
     users = features.filter(F.col(t.AS_OF_DATE) == F.lit(as_of)).select(t.USER_ID)
     segments = _segments(ctx, as_of)
-    blocks = conf.blocks or ctx.spark.sparkContext.defaultParallelism
+    blocks = conf.blocks or parallelism(ctx.spark)
     ctx.log.info("recommending for the %s snapshot (ALS blocks %d)", as_of, blocks)
 
     started = time.perf_counter()

@@ -23,6 +23,7 @@ from shopseg import segment as sg
 from shopseg import tables as t
 from shopseg import tracking
 from shopseg.pipeline import StageContext, latest
+from shopseg.spark import is_connect, is_local_master, master_of, parallelism
 
 NAMES_TAG = "segment_names"
 
@@ -76,21 +77,23 @@ def _fit(
     prep = sg.build_prep_pipeline(features, conf.pca_components).fit(snapshot)
     features_col = sg.model_input_column(prep)
     rows = snapshot.count()
-    partitions = sg.fitting_partitions(
-        rows, ctx.spark.sparkContext.defaultParallelism, conf.min_rows_per_partition
-    )
+    partitions = sg.fitting_partitions(rows, parallelism(ctx.spark), conf.min_rows_per_partition)
     prepared = sg.materialize_for_fitting(prep.transform(snapshot).select(features_col), partitions)
     users = prepared.count()
     ctx.log.info(
         "prepared %d users in %d partition(s) in %.1fs",
         users,
-        prepared.rdd.getNumPartitions(),
+        partitions,
         time.perf_counter() - started,
     )
 
     ks = list(range(conf.k_min, min(conf.k_max, users - 1) + 1))
     if not ks:
         raise ValueError(f"{users} users are too few to segment with k >= {conf.k_min}")
+    seeded = conf.seed_from_bisecting and not is_connect(ctx.spark)
+    if conf.seed_from_bisecting and not seeded:
+        ctx.log.info("segment.seed_from_bisecting is off over Spark Connect: K-means from "
+                     "given centres needs the JVM; k-means|| restarts only")  # fmt: skip
     # k is chosen on a uniform sample of a large shop; only the chosen model sees everyone.
     done = sg.sweep_and_fit(
         prepared,
@@ -107,7 +110,7 @@ def _fit(
         concurrent_fits=conf.concurrent_fits,
         max_iter=conf.max_iter,
         init_steps=conf.init_steps,
-        seed_from_bisecting=conf.seed_from_bisecting,
+        seed_from_bisecting=seeded,
         features_col=features_col,
         silhouette_rows=conf.silhouette_sample,
         stability_rows=conf.stability_sample,
@@ -221,7 +224,7 @@ def load_champion(ctx: StageContext) -> tuple[PipelineModel, str, dict[int, str]
 def _tree(ctx: StageContext, clusterer: Any, centers: list, sizes: dict[int, int]) -> list:
     if type(clusterer).__name__ != "BisectingKMeansModel":
         return sg.ward_tree(centers, sizes)
-    if ctx.spark.sparkContext.master.startswith("local"):
+    if is_local_master(master_of(ctx.spark)):
         with tempfile.TemporaryDirectory(prefix="shopseg-tree-") as folder:
             return sg.split_tree(clusterer, os.path.join(folder, "model"))
     # Executors cannot see the driver's temp folder on a cluster: use the lakehouse.
