@@ -92,6 +92,28 @@ def checkpoint_dir(spark: SparkSession) -> str | None:
     return spark.sparkContext.getCheckpointDir()
 
 
+def plain_types(df: DataFrame) -> DataFrame:
+    """Over Spark Connect, `df` with every column cast to its own type by SQL name.
+
+    A client-side DataType sent back to a Connect server (a cast to a schema's field
+    type, `createDataFrame` with a schema) arrives with its collation spelled out,
+    `string collate UTF8_BINARY`, which Delta writes into the table's schema and
+    delta-rs (the log reader, BI tools on it) cannot parse. Cast by name, the type is
+    Spark's default string; on a classic session `df` is returned as it is.
+    """
+    from pyspark.sql import functions as F
+
+    if not is_connect(df.sparkSession):
+        return df
+
+    def plain(field):
+        ddl = field.dataType.simpleString()
+        column = F.col(f"`{field.name}`")
+        return column.cast(ddl).alias(field.name) if "string" in ddl else column
+
+    return df.select(*[plain(f) for f in df.schema])
+
+
 def set_log_level(spark: SparkSession, level: str) -> None:
     """The JVM's log level (classic sessions; a Connect server keeps its own)."""
     if not is_connect(spark):
@@ -310,7 +332,15 @@ def remember_jars(spark: SparkSession, package: str) -> list[str]:
 
 
 def delta_classes_available(spark: SparkSession) -> bool:
-    """True when the JVM has Delta Lake's Spark classes (Databricks, or --packages io.delta)."""
+    """True when the JVM has Delta Lake's Spark classes (Databricks, or --packages io.delta).
+
+    Over Spark Connect the server is asked by its SQL extensions (or Databricks, which
+    always has Delta)."""
+    if is_connect(spark):
+        extensions = spark.conf.get("spark.sql.extensions", None) or ""
+        return "DeltaSparkSessionExtension" in extensions or (
+            "DATABRICKS_RUNTIME_VERSION" in os.environ
+        )
     try:
         jvm = spark.sparkContext._jvm  # noqa: SLF001 - py4j is the only way to ask the JVM
         # Jars from spark.jars.packages sit in the context class loader, not
@@ -337,16 +367,63 @@ def apply_session_settings(spark: SparkSession, settings: SparkConf) -> None:
         spark.conf.set(key, settings.conf.get(key, value))
 
 
-def _build(props: dict[str, str]) -> SparkSession:
+def _build(props: dict[str, str], remote: str | None = None) -> SparkSession:
+    """A session from `props`; with `remote`, a Spark Connect session (a `local[N]` remote
+    starts a local Connect server with `props` as its configuration)."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder
+    if remote and is_local_master(remote):
+        from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+        remote, props = _start_local_connect_server(remote, props)
+        # The server's own classic session now exists in this process: pyspark's generic
+        # builder would refuse a remote session beside it; the Connect one does not.
+        builder = ConnectSession.builder
+    if remote:
+        builder = builder.remote(remote)
+        props = {k: v for k, v in props.items() if k != "spark.master"}
     for key, value in props.items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
 
 
-def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
+def _start_local_connect_server(master: str, props: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """A Spark Connect server in this process on `master`, bound to 127.0.0.1 on a free
+    port (pyspark's own local start binds every address on port 15002, so a second run
+    or one left behind collides). Returns its address and the properties a Connect
+    session may still set (the runtime SQL ones)."""
+    import socket
+
+    from pyspark.sql.connect.session import SparkSession as ConnectSession
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    opts = {
+        **props,
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port),
+    }
+    remote_env = os.environ.pop("SPARK_REMOTE", None)
+    try:
+        ConnectSession._start_connect_server(master, opts)  # noqa: SLF001 - keeps only runtime keys
+    finally:
+        if remote_env is not None:
+            os.environ["SPARK_REMOTE"] = remote_env
+    # As pyspark's own local start: DataFrame functions build Connect columns from now on,
+    # and a later generic builder returns this session instead of refusing.
+    os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
+    os.environ["SPARK_LOCAL_REMOTE"] = "1"
+    return f"sc://localhost:{port}", opts
+
+
+def requested_remote(settings: SparkConf) -> str | None:
+    """Spark Connect's address: `spark.remote`, else the SPARK_REMOTE environment variable."""
+    return settings.remote or os.environ.get("SPARK_REMOTE") or None
+
+
+def _start_local(props: dict[str, str], delta: bool, remote: str | None = None) -> SparkSession:
     """A local session, with Delta's package when `delta` and not already named.
 
     The first start resolves the package through Ivy (Maven Central, then
@@ -365,12 +442,12 @@ def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
         if jars:
             named = ",".join(j for j in (props.get("spark.jars"), *jars) if j)
             log.info("Delta Lake's jars from %s", Path(jars[0]).parent)
-            return _build({**props, **DELTA_SQL_PROPERTIES, "spark.jars": named})
+            return _build({**props, **DELTA_SQL_PROPERTIES, "spark.jars": named}, remote)
         props, package = with_delta_package(props)
     if package is None:
-        return _build(props)
+        return _build(props, remote)
     try:
-        spark = _build(props)
+        spark = _build(props, remote)
     except Exception as exc:  # noqa: BLE001 - the JVM exits; its stderr says why
         plain = {k: v for k, v in props.items() if k not in DELTA_SQL_PROPERTIES}
         rest = [p for p in plain.get("spark.jars.packages", "").split(",") if p and p != package]
@@ -384,7 +461,9 @@ def _start_local(props: dict[str, str], delta: bool) -> SparkSession:
             type(exc).__name__,
             str(exc).splitlines()[0] if str(exc) else "no message",
         )
-        return _build(plain)
+        return _build(plain, remote)
+    if remote:  # the Connect server's jars are not visible from here: Ivy's cache serves
+        return spark
     try:
         remember_jars(spark, package)
     except OSError as exc:  # a read-only home: the next start resolves again
@@ -411,10 +490,22 @@ def get_spark(
 
     settings = settings or SparkConf()
     active = SparkSession.getActiveSession()
+    remote = requested_remote(settings)
     started = time.perf_counter()
     if active is not None:
         spark = active
         master = master_of(spark)
+    elif remote:
+        # Spark Connect: a local server built like a local session, or a server's address.
+        master = remote
+        if is_local_master(remote):
+            os.environ["PYSPARK_PYTHON"] = sys.executable
+            props = {"spark.app.name": app_name, **session_properties(settings, remote, app_name)}
+            spark = _start_local(props, delta, remote)
+        else:
+            spark = _build(dict(settings.conf), remote)
+        log.info("started Spark Connect %s (remote %s) in %.1f s", spark.version, remote,
+                 time.perf_counter() - started)  # fmt: skip
     else:
         master = _requested_master(settings)
         props = {"spark.app.name": app_name, **session_properties(settings, master, app_name)}
@@ -505,7 +596,14 @@ def concurrently(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list
     pending = iter(enumerate(items))
     lock = threading.Lock()
 
+    from pyspark.sql import SparkSession, is_remote
+
+    # Over Spark Connect the active session is per thread, and pyspark.ml asks for it.
+    connect = SparkSession.getActiveSession() if is_remote() else None
+
     def work() -> None:
+        if connect is not None:
+            type(connect)._set_default_and_active_session(connect)  # noqa: SLF001
         while True:
             with lock:
                 step = None if errors else next(pending, None)
@@ -518,7 +616,11 @@ def concurrently(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list
                 with lock:
                     errors.append(exc)
 
-    threads = [InheritableThread(target=work) for _ in range(min(workers, len(items)))]
+    # Over Spark Connect a thread carries the session it runs jobs on.
+    session = {"session": connect} if connect is not None else {}
+    threads = [
+        InheritableThread(target=work, **session) for _ in range(min(workers, len(items)))
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:

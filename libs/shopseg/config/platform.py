@@ -53,6 +53,10 @@ class SparkConf(Section):
     """Session settings. Everything but `conf` applies in local mode only."""
 
     master: str | None = None
+    remote: str | None = None
+    """Spark Connect instead of a classic session: `local[N]` starts a local Connect server
+    with this machine's defaults (Delta included), `sc://host:port` connects to a server.
+    Default: the SPARK_REMOTE environment variable; unset: classic Spark."""
     app_name: str = "shopseg"
     driver_memory: str = "4g"
     ui: bool = False

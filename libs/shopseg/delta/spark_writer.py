@@ -17,7 +17,7 @@ from shopseg.delta.contract import (
     history_field,
     log_reader_uri,
 )
-from shopseg.spark import parallelism, session_conf
+from shopseg.spark import parallelism, plain_types, session_conf
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -93,7 +93,7 @@ class SparkDeltaWriter:
         overwrite_schema: bool,
         replace_rows: tuple[str, Sequence[str]] | None = None,
     ) -> tuple[int, int, int]:
-        writer = df.write.format("delta").option("userMetadata", json.dumps(metadata))
+        writer = plain_types(df).write.format("delta").option("userMetadata", json.dumps(metadata))
         if partition_by:
             writer = writer.partitionBy(*partition_by)
         if replace_rows and replace_rows[1] and self.exists(path):

@@ -68,11 +68,11 @@ def bronze_rows(
         action = identifier_action(name, actions)
         if action == "drop":
             continue
-        value = (
-            F.col(name).cast(SPARK_TYPES[type_name])
-            if name in validated.columns
-            else F.lit(None).cast(SPARK_TYPES[type_name])
-        )
+        # Cast by the type's SQL name: over Spark Connect a StringType object arrives as
+        # `string collate UTF8_BINARY`, which Delta then writes to the table's schema and
+        # delta-rs (and BI readers on it) cannot parse.
+        ddl = SPARK_TYPES[type_name].simpleString()
+        value = F.col(name).cast(ddl) if name in validated.columns else F.lit(None).cast(ddl)
         if action == "hash":
             if hash_key is None:
                 raise IngestError(f"column {name} is to be hashed but no key was given")

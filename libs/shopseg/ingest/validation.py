@@ -93,7 +93,7 @@ def _parse(raw: Column, raw_type: T.DataType, spec: ColumnConf) -> Column:
         else:
             ts = raw.try_cast("timestamp")
         return ts.cast("date") if spec.type == "date" else ts
-    target = SPARK_TYPES[spec.type]
+    target = SPARK_TYPES[spec.type].simpleString()  # by name (see outputs.bronze_rows)
     if spec.type in ("int", "long") and is_text:
         # Exports write integers as 12 or 12.0; both are the integer 12.
         as_double = raw.try_cast("double")
