@@ -62,6 +62,8 @@ setup(
             "threadpoolctl>=3",
             "lightgbm>=4.3",
             "scikit-uplift>=0.5",
+            # xgboost.spark beside MLlib's GBT (docs/benchmarks.md); CPU-only wheel.
+            "xgboost-cpu>=3.2",
         ],
     },
     entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},

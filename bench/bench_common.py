@@ -44,6 +44,7 @@ ORDER = [
     "recommend_served_invoice_lines",
     "recommend_served_interactions",
     "propensity",
+    "propensity_logistic",
     "uplift",
 ]
 SAMPLE_USERS = 1_000

@@ -183,16 +183,24 @@ def bench_segment_sweep(spark, lake, config, n_events: int, repeats: int, jvm: i
     )
 
 
-def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> dict:
+def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int | None) -> list:
+    """Two rows on the same vectors against the same LightGBM: MLlib's GBT of the
+    same shape (xgboost.spark's fit of that shape in its detail), and the stage's
+    logistic regression."""
     from measure_propensity import (
         GBT_PARAMS,
         lightgbm_gbt,
+        logistic_params,
         propensity_vectors,
         spark_gbt,
+        spark_logistic,
         spark_scores,
         to_numpy,
+        xgboost_spark_gbt,
     )
     from sklearn.metrics import average_precision_score
+
+    from shopseg.spark import local_cores
 
     seed = config.propensity.seed
     train, val = propensity_vectors(spark, lake, config)
@@ -202,29 +210,68 @@ def bench_propensity(spark, lake, config, n_events: int, repeats: int, jvm: int 
         seconds, model, warm = timed(lambda: spark_gbt(train, seed), repeats)
     with Peaks(None) as peer_mem:
         peer_seconds, peer, peer_warm = timed(lambda: lightgbm_gbt(x, y, seed), repeats)
-    ap = float(average_precision_score(y_val, spark_scores(model, val)))
-    peer_ap = float(average_precision_score(y_val, peer.predict_proba(x_val)[:, 1]))
-    return row(
+    workers = local_cores(config.spark.master)  # barrier tasks: one per core
+    xgb_seconds, xgb, xgb_warm = timed(lambda: xgboost_spark_gbt(train, seed, workers), repeats)
+    params = logistic_params(config)
+    with Peaks(jvm) as lr_mem:
+        lr_seconds, lr, lr_warm = timed(lambda: spark_logistic(train, params, seed), repeats)
+
+    def ap(scores) -> float:
+        return round(float(average_precision_score(y_val, scores)), 4)
+
+    gbt_ap, peer_ap, lr_ap = (
+        ap(spark_scores(model, val)),
+        ap(peer.predict_proba(x_val)[:, 1]),
+        ap(spark_scores(lr, val)),
+    )
+    detail = {
+        "training_rows": int(len(y)),
+        "validation_rows": int(len(y_val)),
+        "features": int(x.shape[1]),
+        "positive_share": round(float(y.mean()), 4),
+    }
+    xgb_ap = ap(spark_scores(xgb, val))
+    gbt = row(
         "propensity",
         n_events,
         seconds,
         "lightgbm",
         peer_seconds,
-        quality={"average_precision": round(ap, 4)},
-        peer_quality={"average_precision": round(peer_ap, 4)},
-        equal_quality=abs(ap - peer_ap) <= 0.01,
+        quality={"average_precision": gbt_ap},
+        peer_quality={"average_precision": peer_ap},
+        equal_quality=abs(gbt_ap - peer_ap) <= 0.01,
         throughput=len(y) / median(seconds),
         throughput_unit="training rows/s",
         mem=(spark_mem, peer_mem),
         warmup=(warm, peer_warm),
         detail={
-            "training_rows": int(len(y)),
-            "validation_rows": int(len(y_val)),
-            "features": int(x.shape[1]),
-            "positive_share": round(float(y.mean()), 4),
+            **detail,
             "params": GBT_PARAMS,
+            "xgboost_spark": {
+                "seconds": round(median(xgb_seconds), 2),
+                "warmup_seconds": [round(s, 2) for s in xgb_warm],
+                "average_precision": xgb_ap,
+                "workers": workers,
+                "ratio_to_mllib_gbt": round(median(xgb_seconds) / median(seconds), 3),
+            },
         },
     )
+    logistic = row(
+        "propensity_logistic",
+        n_events,
+        lr_seconds,
+        "lightgbm",
+        peer_seconds,
+        quality={"average_precision": lr_ap},
+        peer_quality={"average_precision": peer_ap},
+        equal_quality=abs(lr_ap - peer_ap) <= 0.01,
+        throughput=len(y) / median(lr_seconds),
+        throughput_unit="training rows/s",
+        mem=(lr_mem, peer_mem),
+        warmup=(lr_warm, peer_warm),
+        detail={**detail, "params": params, "peer_params": GBT_PARAMS},
+    )
+    return [gbt, logistic]
 
 
 def stage_accounting(root: Path) -> dict:
@@ -318,7 +365,11 @@ def bench_uplift(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         spark_uplift,
         to_numpy,
         uplift_vectors,
+        xgboost_spark_t_learner,
+        xgboost_uplift,
     )
+
+    from shopseg.spark import local_cores
 
     seed = config.uplift.seed
     prep, train, val = uplift_vectors(spark, lake, config)
@@ -330,8 +381,13 @@ def bench_uplift(spark, lake, config, n_events: int, repeats: int, jvm: int | No
         peer_seconds, peer, peer_warm = timed(
             lambda: sklift_t_learner(x, y, treated, seed), repeats
         )
+    workers = local_cores(config.spark.master)  # barrier tasks: one per core
+    xgb_seconds, xgb, xgb_warm = timed(
+        lambda: xgboost_spark_t_learner(train, seed, workers), repeats
+    )
     quality = qini_scores(spark, spark_uplift(model, val), y_val, treated_val)
     peer_quality = qini_scores(spark, peer.predict(x_val), y_val, treated_val)
+    xgb_quality = qini_scores(spark, xgboost_uplift(xgb, val), y_val, treated_val)
     return row(
         "uplift",
         n_events,
@@ -352,5 +408,12 @@ def bench_uplift(spark, lake, config, n_events: int, repeats: int, jvm: int | No
             "treated_share": round(float(treated.mean()), 4),
             "conversion": round(float(y.mean()), 4),
             "params": GBT_PARAMS,
+            "xgboost_spark": {
+                "seconds": round(median(xgb_seconds), 2),
+                "warmup_seconds": [round(s, 2) for s in xgb_warm],
+                **xgb_quality,
+                "workers": workers,
+                "ratio_to_mllib_gbt": round(median(xgb_seconds) / median(seconds), 3),
+            },
         },
     )

@@ -87,6 +87,39 @@ def spark_scores(model, val) -> np.ndarray:
     return scored.column(pr.SCORE).to_numpy()
 
 
+def logistic_params(config) -> dict:
+    """The stage's first logistic grid point (conf/local.yaml keeps the library default)."""
+    from shopseg import propensity as pr
+
+    family = next(m for m in config.propensity.models if m.kind == "logistic")
+    return pr.model_grid(family)[0]
+
+
+def spark_logistic(train, params: dict, seed: int):
+    from shopseg import propensity as pr
+
+    return pr.new_classifier("logistic", params, seed).fit(train)
+
+
+def xgboost_spark_gbt(train, seed: int, workers: int):
+    """`xgboost.spark`'s classifier of GBT_PARAMS' shape (histogram trees, `workers` tasks)."""
+    from xgboost.spark import SparkXGBClassifier
+
+    from shopseg import propensity as pr
+    from shopseg import segment as sg
+
+    return SparkXGBClassifier(
+        features_col=sg.SCALED,
+        label_col=pr.LABEL,
+        n_estimators=GBT_PARAMS["maxIter"],
+        max_depth=GBT_PARAMS["maxDepth"],
+        learning_rate=GBT_PARAMS["stepSize"],
+        tree_method="hist",
+        num_workers=workers,
+        random_state=seed,
+    ).fit(train)
+
+
 def lightgbm_classifier(params: dict, seed: int):
     """LightGBM boosting of the shape of MLlib's GBT `params` (rounds, depth, step)."""
     import lightgbm

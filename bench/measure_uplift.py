@@ -9,6 +9,8 @@ trees, rate 0.1); scikit-uplift's `TwoModels` fits two LightGBM classifiers
 of the same shape on the same training vectors (sklift needs classifiers for
 a binary outcome). Both are scored on the same held-out vectors by
 scikit-uplift's `qini_auc_score` and by the stage's own Qini coefficient.
+Beside it (the row's detail): a T-learner of two `xgboost.spark` regressors of
+the same shape on the same vectors (classic Spark only, as for propensity).
 """
 
 from __future__ import annotations
@@ -99,6 +101,39 @@ def spark_uplift(model, val) -> np.ndarray:
     # The preparation stages read raw features; the held-out rows are prepared already.
     fitted = PipelineModel(model.stages[-3:])
     return fitted.transform(val).select(ul.UPLIFT).toArrow().column(ul.UPLIFT).to_numpy()
+
+
+def xgboost_spark_t_learner(train, seed: int, workers: int):
+    """Two `xgboost.spark` regressions of the outcome, one per arm, of GBT_PARAMS' shape."""
+    from pyspark.sql import functions as F
+    from xgboost.spark import SparkXGBRegressor
+
+    from shopseg import segment as sg
+    from shopseg import uplift as ul
+
+    def fit(arm: int, prediction: str):
+        return SparkXGBRegressor(
+            features_col=sg.SCALED,
+            label_col=ul.LABEL,
+            prediction_col=prediction,
+            n_estimators=GBT_PARAMS["maxIter"],
+            max_depth=GBT_PARAMS["maxDepth"],
+            learning_rate=GBT_PARAMS["stepSize"],
+            tree_method="hist",
+            num_workers=workers,
+            random_state=seed,
+        ).fit(train.filter(F.col(ul.TREATED) == arm))
+
+    return fit(1, "_mu1"), fit(0, "_mu0")
+
+
+def xgboost_uplift(models, val) -> np.ndarray:
+    from pyspark.sql import functions as F
+
+    mu1, mu0 = models
+    scored = mu0.transform(mu1.transform(val))
+    table = scored.select((F.col("_mu1") - F.col("_mu0")).alias("u")).toArrow()
+    return table.column("u").to_numpy()
 
 
 def sklift_t_learner(x: np.ndarray, y: np.ndarray, treated: np.ndarray, seed: int):

@@ -30,6 +30,18 @@ def test_local_conf_loads_with_embedded_defaults():
     assert config.generate.start_date == dt.date(2025, 1, 1)
 
 
+def test_defaults_serialise_as_their_declared_types():
+    """Every run logs its config: a default of another type than its field (an int
+    where floats are declared) made pydantic warn in each stage's log."""
+    import warnings
+
+    config = load_config(LOCAL_CONF)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dumped = config.model_dump(mode="json")
+    assert dumped["uplift"]["gbt"]["maxIter"] == 20.0
+
+
 @pytest.mark.parametrize("name", ["cluster.yaml", "databricks.yaml"])
 def test_example_confs_load(name: str):
     config = load_config(REPO / "conf" / name)

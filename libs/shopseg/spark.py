@@ -618,9 +618,7 @@ def concurrently(fn: Callable[[T], R], items: Iterable[T], workers: int) -> list
 
     # Over Spark Connect a thread carries the session it runs jobs on.
     session = {"session": connect} if connect is not None else {}
-    threads = [
-        InheritableThread(target=work, **session) for _ in range(min(workers, len(items)))
-    ]
+    threads = [InheritableThread(target=work, **session) for _ in range(min(workers, len(items)))]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -314,9 +314,10 @@ def bin_sums(
     """
     probabilities = [1 - (i + 1) / bins for i in range(bins - 1)]
     thresholds = scored.approxQuantile(UPLIFT, probabilities, 0.0005)
-    position = F.lit(0)
-    for thr in thresholds:
-        position = position + F.when(F.col(UPLIFT) < F.lit(thr), 1).otherwise(0)
+    # The bin: how many thresholds lie above the user's uplift. One flat expression
+    # (Spark Connect refuses a plan of 99 nested sums: protobuf's depth limit).
+    above = F.filter(F.array(*(F.lit(thr) for thr in thresholds)), lambda thr: F.col(UPLIFT) < thr)
+    position = F.size(above) if thresholds else F.lit(0)
     rows = scored.select(position.alias("bin"), TREATED, LABEL)
     if replicates:
         rows = rows.withColumn("rep", F.explode(F.sequence(F.lit(0), F.lit(replicates))))

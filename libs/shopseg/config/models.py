@@ -293,7 +293,8 @@ class UpliftConf(Section):
     (one GBT regression of Y (T - e) / (e (1 - e))).
     """
     gbt: dict[str, float | list[float]] = Field(
-        default_factory=lambda: {"maxIter": 20, "maxDepth": 3, "stepSize": 0.1}
+        default_factory=lambda: {"maxIter": 20, "maxDepth": 3, "stepSize": 0.1},
+        validate_default=True,
     )
     """Spark ML GBTRegressor parameters of every learner; a list is a grid dimension (every
     learner at every combination is a candidate)."""
