@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -162,4 +163,16 @@ def default_lake(spark, tmp_path_factory) -> Path:
         assert main(["run", *args]) == 0
     finally:
         del os.environ[HASH_KEY_ENV]
+    # As the run left them (later tests run stages on this lakehouse again).
+    (root.parent / "table_counts.json").write_text(json.dumps(table_counts(root)))
     return root
+
+
+def table_counts(root: Path) -> dict[str, int]:
+    """Rows of every Delta table under a lakehouse root, by its path below the root."""
+    from deltalake import DeltaTable
+
+    return {
+        str(log.parent.relative_to(root)): DeltaTable(str(log.parent)).count()
+        for log in sorted(root.glob("**/_delta_log"))
+    }

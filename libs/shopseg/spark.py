@@ -407,10 +407,16 @@ def _start_local_connect_server(master: str, props: dict[str, str]) -> tuple[str
     }
     remote_env = os.environ.pop("SPARK_REMOTE", None)
     try:
-        ConnectSession._start_connect_server(master, opts)  # noqa: SLF001 - keeps only runtime keys
+        ConnectSession._start_connect_server(master, dict(opts))  # noqa: SLF001
     finally:
         if remote_env is not None:
             os.environ["SPARK_REMOTE"] = remote_env
+    # The server took every property; the Connect session may set only the runtime SQL
+    # ones (static ones, such as the gRPC port, are refused with a warning each).
+    from pyspark import SparkContext
+
+    runtime = {c._1() for c in SparkContext._jvm.PythonSQLUtils.listRuntimeSQLConfigs()}  # noqa: SLF001
+    opts = {k: v for k, v in opts.items() if k in runtime}
     # As pyspark's own local start: DataFrame functions build Connect columns from now on,
     # and a later generic builder returns this session instead of refusing.
     os.environ["SPARK_CONNECT_MODE_ENABLED"] = "1"
