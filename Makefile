@@ -18,7 +18,7 @@ test: check-java install
 # The cluster module (tests/test_cluster.py, ~5 minutes alone): Spark
 # standalone, moto's S3, an MLflow server, started and stopped by the tests.
 # Not in `make test`: beside the suite it took the fresh-clone run from ~18 to
-# 19.9-21.0 minutes (README: Running on a cluster).
+# 19.9-21.0 minutes (docs/cluster-and-databricks.md).
 test-cluster: check-java install
 	$(BIN)/pytest -m cluster tests/test_cluster.py
 
@@ -65,7 +65,7 @@ bench-recommend: check-java install
 	$(BIN)/uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[spark,dev,bench]'
 	$(BIN)/python bench/bench_served.py
 
-# A real cluster on 127.0.0.1 (README: On a cluster): Spark standalone master
+# A real cluster on 127.0.0.1 (docs/cluster-and-databricks.md): Spark standalone master
 # and two workers, moto's S3 server with the lakehouse bucket, an MLflow
 # server. Pids and logs under .cluster/; cluster-run submits every stage with
 # spark-submit (conf/cluster.yaml) and prints the summary.

@@ -53,6 +53,9 @@ setup(
             "scikit-learn>=1.4",
             # conf/*.yaml checked against the configuration's JSON Schema.
             "jsonschema>=4",
+            # databricks.yml checked against the bundle's job models, which Databricks
+            # generates from its bundle JSON schema.
+            "databricks-bundles>=1.22",
         ],
         # `make bench`'s peers (DuckDB comes with dev).
         "bench": [
@@ -66,5 +69,5 @@ setup(
             "xgboost-cpu>=3.2",
         ],
     },
-    entry_points={"console_scripts": ["shopseg=shopseg.cli:main"]},
+    entry_points={"console_scripts": ["shopseg=shopseg.cli:entry"]},
 )

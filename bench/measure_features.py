@@ -23,6 +23,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_common import SPARK_SETS  # noqa: E402
 from features_peer import duckdb_user_metrics, snapshot_files  # noqa: E402
 
 from shopseg import features as fx  # noqa: E402
@@ -87,7 +88,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={args.root}"])
+    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={args.root}", *SPARK_SETS])
     spark = get_spark("measure-features", config.spark)
     lake = Lakehouse(spark, config.lakehouse.root)
     conf = config.features

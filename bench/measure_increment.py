@@ -19,6 +19,7 @@ import argparse
 import json
 import shutil
 import statistics
+import sys
 from pathlib import Path
 
 from shopseg.config import load_config
@@ -26,6 +27,8 @@ from shopseg.logs import setup_logging
 from shopseg.pipeline import run_stages
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+from bench_common import SPARK_SETS  # noqa: E402
 
 
 def stage_seconds(report) -> dict[str, float]:
@@ -55,7 +58,7 @@ def main() -> None:
     for day in days[: -args.days]:
         (root / "raw" / "events" / day.name).symlink_to(day)
 
-    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}"])
+    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}", *SPARK_SETS])
     setup_logging(config.logging.level)
     # The lakehouse after the full run is kept beside it, so that changes to
     # the increments can be measured again without the full run (--reuse-full).

@@ -52,6 +52,9 @@ timed runs are reported, the warm-up runs' seconds kept beside them:
   LightGBM classifiers of the same shape on the same vectors
   (`measure_uplift.py`); quality = scikit-uplift's Qini AUC and the stage's
   Qini coefficient of both on the same held-out users.
+- jobs: the demo pipeline (`make run`'s configuration, a fresh lakehouse
+  under bench/data/demo) once; each stage's seconds and its Spark jobs,
+  stages and tasks (from its MLflow run). Size-independent, run before the sizes.
 - startup: SparkSession start in a fresh process (median of `repeats`);
   its share of the pipeline = startup / (startup + the Spark stages' medians).
 
@@ -83,7 +86,8 @@ REPO = BENCH.parent
 # The bench's modules sit beside this file (also when a test loads it by path).
 sys.path.insert(0, str(BENCH))
 
-from bench_common import SIZES, build_lakehouse, log, startup_seconds  # noqa: E402
+from bench_common import SIZES, SPARK_SETS, build_lakehouse, log, startup_seconds  # noqa: E402
+from bench_jobs import bench_jobs  # noqa: E402
 from bench_recommend import bench_als  # noqa: E402
 from bench_record import ROW, emit, record, startup_row  # noqa: E402
 from bench_stages import (  # noqa: E402
@@ -106,7 +110,7 @@ def run_size(size: str, repeats: int, stages: list[str]) -> list[dict]:
     from shopseg.spark import get_spark
 
     root, build_seconds = build_lakehouse(size)
-    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}"])
+    config = load_config(REPO / "conf" / "local.yaml", [f"lakehouse.root={root}", *SPARK_SETS])
     spark = get_spark(f"bench-{size}", config.spark)
     proc = getattr(spark.sparkContext._gateway, "proc", None)
     jvm = proc.pid if proc is not None else None
@@ -161,7 +165,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
         "--stages",
-        default="startup,ingest,features,kmeans,segment_sweep,als,propensity,uplift",
+        default="jobs,startup,ingest,features,kmeans,segment_sweep,als,propensity,uplift",
     )
     parser.add_argument("--out", default=str(BENCH / "results" / "latest.json"))
     parser.add_argument("--docs", default=str(REPO / "docs" / "benchmarks.md"))
@@ -173,6 +177,9 @@ def main() -> None:
     stages = [s.strip() for s in args.stages.split(",")]
 
     out, docs = Path(args.out), Path(args.docs)
+    if "jobs" in stages:
+        # Size-independent: the demo pipeline once, its Spark jobs per stage.
+        record(out, docs, [bench_jobs()])
     startup = startup_seconds(args.repeats) if "startup" in stages else None
     failed_sizes = []
     for size in sizes:

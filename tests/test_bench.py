@@ -58,3 +58,33 @@ def test_rows_finished_before_a_crash_are_recorded_and_the_run_fails(tmp_path, m
 
     assert others(after) == others(before)
     assert f"| features | {row['size']:,} | 123" in docs.read_text()
+
+
+def load_bench_jobs():
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "bench_jobs", REPO / "bench" / "bench_jobs.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+
+
+@pytest.mark.slow
+def test_every_stage_of_the_pipeline_records_its_spark_work_for_the_jobs_row(default_lake):
+    from shopseg.pipeline import STAGES
+
+    work = load_bench_jobs().stage_work(f"sqlite:///{default_lake}/mlflow.db")
+    pipeline = {s.name for s in STAGES if s.name != "maintain"}
+    assert pipeline <= set(work)
+    for name in pipeline:
+        counts = work[name]
+        assert counts["spark_jobs"] >= 1, name
+        # Every job has at least one stage; a stage's tasks may be skipped (reused shuffles).
+        assert counts["spark_stages"] >= counts["spark_jobs"], name
+        assert counts["spark_tasks"] >= 1, name
+    # The k sweep fits dozens of models; the lifetime-value stage fits one on the driver.
+    assert work["segment"]["spark_jobs"] > 5 * work["clv"]["spark_jobs"]

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
 
 import mlflow
@@ -15,7 +16,7 @@ from deltalake import DeltaTable
 from mlflow import MlflowClient
 
 from shopseg import tables
-from shopseg.cli import main
+from shopseg.cli import build_parser, main
 from shopseg.pipeline import STAGE_NAMES
 
 from .conftest import FAST_WRITER, LOCAL_CONF, REPO, SMALL_GENERATE
@@ -221,3 +222,56 @@ def test_databricks_bundle_runs_every_pipeline_stage_in_order():
         assert task.get("depends_on") == wanted
     maintain = bundle["resources"]["jobs"]["shopseg_maintain"]["tasks"]
     assert [task["task_key"] for task in maintain] == ["maintain"]
+
+
+def test_databricks_bundle_jobs_are_valid_for_databricks_and_serverless_runs_the_wheel():
+    """Every job of databricks.yml against the bundle's job models that Databricks
+    generates from its bundle schema (databricks-bundles: an unknown field or a wrong
+    enum value is refused), and the serverless job: the same stages in the same order,
+    each the wheel's `shopseg <stage>` in the job's environment."""
+    import yaml
+    from databricks.bundles.jobs import Job
+
+    from shopseg.pipeline import parse_stages
+
+    jobs = yaml.safe_load((REPO / "databricks.yml").read_text())["resources"]["jobs"]
+    for name, job in jobs.items():
+        Job.from_dict(job)  # raises on a field or value the schema does not have
+        for cluster in job.get("job_clusters", []):
+            assert cluster["new_cluster"].get("data_security_mode"), name
+    broken = {**jobs["shopseg_pipeline"], "tasks": [{"task_key": "x", "spark_pyton_task": {}}]}
+    with pytest.raises(ValueError, match="spark_pyton_task"):
+        Job.from_dict(broken)
+
+    serverless = jobs["shopseg_pipeline_serverless"]
+    assert "job_clusters" not in serverless
+    environments = {env["environment_key"] for env in serverless["environments"]}
+    scripts = {
+        e.name: e.value
+        for e in metadata.distribution("shopseg").entry_points
+        if e.group == "console_scripts"
+    }
+    commands = build_parser()._subparsers._group_actions[0].choices  # noqa: SLF001
+    tasks = serverless["tasks"]
+    assert [task["task_key"] for task in tasks] == parse_stages(None)
+    for before, task in zip([None, *tasks], tasks, strict=False):
+        assert task["environment_key"] in environments
+        wheel = task["python_wheel_task"]
+        assert wheel["package_name"] == "shopseg" and wheel["entry_point"] in scripts
+        stage, *rest = wheel["parameters"]
+        assert stage == task["task_key"] and stage in commands and rest[0] == "--conf"
+        assert task.get("depends_on") == ([{"task_key": before["task_key"]}] if before else None)
+
+
+def test_the_entry_point_itself_exits_with_the_failure_status(monkeypatch, tmp_path):
+    """A Databricks python_wheel_task calls the entry point and ignores what it returns:
+    the failure has to leave as SystemExit with a non-zero code."""
+    entry = next(
+        e
+        for e in metadata.distribution("shopseg").entry_points
+        if e.group == "console_scripts" and e.name == "shopseg"
+    )
+    monkeypatch.setattr(sys, "argv", ["shopseg", "segment", "--conf", str(tmp_path / "no.yaml")])
+    with pytest.raises(SystemExit) as exited:
+        entry.load()()
+    assert exited.value.code == 2

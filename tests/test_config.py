@@ -121,7 +121,11 @@ def test_set_ill_typed_value_fails_naming_it():
 
 def test_set_spark_property_with_dots():
     config = load_config(LOCAL_CONF, ["spark.conf.spark.sql.shuffle.partitions=7"])
-    assert config.spark.conf == {"spark.sql.shuffle.partitions": "7"}
+    # Merged into the file's own properties, not replacing them.
+    assert config.spark.conf == {
+        "spark.sql.codegen.wholeStage": "false",
+        "spark.sql.shuffle.partitions": "7",
+    }
 
 
 def test_uri_root_needs_a_tracking_uri():

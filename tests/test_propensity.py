@@ -10,7 +10,14 @@ import pytest
 from pyspark.ml.functions import array_to_vector
 from pyspark.sql import functions as F
 from sklearn.isotonic import IsotonicRegression
-from sklearn.metrics import average_precision_score, brier_score_loss, log_loss, roc_auc_score
+from sklearn.metrics import (
+    auc,
+    average_precision_score,
+    brier_score_loss,
+    log_loss,
+    precision_recall_curve,
+    roc_auc_score,
+)
 
 from shopseg import features as fx
 from shopseg import propensity as pr
@@ -116,8 +123,15 @@ def scored(spark):
 def test_ranking_and_probability_metrics_match_scikit_learn(scored):
     df, frame = scored
     ranking = pr.ranking_metrics(df, pr.SCORE)
-    # Spark sorts the scores into 1,000 bins (its default, for large data).
-    assert ranking["auc_roc"] == pytest.approx(roc_auc_score(frame.label, frame.score), abs=1e-3)
+    assert ranking["auc_roc"] == pytest.approx(roc_auc_score(frame.label, frame.score))
+    assert ranking["average_precision"] == pytest.approx(
+        average_precision_score(frame.label, frame.score)
+    )
+    # The trapezoid from recall 0; scikit-learn starts it at precision 1 instead of
+    # the first threshold's: at most one positive's share of area apart.
+    precision, recall, _ = precision_recall_curve(frame.label, frame.score)
+    assert ranking["auc_pr"] == pytest.approx(auc(recall, precision), abs=1 / frame.label.sum())
+    assert ranking["auc_pr"] != pytest.approx(ranking["average_precision"], abs=1e-6)
     probability, table = pr.probability_metrics(df, pr.SCORE, 10)
     assert probability["brier"] == pytest.approx(brier_score_loss(frame.label, frame.score))
     clipped = frame.score.clip(pr.EPSILON, 1 - pr.EPSILON)
@@ -212,6 +226,10 @@ def test_average_precision_matches_scikit_learn_through_ties(spark):
     df = spark.createDataFrame(pd.DataFrame({pr.SCORE: score, pr.LABEL: label}))
     assert pr.average_precision(df, pr.SCORE) == pytest.approx(
         average_precision_score(label, score), abs=1e-9
+    )
+    # Ties count half in the ROC area, as in the Mann-Whitney statistic.
+    assert pr.ranking_metrics(df, pr.SCORE)["auc_roc"] == pytest.approx(
+        roc_auc_score(label, score), abs=1e-12
     )
     # More distinct scores than bins: grouped by quantiles, close.
     fine = rng.uniform(0, 1, 3000)

@@ -9,7 +9,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from shopseg.config import ConfigError, SparkConf, load_config
-from shopseg.spark import concurrently, get_spark, local_cores, session_properties
+from shopseg.spark import concurrently, get_spark, local_cores, session_properties, work_done
 
 
 def test_cluster_master_gets_only_explicit_conf():
@@ -61,6 +61,22 @@ def test_shared_session_runs_arrow_in_workers(spark):
     # Workers import pyarrow: they run this interpreter, not the system's.
     out = spark.range(10).mapInArrow(double, "id long").agg({"id": "sum"}).first()[0]
     assert out == 90
+
+
+def test_work_done_counts_the_jobs_and_tasks_of_actions_only(spark):
+    df = spark.range(0, 1000, 1, 3).withColumn("k", F.col("id") % 5)
+    before = work_done(spark)
+    planned = df.groupBy("k").count()
+    assert work_done(spark) - before == type(before)(0, 0, 0), "a plan alone runs no job"
+    planned.collect()
+    df.count()
+    ran = work_done(spark) - before
+    # Two actions: at least one job each; the groupBy shuffles (two stages), and the
+    # first stage of each runs one task per input partition.
+    assert ran.jobs >= 2
+    assert ran.stages >= 3
+    assert ran.tasks >= 2 * 3
+    assert "Spark jobs" in ran.describe()
 
 
 def test_the_local_driver_runs_the_parallel_collector(spark):

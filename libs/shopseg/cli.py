@@ -173,6 +173,13 @@ def _stream(config) -> int:
     return 0
 
 
+def entry() -> None:
+    """The `shopseg` console script: `main`'s status as the process's exit status, raised
+    here (a Databricks python_wheel_task calls the entry point and ignores what it
+    returns, so a failed stage would otherwise pass)."""
+    sys.exit(main())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `shopseg` console script and of `jobs/<stage>.py`."""
     args = build_parser().parse_args(argv)

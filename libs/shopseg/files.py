@@ -311,7 +311,7 @@ def exclusive_lock(folder: str | None, name: str) -> Iterator[None]:
     even on kill -9, so a crashed run never blocks the next one. An object
     store has no such lock: for a remote lakehouse (`folder` None) nothing
     is locked, a warning says so, and Delta's optimistic concurrency is what
-    refuses the second of two conflicting writes (README: On a cluster).
+    refuses the second of two conflicting writes (docs/cluster-and-databricks.md).
 
     Raises:
         LockHeld: another process holds it (naming its pid).

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from shopseg import tables, tracking
 from shopseg.config import Config, local_dir
 from shopseg.delta import CommitInfo, Lakehouse, WriteMode, WriteResult
+from shopseg.spark import SparkWork, work_done
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -245,6 +246,8 @@ class StageReport:
     run_id: str
     writes: list[WriteResult]
     files: list[FilesOutput]
+    work: SparkWork | None = None
+    """The Spark jobs, stages and tasks the stage ran (None over Spark Connect)."""
 
 
 @dataclass
@@ -339,13 +342,21 @@ def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
             run.log_dict(config.to_logged_dict(), "config.json")
             stage_log.info("stage %s started", name)
             t0 = time.perf_counter()
+            before = work_done(spark)
             module.run(ctx)
             seconds = time.perf_counter() - t0
+            work = None if before is None else work_done(spark) - before
             run.log_metrics({"stage_seconds": seconds})
+            if work is not None:
+                run.log_metrics(
+                    {"spark_jobs": work.jobs, "spark_stages": work.stages,
+                     "spark_tasks": work.tasks}
+                )  # fmt: skip
         stage_log.info(
-            "stage %s finished in %.1f s: read %s; wrote %s",
+            "stage %s finished in %.1f s (%s): read %s; wrote %s",
             name,
             seconds,
+            "jobs not counted over Spark Connect" if work is None else work.describe(),
             ", ".join(f"{i['table']} v{i['version']}" for i in run.inputs) or "nothing",
             ", ".join(
                 [f"{w.table} v{w.version} ({w.rows} rows)" for w in ctx.writes]
@@ -353,7 +364,7 @@ def run_stages(config: Config, names: Sequence[str]) -> PipelineReport:
             )
             or "nothing",
         )
-        reports.append(StageReport(name, seconds, run.run_id, ctx.writes, ctx.files))
+        reports.append(StageReport(name, seconds, run.run_id, ctx.writes, ctx.files, work))
     return PipelineReport(pipeline_id, reports, startup, time.perf_counter() - started)
 
 

@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -112,6 +113,41 @@ def plain_types(df: DataFrame) -> DataFrame:
         return column.cast(ddl).alias(field.name) if "string" in ddl else column
 
     return df.select(*[plain(f) for f in df.schema])
+
+
+@dataclass(frozen=True)
+class SparkWork:
+    """Spark jobs, stages and tasks a session has run (or a difference of two counts)."""
+
+    jobs: int
+    stages: int
+    tasks: int
+
+    def __sub__(self, other: SparkWork) -> SparkWork:
+        return SparkWork(self.jobs - other.jobs, self.stages - other.stages,
+                         self.tasks - other.tasks)  # fmt: skip
+
+    def describe(self) -> str:
+        return f"{self.jobs:,} Spark jobs, {self.stages:,} stages, {self.tasks:,} tasks"
+
+
+def work_done(spark: SparkSession) -> SparkWork | None:
+    """What the session has run so far: the DAG scheduler's next job and stage ids (every
+    job and stage ever created, skipped stages included) and the tasks the executors
+    completed or failed, from the status store once its listener has caught up. None
+    over Spark Connect, whose server keeps its scheduler to itself."""
+    if is_connect(spark):
+        return None
+    sc = spark.sparkContext._jsc.sc()
+    with contextlib.suppress(Exception):  # a busy bus: the tasks lag by a few events
+        sc.listenerBus().waitUntilEmpty(2000)
+    dag = sc.dagScheduler()
+    executors = sc.statusStore().executorList(False)
+    tasks = sum(
+        executors.apply(i).completedTasks() + executors.apply(i).failedTasks()
+        for i in range(executors.size())
+    )
+    return SparkWork(int(dag.nextJobId()), int(dag.nextStageId()), int(tasks))
 
 
 def set_log_level(spark: SparkSession, level: str) -> None:

@@ -38,8 +38,9 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -53,6 +54,9 @@ from shopseg import campaigns as cp
 from shopseg import segment as sg
 from shopseg import tables as t
 from shopseg.config import ExperimentConf, SegmentFeature
+from shopseg.spark import concurrently
+
+T = TypeVar("T")
 
 TREATED = "treated"
 LABEL = "label"
@@ -188,15 +192,23 @@ def _arms(vectors: DataFrame) -> tuple[DataFrame, DataFrame]:
     return vectors.filter(F.col(TREATED) == 1), vectors.filter(F.col(TREATED) == 0)
 
 
+def side_by_side(*fits: Callable[[], T]) -> list[T]:
+    """Independent fits at once, on threads of one session, their results in order: a
+    learner's regressions on a campaign's few thousand rows are jobs of a task or two
+    each, which leave cores idle one after another."""
+    return concurrently(lambda fit: fit(), fits, max(1, len(fits)))
+
+
 def fit_outcome_models(
     vectors: DataFrame, params: Mapping[str, float], seed: int
 ) -> tuple[GBTRegressionModel, GBTRegressionModel]:
     """mu1 and mu0: a regression of the outcome per arm (the T- and X-learners' first step)."""
     treated, control = _arms(vectors)
-    return (
-        _regressor(params, seed, LABEL, _P_TREATED).fit(treated),
-        _regressor(params, seed, LABEL, _P_CONTROL).fit(control),
+    mu1, mu0 = side_by_side(
+        lambda: _regressor(params, seed, LABEL, _P_TREATED).fit(treated),
+        lambda: _regressor(params, seed, LABEL, _P_CONTROL).fit(control),
     )
+    return mu1, mu0
 
 
 def t_learner(
@@ -231,14 +243,16 @@ def fit_x_learner(
     )
     rows = imputed.select(sg.SCALED, TREATED, d.alias("_d"))
     treated, control = _arms(rows)
-    tau1 = _regressor(params, seed, "_d", _TAU_TREATED).fit(treated)
-    tau0 = _regressor(params, seed, "_d", _TAU_CONTROL).fit(control)
-    propensity = LinearRegression(
-        featuresCol=sg.SCALED,
-        labelCol="_t",
-        predictionCol=_PROPENSITY,
-        regParam=0.01,
-    ).fit(vectors.select(sg.SCALED, F.col(TREATED).cast("double").alias("_t")))
+    tau1, tau0, propensity = side_by_side(
+        lambda: _regressor(params, seed, "_d", _TAU_TREATED).fit(treated),
+        lambda: _regressor(params, seed, "_d", _TAU_CONTROL).fit(control),
+        lambda: LinearRegression(
+            featuresCol=sg.SCALED,
+            labelCol="_t",
+            predictionCol=_PROPENSITY,
+            regParam=0.01,
+        ).fit(vectors.select(sg.SCALED, F.col(TREATED).cast("double").alias("_t"))),
+    )
     e = f"least(greatest({_PROPENSITY}, {_PROPENSITY_CLIP}), {1 - _PROPENSITY_CLIP})"
     mix = SQLTransformer(
         statement=f"SELECT *, {e} * {_TAU_CONTROL} + (1 - {e}) * {_TAU_TREATED} AS {UPLIFT} "
@@ -273,17 +287,24 @@ def fit_learners(
     unknown = sorted(set(learners) - set(LEARNERS))
     if unknown:
         raise ValueError(f"unknown uplift learner(s) {unknown}; known: {list(LEARNERS)}")
-    out: dict[str, PipelineModel] = {}
-    if {"t_learner", "x_learner"} & set(learners):
+
+    def two_models() -> dict[str, PipelineModel]:
         mu1, mu0 = fit_outcome_models(vectors, params, seed)
-        if "t_learner" in learners:
-            out["t_learner"] = t_learner(prep, mu1, mu0)
+        out = {"t_learner": t_learner(prep, mu1, mu0)}
         if "x_learner" in learners:
             out["x_learner"] = fit_x_learner(prep, vectors, mu1, mu0, params, seed)
+        return out
+
+    def transformed() -> dict[str, PipelineModel]:
+        model = fit_transformed_outcome(prep, vectors, treated_share, params, seed)
+        return {"transformed_outcome": model}
+
+    fits = []
+    if {"t_learner", "x_learner"} & set(learners):
+        fits.append(two_models)
     if "transformed_outcome" in learners:
-        out["transformed_outcome"] = fit_transformed_outcome(
-            prep, vectors, treated_share, params, seed
-        )
+        fits.append(transformed)
+    out = {name: model for models in side_by_side(*fits) for name, model in models.items()}
     return {learner: out[learner] for learner in learners}
 
 

@@ -99,7 +99,7 @@ class FeaturesConf(Section):
     mode: Literal["auto", "full", "incremental"] = "auto"
     """full: rebuild silver/events and every user's features from bronze; incremental: add
     the new ingest batches' events and recompute only the users whose window changed
-    (README: Daily increments); auto: incremental when the state of an earlier run
+    (docs/features.md: Daily increments); auto: incremental when the state of an earlier run
     matches this configuration, else full.
     """
     as_of_date: Date | None = None
@@ -258,7 +258,7 @@ class SegmentConf(Section):
     restarts: Positive = 6
     """Fits per (algorithm, k) from different seeds; the lowest WSSSE is kept, and stability
     asks whether another restart finds the same solution (three were too few on other
-    generator seeds: README, Segmentation).
+    generator seeds: docs/segmentation.md).
     """
     bisecting_restarts: Positive | None = 2
     """Restarts for bisecting K-means, whose result depends little on the seed (stability
@@ -266,7 +266,7 @@ class SegmentConf(Section):
     """
     seed_from_bisecting: bool = True
     """One more K-means start per k: from bisecting K-means' centres at that k (k-means||
-    can miss an optimum bisecting finds; README, Segmentation).
+    can miss an optimum bisecting finds; docs/segmentation.md).
     """
     seed: int = 42
     sweep_sample: Positive = 50000
@@ -433,6 +433,11 @@ class RecommendConf(Section):
     seed: int = 42
     blocks: Positive | None = None
     """ALS user and item blocks; null = Spark's default parallelism."""
+    refit_unserved_als: bool = False
+    """Refit ALS's best point on all interactions even when another method serves the lists
+    (its model is registered and its item factors give gold/similar_items); false: the
+    model fitted on the validation split's training side is registered as it is (one ALS
+    fit less; ALS serving is always refitted)."""
     similar_items: Positive = 10
     """Most similar items per item in gold/similar_items."""
     item_item: bool = True

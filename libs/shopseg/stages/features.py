@@ -2,7 +2,7 @@
 (and silver/items, when the catalogue is derived from the event lines).
 
 A full run rebuilds silver/events from the committed bronze events and every
-user's features from them. An incremental run (`features.mode`, README: Daily
+user's features from them. An incremental run (`features.mode`, docs/features.md: Daily
 increments) appends only the events of ingest batches no earlier run added and
 recomputes only the users whose window changed (`shopseg.increments`); its
 snapshot equals a full run's on the same data. User features and interactions

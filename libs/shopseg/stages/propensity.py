@@ -302,8 +302,11 @@ def _train_target(
         "served_baseline": float(classifier is None),
     }
     calibrated = time.perf_counter()
+    measured = {c["model"]: c for c in candidates}
     for method, rows in _baselines(ctx, events, val, cuts.validation, target).items():
-        base = pr.ranking_metrics(rows, pr.SCORE)
+        # A baseline served as a candidate was measured on these rows already.
+        known = measured.get(f"baseline_{method}")
+        base = {k: known[k] for k in pr.METRICS} if known else pr.ranking_metrics(rows, pr.SCORE)
         metrics |= {f"baseline_{method}_{k}": v for k, v in base.items()}
         curves[method] = pr.gains(rows, pr.SCORE)
         metrics[f"baseline_{method}_lift_at_10pct"] = pr.lift_at(curves[method], 0.1)

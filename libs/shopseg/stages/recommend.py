@@ -9,9 +9,10 @@
    popularity, item-item for each similarity and history decay, EASE for each
    regularisation (below `recommend.ease.max_items`), and ALS over its grid
    (MLlib's defaults always among the points) and random trials.
-3. The best ALS point is refitted on all interactions and registered as
-   `recommend.model_name` with alias `recommend.alias` (its factors give
-   gold/similar_items).
+3. The best ALS point is registered as `recommend.model_name` with alias
+   `recommend.alias` (its factors give gold/similar_items): refitted on all
+   interactions when ALS serves (or `recommend.refit_unserved_als`), else
+   as fitted on the split's training side.
 4. The served model is the validation winner (a tie within
    `recommend.serve_tie` goes to the cheaper method), refitted on all
    interactions; users it cannot serve get their segment's popular items,
@@ -25,6 +26,7 @@ import itertools
 import time
 from dataclasses import dataclass
 
+from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -123,6 +125,8 @@ class Choice:
     als: rc.AlsParams
     served: Candidate
     rows: list[tuple]
+    als_model: PipelineModel
+    """ALS's best point as fitted on the split's training side."""
 
 
 def serving_choice(results: list[Result], k: int, tie: float) -> tuple[Result, Result | None]:
@@ -155,21 +159,23 @@ def _item_candidates(conf) -> list[Candidate]:
     return out
 
 
-def _dense_gram(ctx: StageContext, gram: DataFrame, what: str) -> rc.DenseGram | None:
-    """The Gram matrix on the driver, or None with the reason logged (catalogue too
-    large: EASE is then no candidate, item-item runs as Spark joins)."""
+def _dense_gram(
+    ctx: StageContext, interactions: DataFrame, blocks: int, what: str
+) -> rc.DenseGram | None:
+    """The item Gram matrix of `interactions` on the driver, or None with the reason
+    logged (catalogue too large: EASE is then no candidate, item-item runs as Spark
+    joins)."""
     limit = ctx.config.recommend.ease.max_items
-    items = rc.gram_items(gram)
-    if items > limit:
-        ctx.log.warning(
-            "EASE refused and item-item scored by joins: %d items in the %s, above "
-            "recommend.ease.max_items (%d); a dense %d x %d matrix is inverted on the driver",
-            items, what, limit, items, items,
-        )  # fmt: skip
-        ctx.run.log_params({"ease_refused": f"{items} items > max_items {limit}"})
-        return None
     started = time.perf_counter()
-    dense = rc.collect_gram(gram, limit)
+    dense = rc.dense_item_gram(interactions, blocks, limit)
+    if dense is None:
+        ctx.log.warning(
+            "EASE refused and item-item scored by joins: more than recommend.ease.max_items "
+            "(%d) items in the %s; a dense matrix of them is inverted on the driver",
+            limit, what,
+        )  # fmt: skip
+        ctx.run.log_params({"ease_refused": f"more than max_items {limit} items"})
+        return None
     ctx.log.info(
         "item Gram matrix of the %s: %d items on the driver (%.1fs)",
         what, len(dense.ids), time.perf_counter() - started,
@@ -180,7 +186,7 @@ def _dense_gram(ctx: StageContext, gram: DataFrame, what: str) -> rc.DenseGram |
 def _item_lists(
     conf,
     candidate: Candidate,
-    gram: DataFrame,
+    gram: DataFrame | None,
     dense: rc.DenseGram | None,
     ease: dict[float, rc.ItemModel],
     history: DataFrame,
@@ -364,8 +370,9 @@ def _evaluate(
         )  # fmt: skip
         ctx.run.log_params({"ease_refused": f"{catalog} items > max_items {conf.ease.max_items}"})
     elif conf.item_item or conf.ease.enabled:
-        gram = rc.build_item_gram(train, blocks).cache()
-        dense = _dense_gram(ctx, gram, "training interactions")
+        dense = _dense_gram(ctx, train, blocks, "training interactions")
+        if dense is None and conf.item_item:
+            gram = rc.build_item_gram(train, blocks).cache()
     ease: dict[float, rc.ItemModel] = {}
     if conf.ease.enabled and dense is not None:
         started = time.perf_counter()
@@ -481,13 +488,13 @@ def _evaluate(
             step=step,
         )
         if best is None or scores[k].ndcg > best[0] + search.min_gain:
-            best, stale = (scores[k].ndcg, params), 0
+            best, stale = (scores[k].ndcg, params, model), 0
         else:
             stale += 1
             if scores[k].ndcg > best[0]:
-                best = (scores[k].ndcg, params)
+                best = (scores[k].ndcg, params, model)
     assert best is not None
-    params = best[1]
+    params, best_model = best[1], best[2]
     chosen_als = next(r for r in results if r.candidate == Candidate(rc.SOURCE_ALS, params.label()))
     served, runner_up = serving_choice(results, k, conf.serve_tie)
     rows = [
@@ -569,7 +576,7 @@ def _evaluate(
     ):
         if df is not None:
             df.unpersist()
-    return Choice(params, served.candidate, rows)
+    return Choice(params, served.candidate, rows, best_model)
 
 
 def _served_lists(
@@ -586,14 +593,11 @@ def _served_lists(
     conf = ctx.config.recommend
     if served.method not in (rc.SOURCE_ITEM_ITEM, rc.SOURCE_EASE):
         return None
-    gram = rc.build_item_gram(interactions, blocks).cache()
-    dense = _dense_gram(ctx, gram, "interactions")
+    dense = _dense_gram(ctx, interactions, blocks, "interactions")
     if served.method == rc.SOURCE_EASE and dense is None:
         ctx.log.warning("EASE won the validation but is refused on all interactions: serving ALS")
-        gram.unpersist()
         return None
-    if dense is not None:
-        gram.unpersist()  # the dense models do not read it again
+    gram = rc.build_item_gram(interactions, blocks).cache() if dense is None else None
     ease = rc.fit_ease(dense, [served.l2]) if served.method == rc.SOURCE_EASE else {}
     history = _history(ctx, interactions, events, as_of, served.half_life)
     return _item_lists(conf, served, gram, dense, ease, history, seen, conf.top_n)
@@ -629,17 +633,26 @@ def run(ctx: StageContext) -> None:
     choice = _evaluate(ctx, events, as_of, user_index, item_index, segments, blocks)
     params, served = choice.als, choice.served
 
-    started = time.perf_counter()
-    full_idx = rc.with_confidence(
-        _ids_to_idx(interactions, user_index, item_index).select(
-            rc.USER_IDX, rc.ITEM_IDX, t.STRENGTH
-        ),
-        params.transform, rc.USER_IDX, rc.ITEM_IDX, conf.log_epsilon,
-    )  # fmt: skip
-    model = rc.fit_als(full_idx, params, max_iter=conf.max_iter, seed=conf.seed, blocks=blocks)
-    fit_seconds = time.perf_counter() - started
-    ctx.log.info("refitted ALS %s on all interactions in %.1fs", params.label(), fit_seconds)
-    ctx.run.log_metrics({"final_fit_seconds": fit_seconds})
+    if served.method == rc.SOURCE_ALS or conf.refit_unserved_als:
+        started = time.perf_counter()
+        full_idx = rc.with_confidence(
+            _ids_to_idx(interactions, user_index, item_index).select(
+                rc.USER_IDX, rc.ITEM_IDX, t.STRENGTH
+            ),
+            params.transform, rc.USER_IDX, rc.ITEM_IDX, conf.log_epsilon,
+        )  # fmt: skip
+        model = rc.fit_als(full_idx, params, max_iter=conf.max_iter, seed=conf.seed, blocks=blocks)
+        fit_seconds = time.perf_counter() - started
+        ctx.log.info("refitted ALS %s on all interactions in %.1fs", params.label(), fit_seconds)
+        ctx.run.log_metrics({"final_fit_seconds": fit_seconds})
+    else:
+        model = choice.als_model
+        ctx.log.info(
+            "ALS %s is not served (%s is): its fit on the split's training side is registered "
+            "and gives gold/similar_items, not refitted (recommend.refit_unserved_als)",
+            params.label(), served.method,
+        )  # fmt: skip
+    ctx.run.log_params({"als_refitted": model is not choice.als_model})
     version = tracking.register_spark_model(model, conf.model_name, conf.alias)
     als = rc.als_of(model)
 
