@@ -495,17 +495,6 @@ def test_item_gram_equals_the_matrix_product_over_users(spark):
     assert len(got) == int((co > 0).sum())
 
 
-def test_dense_item_gram_equals_the_pairs_collected_and_refuses_above_its_limit(spark):
-    pdf, interactions = _random_log(spark, users=90, items=14, seed=4)
-    pairs = rc.collect_gram(rc.build_item_gram(interactions, buckets=3), max_items=14)
-    dense = rc.dense_item_gram(interactions, buckets=3, max_items=14)
-    assert list(dense.ids) == list(pairs.ids) == sorted(pdf["item_id"].unique())
-    np.testing.assert_allclose(dense.co, pairs.co)
-    np.testing.assert_allclose(dense.dot, pairs.dot)
-    assert dense.co.sum() > 0 and not np.allclose(dense.co, dense.dot)
-    assert rc.dense_item_gram(interactions, buckets=3, max_items=13) is None
-
-
 def test_jaccard_and_lift_neighbours_by_hand(spark):
     # Item 1: users a, b, c; item 2: a, b; item 3: c, d, e, f.
     rows = [(u, 1) for u in "abc"] + [(u, 2) for u in "ab"] + [(u, 3) for u in "cdef"]

@@ -114,51 +114,6 @@ def _strongest(interactions: DataFrame, max_items_per_user: int) -> DataFrame:
     )
 
 
-def dense_item_gram(
-    interactions: DataFrame, buckets: int, max_items: int, max_items_per_user: int = 100
-) -> DenseGram | None:
-    """`build_item_gram` straight into dense matrices on the driver, or None above
-    `max_items` items (the Spark pairs are then what item-item joins).
-
-    The items are indexed first (one small job); each bucket of users then
-    returns its two item x item sums as one row of dense float64 bytes, which
-    the driver adds up: `buckets` x 2 x items² values cross, where the pairs
-    took a shuffle of every bucket's non-zero entries (millions of rows on a
-    2,000-item shop) and then a collect of the summed ones.
-    """
-    values = _strongest(interactions, max_items_per_user)
-    ids = np.sort(
-        values.select(t.ITEM_ID).distinct().limit(max_items + 1).toPandas()[t.ITEM_ID].to_numpy()
-    )
-    if len(ids) > max_items:
-        return None
-    n = len(ids)
-
-    def sums(frames):
-        from scipy import sparse
-
-        for frame in frames:
-            if frame.empty:
-                continue
-            users, user_pos = np.unique(frame[t.USER_ID].to_numpy(), return_inverse=True)
-            item_pos = np.searchsorted(ids, frame[t.ITEM_ID].to_numpy())
-            strength = frame[t.STRENGTH].to_numpy(float)
-            shape = (len(users), n)
-            weighted = sparse.csr_matrix((strength, (user_pos, item_pos)), shape=shape)
-            binary = sparse.csr_matrix((np.ones_like(strength), (user_pos, item_pos)), shape=shape)
-            co = (binary.T @ binary).toarray()
-            dot = (weighted.T @ weighted).toarray()
-            yield pd.DataFrame({"co": [co.tobytes()], "dot": [dot.tobytes()]})
-
-    bucketed = values.repartition(max(1, buckets), F.xxhash64(t.USER_ID))
-    parts = bucketed.mapInPandas(sums, "co binary, dot binary").toPandas()
-    co, dot = np.zeros((n, n)), np.zeros((n, n))
-    for part in parts.itertuples():
-        co += np.frombuffer(part.co, dtype=np.float64).reshape(n, n)
-        dot += np.frombuffer(part.dot, dtype=np.float64).reshape(n, n)
-    return DenseGram(ids, co, dot)
-
-
 def neighbours_from_gram(gram: DataFrame, n: int, similarity: str = "cosine") -> DataFrame:
     """Each item's `n` most similar items by `similarity` (module docstring).
 

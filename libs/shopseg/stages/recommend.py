@@ -159,23 +159,21 @@ def _item_candidates(conf) -> list[Candidate]:
     return out
 
 
-def _dense_gram(
-    ctx: StageContext, interactions: DataFrame, blocks: int, what: str
-) -> rc.DenseGram | None:
-    """The item Gram matrix of `interactions` on the driver, or None with the reason
-    logged (catalogue too large: EASE is then no candidate, item-item runs as Spark
-    joins)."""
+def _dense_gram(ctx: StageContext, gram: DataFrame, what: str) -> rc.DenseGram | None:
+    """The Gram matrix on the driver, or None with the reason logged (catalogue too
+    large: EASE is then no candidate, item-item runs as Spark joins)."""
     limit = ctx.config.recommend.ease.max_items
-    started = time.perf_counter()
-    dense = rc.dense_item_gram(interactions, blocks, limit)
-    if dense is None:
+    items = rc.gram_items(gram)
+    if items > limit:
         ctx.log.warning(
-            "EASE refused and item-item scored by joins: more than recommend.ease.max_items "
-            "(%d) items in the %s; a dense matrix of them is inverted on the driver",
-            limit, what,
+            "EASE refused and item-item scored by joins: %d items in the %s, above "
+            "recommend.ease.max_items (%d); a dense %d x %d matrix is inverted on the driver",
+            items, what, limit, items, items,
         )  # fmt: skip
-        ctx.run.log_params({"ease_refused": f"more than max_items {limit} items"})
+        ctx.run.log_params({"ease_refused": f"{items} items > max_items {limit}"})
         return None
+    started = time.perf_counter()
+    dense = rc.collect_gram(gram, limit)
     ctx.log.info(
         "item Gram matrix of the %s: %d items on the driver (%.1fs)",
         what, len(dense.ids), time.perf_counter() - started,
@@ -370,9 +368,8 @@ def _evaluate(
         )  # fmt: skip
         ctx.run.log_params({"ease_refused": f"{catalog} items > max_items {conf.ease.max_items}"})
     elif conf.item_item or conf.ease.enabled:
-        dense = _dense_gram(ctx, train, blocks, "training interactions")
-        if dense is None and conf.item_item:
-            gram = rc.build_item_gram(train, blocks).cache()
+        gram = rc.build_item_gram(train, blocks).cache()
+        dense = _dense_gram(ctx, gram, "training interactions")
     ease: dict[float, rc.ItemModel] = {}
     if conf.ease.enabled and dense is not None:
         started = time.perf_counter()
@@ -593,11 +590,14 @@ def _served_lists(
     conf = ctx.config.recommend
     if served.method not in (rc.SOURCE_ITEM_ITEM, rc.SOURCE_EASE):
         return None
-    dense = _dense_gram(ctx, interactions, blocks, "interactions")
+    gram = rc.build_item_gram(interactions, blocks).cache()
+    dense = _dense_gram(ctx, gram, "interactions")
     if served.method == rc.SOURCE_EASE and dense is None:
         ctx.log.warning("EASE won the validation but is refused on all interactions: serving ALS")
+        gram.unpersist()
         return None
-    gram = rc.build_item_gram(interactions, blocks).cache() if dense is None else None
+    if dense is not None:
+        gram.unpersist()  # the dense models do not read it again
     ease = rc.fit_ease(dense, [served.l2]) if served.method == rc.SOURCE_EASE else {}
     history = _history(ctx, interactions, events, as_of, served.half_life)
     return _item_lists(conf, served, gram, dense, ease, history, seen, conf.top_n)
