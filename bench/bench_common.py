@@ -149,31 +149,34 @@ def median(values: list[float]) -> float:
 # --------------------------------------------------------------------------- data
 
 
+def run_pipeline(root: Path, *sets: str, stages: str | None = None, quiet: bool = False) -> float:
+    """`shopseg run` on `make run`'s configuration into `root` in a subprocess, each of
+    `sets` as its own `--set`; the seconds it took (a failed run raises)."""
+    command = [
+        str(REPO / ".venv" / "bin" / "shopseg"),
+        "run",
+        "--conf",
+        str(REPO / "conf" / "local.yaml"),
+    ]
+    if stages:
+        command += ["--stages", stages]
+    for item in (f"lakehouse.root={root}", *sets):
+        command += ["--set", item]
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL if quiet else None)
+    return time.perf_counter() - started
+
+
 def build_lakehouse(size: str) -> tuple[Path, float | None]:
     """bench/data/<size> with generate, ingest and features run; built once."""
     root = BENCH / "data" / size
     if (root / "silver" / "user_features" / "_delta_log").is_dir():
         return root, None
     log(f"building the {size} lakehouse under {root} ({SIZES[size]} users)")
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "shopseg"),
-            "run",
-            "--conf",
-            str(REPO / "conf" / "local.yaml"),
-            "--stages",
-            "generate,ingest,features",
-            "--set",
-            f"lakehouse.root={root}",
-            "--set",
-            f"generate.users={SIZES[size]}",
-            "--set",
-            *SPARK_SETS,
-        ],
-        check=True,
+    seconds = run_pipeline(
+        root, f"generate.users={SIZES[size]}", *SPARK_SETS, stages="generate,ingest,features"
     )
-    return root, time.perf_counter() - started
+    return root, seconds
 
 
 STARTUP = """

@@ -6,10 +6,8 @@ jobs and plans, not the data, so a change that adds jobs shows up here."""
 from __future__ import annotations
 
 import shutil
-import subprocess
-import time
 
-from bench_common import BENCH, REPO, SIZES, log
+from bench_common import BENCH, SIZES, log, run_pipeline
 
 COUNTS = ("spark_jobs", "spark_stages", "spark_tasks")
 
@@ -38,20 +36,7 @@ def bench_jobs() -> dict:
     root = BENCH / "data" / "demo"
     shutil.rmtree(root, ignore_errors=True)
     log(f"jobs: the demo pipeline into {root}")
-    started = time.perf_counter()
-    subprocess.run(
-        [
-            str(REPO / ".venv" / "bin" / "shopseg"),
-            "run",
-            "--conf",
-            str(REPO / "conf" / "local.yaml"),
-            "--set",
-            f"lakehouse.root={root}",
-        ],
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
-    seconds = time.perf_counter() - started
+    seconds = run_pipeline(root, quiet=True)
     work = stage_work(f"sqlite:///{root}/mlflow.db")
     order = [s.name for s in STAGES if s.name in work]
     missing = [s.name for s in STAGES if s.name not in work and s.name != "maintain"]

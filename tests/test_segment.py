@@ -796,3 +796,23 @@ def test_transitions_recover_the_drift_the_generator_planted(spark, tmp_path):
         leaves = tree[(tree.as_of_date == day) & tree.segment_id.notna()]
         sizes = segments[segments.as_of_date == day].groupby("segment_id").size()
         assert leaves.set_index("segment_id")["size"].to_dict() == sizes.to_dict()
+
+
+def test_reproducibility_is_the_best_fits_highest_ari_with_another_fit(spark):
+    """Uniform points have no clusters to find again: seeds disagree, ARI below 1."""
+    from pyspark.ml.clustering import KMeans
+    from pyspark.ml.linalg import Vectors
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = random.Random(5)
+    points = [(Vectors.dense([rng.random(), rng.random()]),) for _ in range(600)]
+    data = spark.createDataFrame(points, ["features"])
+    fits = [
+        KMeans(k=5, seed=s, maxIter=3, initMode="random", predictionCol=sg.PREDICTION).fit(data)
+        for s in (1, 2, 3, 4)
+    ]
+    labels = [[r[sg.PREDICTION] for r in f.transform(data).collect()] for f in fits]
+    best = min(range(4), key=lambda i: fits[i].summary.trainingCost)
+    expected = max(adjusted_rand_score(labels[best], labels[i]) for i in range(4) if i != best)
+    assert expected < 0.99
+    assert sg.reproducibility(data, fits, "features") == pytest.approx(expected)

@@ -19,6 +19,13 @@ def test_cluster_master_gets_only_explicit_conf():
     assert session_properties(SparkConf(), "yarn", "app") == {}
 
 
+def test_java_options_follow_the_local_defaults_and_stay_off_a_cluster():
+    settings = SparkConf(java_options=["-XX:TieredStopAtLevel=1", "-Xss4m"])
+    flags = session_properties(settings, "local[2]", "app")["spark.driver.extraJavaOptions"]
+    assert flags.split()[1:] == ["-XX:+UseParallelGC", "-XX:TieredStopAtLevel=1", "-Xss4m"]
+    assert "spark.driver.extraJavaOptions" not in session_properties(settings, "yarn", "app")
+
+
 def test_session_time_zone_is_set_on_any_session_and_keeps_event_days(spark):
     """A session already running in another zone (a cluster's) gets the configured one."""
 

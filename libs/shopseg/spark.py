@@ -259,7 +259,9 @@ def local_defaults(settings: SparkConf, master: str) -> dict[str, str]:
         # here (same machine, one after the other): 56 feature, ingest and
         # segment tests 312 s against 338 and 374 s with G1; the suite's default
         # pipeline (10,000 users) 205.7 s against 218.8 s.
-        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={log4j} -XX:+UseParallelGC",
+        "spark.driver.extraJavaOptions": " ".join(
+            [f"-Dlog4j2.configurationFile={log4j}", "-XX:+UseParallelGC", *settings.java_options]
+        ),
     }
 
 

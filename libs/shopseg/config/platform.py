@@ -62,6 +62,10 @@ class SparkConf(Section):
     ui: bool = False
     shuffle_partitions: Positive | None = None
     """Shuffle partitions in local mode; default is four times the local cores."""
+    java_options: list[str] = Field(default_factory=list)
+    """JVM flags added to the local driver's (after the log configuration and the parallel
+    collector), e.g. ["-XX:TieredStopAtLevel=1"] for C1-only JIT; local mode only (a
+    cluster's JVMs take `spark.driver.extraJavaOptions` in `conf`)."""
     checkpoint_dir: PathStr | None = None
     checkpoints: Literal["auto", "reliable", "local"] = "auto"
     """How intermediate results are materialized before iterative fits (their lineage cut):

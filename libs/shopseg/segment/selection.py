@@ -112,9 +112,12 @@ def cluster_stats(
     return ClusterStats(wssse, ch, db, {i: sizes.get(i, 0) for i in range(k)})
 
 
-def silhouette(scored: DataFrame, features_col: str) -> float:
-    """Silhouette (squared Euclidean, Spark's ClusteringEvaluator); NaN with one cluster."""
-    if scored.select(PREDICTION).distinct().limit(2).count() < 2:
+def silhouette(scored: DataFrame, features_col: str, clusters: int | None = None) -> float:
+    """Silhouette (squared Euclidean, Spark's ClusteringEvaluator); NaN with one cluster.
+    `clusters`: the non-empty clusters of `scored` when known (else a job counts them)."""
+    if clusters is None:
+        clusters = scored.select(PREDICTION).distinct().limit(2).count()
+    if clusters < 2:
         return float("nan")
     evaluator = ClusteringEvaluator(
         featuresCol=features_col, predictionCol=PREDICTION, metricName="silhouette"
@@ -228,20 +231,32 @@ def refit(
 def reproducibility(
     data: DataFrame, fits: Sequence[KMeansModel | BisectingKMeansModel], features_col: str
 ) -> float:
-    """Highest adjusted Rand index between the best fit's labels and another fit's."""
+    """Highest adjusted Rand index between the best fit's labels and another fit's.
+
+    Every other fit's contingency table with the best comes from one aggregation
+    (one job, where a table per fit took one each)."""
     if len(fits) < 2:
         return float("nan")
     best = min(range(len(fits)), key=lambda i: fits[i].summary.trainingCost)
     labelled = data.select(features_col)
     for i, fit in enumerate(fits):
         labelled = fit.transform(labelled).withColumnRenamed(PREDICTION, f"_l{i}")
-    labelled = labelled.drop(features_col).cache()
-    try:
-        return max(
-            labels_ari(labelled, f"_l{best}", f"_l{i}") for i in range(len(fits)) if i != best
-        )
-    finally:
-        labelled.unpersist()
+    others = F.explode(
+        F.array(*[
+            F.struct(F.lit(i).alias("fit"), F.col(f"_l{i}").alias("label"))
+            for i in range(len(fits)) if i != best
+        ])
+    )  # fmt: skip
+    tables: dict[int, list[tuple[int, int, int]]] = collections.defaultdict(list)
+    counts = (
+        labelled.select(F.col(f"_l{best}").alias("best"), others.alias("o"))
+        .groupBy("o.fit", "best", "o.label")
+        .count()
+        .collect()
+    )
+    for row in counts:
+        tables[row["fit"]].append((row["best"], row["label"], row["count"]))
+    return max(adjusted_rand_index(table) for table in tables.values())
 
 
 def sweep(
@@ -337,7 +352,8 @@ def sweep(
         model = best_fit([*fits, *extra])
         centers = [list(c) for c in model.clusterCenters()]
         stats = cluster_stats(model.transform(data), centers, features_col)
-        sil = silhouette(model.transform(sil_sample), features_col)
+        used = sum(1 for size in stats.sizes.values() if size) if sil_sample is data else None
+        sil = silhouette(model.transform(sil_sample), features_col, used)
         if stability_data is None:
             stability_data, stable_fits = data, fits
         else:
